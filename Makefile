@@ -1,0 +1,43 @@
+# circuitlab — `make demo` and `make test` set everything up on a fresh machine with Python 3.10+ and pip.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH_PIN := torch==2.13.0
+STAMP  := $(VENV)/.installed
+EXPERIMENT ?= ioi_patching
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-slow figures bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(TORCH_PIN) -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv and install circuitlab (torch pinned); a no-op when up to date
+
+demo: install ## run the main experiment on the embedded toy model; print where results and figures are
+	@$(BIN)/circuitlab run +experiment=$(EXPERIMENT)
+	@latest=$$(ls -td results/$(EXPERIMENT)/*/ | head -n 1); \
+	  echo ""; echo "results: $${latest}results.csv (also results.pt, dataset.pt, manifest.json)"; \
+	  echo "figures: $${latest}figures/"; ls $${latest}figures/
+
+test: install ## run the fast test suite (slow tests excluded)
+	$(BIN)/python -m pytest -q
+
+test-slow: install ## run only the slow tests (toy-model retraining, every preset end to end)
+	$(BIN)/python -m pytest -q -m slow
+
+figures: install ## redraw every run's figures under results/ from its CSV (no model is loaded)
+	$(BIN)/circuitlab figures results
+
+bench: install ## benchmarks against peers (see bench/)
+	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(BIN)/python $$b || exit 1; done || echo "no benchmarks yet"
+
+clean: ## remove the virtual environment and caches (results/ is kept)
+	rm -rf $(VENV) .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,188 @@
+"""`circuitlab run|figures|train-toy|list`: dispatch on argv[1]; `run` hands the rest to Hydra.
+
+User mistakes end in one line on stderr and exit code 2. Heavy imports (torch, TransformerLens) happen only
+in the commands that need them, so `circuitlab figures` runs without torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from circuitlab.errors import EXIT_USAGE, CircuitlabError, ConfigError
+
+CONFIG_DIR = Path(os.environ.get("CIRCUITLAB_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+GROUPS = ("model", "task", "method", "sweep", "experiment")
+HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--config-dir", "-cd", "--config-name", "-cn", "--version"}
+USAGE = """usage: circuitlab COMMAND [ARGS]
+
+commands:
+  run [OVERRIDES]        run an experiment, e.g. `circuitlab run +experiment=ioi_patching`
+                         (any Hydra override; -m for multirun; --cfg job to print the config)
+  figures [DIR ...]      redraw the figures of every run under DIR (default: results/) from its CSV
+  train-toy task=ioi     retrain an embedded toy model by its recipe [out=DIR] [steps=N]
+  list [WHAT]            list streams, models, tasks, experiments (default: all)
+"""
+
+
+def fail(message: str) -> None:
+    print(f"circuitlab: error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def check_group_choices(overrides: list[str]) -> None:
+    """Unknown names in `model=`, `task=`, `+experiment=`, ... become one line naming the options."""
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        key = key.lstrip("+~")
+        if sep and key in GROUPS and value and not any(c in value for c in ",()[]{}$"):
+            if value not in group_options(key):
+                raise ConfigError(key, value, group_options(key))
+
+
+def preflight(overrides: list[str]):
+    """Compose the config as Hydra will and validate it, before any run dir or model exists."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from circuitlab.config import register_configs
+    from circuitlab.run import validate_static
+
+    register_configs()
+    check_group_choices(overrides)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+    except (HydraException, OmegaConfBaseException, ValueError) as err:
+        raise CircuitlabError(_one_line(err)) from None
+    validate_static(cfg)
+    return cfg
+
+
+def _one_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
+    message = next((ln for ln in lines if not ln.startswith(("full_key", "object_type", "reference_type"))), str(err))
+    return f"{key}: {message}" if key and not message.startswith(key) else message
+
+
+def run_command(args: list[str]) -> None:
+    flags = {a.split("=")[0] for a in args if a.startswith("-")}
+    multirun = bool(flags & {"-m", "--multirun"})
+    if not flags & HYDRA_INFO_FLAGS:
+        overrides = _overrides(args)
+        if multirun:
+            check_group_choices(overrides)
+        else:
+            preflight(overrides)
+    sys.argv = ["circuitlab", *args]
+    from circuitlab.hydra_app import hydra_main
+
+    hydra_main()
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The `key=value` arguments, skipping flags and the values of `--cfg/-c` and `--package/-p`."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in ("--cfg", "-c", "--package", "-p", "--experimental-rerun"):
+            skip = True
+        elif not arg.startswith("-"):
+            out.append(arg)
+    return out
+
+
+def figures_command(args: list[str]) -> None:
+    from circuitlab.figures import render_run
+    from circuitlab.results import find_run_dirs
+
+    roots = [Path(a) for a in args] or [Path("results")]
+    for root in roots:
+        if not root.exists():
+            raise ConfigError("figures DIR", root, "an existing directory (default: results/)")
+    runs = find_run_dirs(roots)
+    if not runs:
+        print(f"no runs (results.csv) under {', '.join(map(str, roots))}")
+        return
+    for run_dir in runs:
+        for path in render_run(run_dir):
+            print(path)
+
+
+def train_toy_command(args: list[str]) -> None:
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    unknown = set(options) - {"task", "out", "steps"}
+    if unknown or len(options) != len(args):
+        raise ConfigError("train-toy", " ".join(args), "task=NAME [out=DIR] [steps=N]")
+    from circuitlab.models.toy import RECIPES, TASK_TO_TOY
+
+    task = options.get("task")
+    if task not in TASK_TO_TOY:
+        raise ConfigError("task", task, TASK_TO_TOY)
+    steps = options.get("steps")
+    if steps is not None and not steps.isdigit():
+        raise ConfigError("steps", steps, "a positive integer")
+    name = TASK_TO_TOY[task]
+    out = Path(options.get("out", f"results/toy_models/{name}"))
+    from circuitlab.models.toy import train_toy
+
+    report = train_toy(name, out, steps=int(steps) if steps else None)
+    print(f"{name}: held-out accuracy {report['heldout_pair_accuracy']:.4f} after {report['recipe']['steps']} steps "
+          f"({report['train_seconds']} s); written to {out}")
+    print(f"to ship it: cp {out}/* {Path(__file__).parent / 'models' / 'embedded' / name}/  (default recipe: {RECIPES[name]})")
+
+
+def list_command(args: list[str]) -> None:
+    what = args[0] if args else "all"
+    choices = ("streams", "models", "tasks", "experiments", "all")
+    if what not in choices:
+        raise ConfigError("list", what, choices)
+    if what in ("streams", "all"):
+        from circuitlab.locations import STREAMS
+
+        print("streams (TransformerLens name, aliases, hook):")
+        for stream in dict.fromkeys(STREAMS.values()):
+            aliases = ", ".join(stream.aliases) or "-"
+            print(f"  {stream.name:<12} {aliases:<20} {stream.hook:<34} {stream.description}")
+    if what in ("models", "all"):
+        from circuitlab.models.loading import embedded_models
+
+        print("models: embedded " + ", ".join(embedded_models()) + "; any TransformerLens name via model=gpt2-small model.name=NAME; "
+              "a local checkpoint via model=local model.path=DIR")
+    if what in ("tasks", "all"):
+        print("tasks: " + ", ".join(group_options("task")))
+    if what in ("experiments", "all"):
+        print("experiments (circuitlab run +experiment=NAME):")
+        for name in group_options("experiment"):
+            lines = (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text().splitlines()
+            about = next((ln.lstrip("# ") for ln in lines[1:] if ln.startswith("#")), "")
+            print(f"  {name:<28} {about}")
+
+
+COMMANDS = {"run": run_command, "figures": figures_command, "train-toy": train_toy_command, "list": list_command}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command = COMMANDS.get(argv[0])
+    if command is None:
+        fail(f"unknown command {argv[0]!r}; allowed: {', '.join(COMMANDS)}")
+    try:
+        command(argv[1:])
+    except CircuitlabError as err:
+        fail(str(err))
+
+
+if __name__ == "__main__":
+    main()

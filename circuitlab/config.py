@@ -1,0 +1,96 @@
+"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+
+The YAML files under `configs/` stay the source of truth; each group's YAML extends its schema in its defaults
+list (`- base_model`), so a typo in a key or a wrong type fails at composition. Configs are inert: no logic
+runs when they are built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """`source`: embedded (a toy model shipped in the repo), pretrained (a TransformerLens name) or local
+    (a Hugging Face GPT-2-family checkpoint dir). The flags are TransformerLens' weight processing options."""
+
+    source: str = "embedded"
+    name: str = "toy-ioi"
+    path: Optional[str] = None
+    dtype: str = "float32"
+    fold_ln: bool = True
+    center_writing_weights: bool = True
+    center_unembed: bool = True
+    fold_value_biases: bool = True
+    refactor_factored_attn_matrices: bool = False
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    n_prompts: int = 64
+
+
+@dataclass
+class IOITaskConfig(TaskConfig):
+    """IOI prompts; see `circuitlab/tasks/ioi.py`. `templates`: `all`, one name or a list of names."""
+
+    name: str = "ioi"
+    split: str = "test"
+    patterns: list[str] = field(default_factory=lambda: ["ABB", "BAB"])
+    templates: Any = "all"
+    corruption: str = "abc"
+    fixed_length: Optional[int] = None
+
+
+@dataclass
+class MethodConfig:
+    name: str = MISSING
+
+
+@dataclass
+class ActivationPatchingConfig(MethodConfig):
+    """`direction`: denoising (run corrupted, patch clean) or noising (run clean, patch corrupted)."""
+
+    name: str = "activation_patching"
+    direction: str = "denoising"
+
+
+@dataclass
+class SweepConfig:
+    """Which locations to patch. `layers`: `all` or a list; `positions`: `every` (each index alone), or a
+    list of indices, named positions (IO, S1, S2, END) and `all` (every position at once)."""
+
+    streams: list[str] = field(default_factory=lambda: ["resid_pre"])
+    layers: Any = "all"
+    positions: Any = "every"
+
+
+@dataclass
+class RunConfig:
+    name: str = "default"
+    seed: int = 0
+    device: str = "auto"
+    results_dir: str = "results"
+    progress: bool = True
+    memory_budget_mb: int = 1024
+    figures: bool = True
+    model: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    method: MethodConfig = MISSING
+    sweep: SweepConfig = MISSING
+
+
+def register_configs() -> None:
+    """Store each schema under the name its YAML files extend (`base_<group>...`)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RunConfig)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="task", name="base_ioi", node=IOITaskConfig)
+    cs.store(group="method", name="base_activation_patching", node=ActivationPatchingConfig)
+    cs.store(group="sweep", name="base_sweep", node=SweepConfig)

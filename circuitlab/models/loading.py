@@ -1,0 +1,184 @@
+"""Model loading: embedded toy models, local GPT-2-family checkpoints, and TransformerLens pretrained names.
+
+Every loader returns a HookedTransformer in eval mode with gradients off. Loads are memoised per process, so
+a multirun over tasks or sweeps reuses the model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from circuitlab.errors import CircuitlabError, ConfigError
+from circuitlab.models import hf_gpt2
+
+EMBEDDED_DIR = Path(__file__).parent / "embedded"
+SOURCES = ("embedded", "pretrained", "local")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices")
+
+
+def embedded_models() -> list[str]:
+    return sorted(p.name for p in EMBEDDED_DIR.iterdir() if (p / "config.json").exists()) if EMBEDDED_DIR.exists() else []
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the config validator needs to know about a model before loading its weights."""
+
+    n_layers: int
+    n_heads: int
+    d_model: int
+    n_ctx: int
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    return name
+
+
+def checkpoint_dir(model_cfg) -> Path:
+    """The directory of an embedded or local checkpoint; raises a one-line error when it is missing."""
+    if model_cfg.source == "embedded":
+        available = embedded_models()
+        if model_cfg.name not in available:
+            raise ConfigError("model.name", model_cfg.name, available, hint="embedded models")
+        return EMBEDDED_DIR / model_cfg.name
+    if not model_cfg.path:
+        raise ConfigError("model.path", None, "a directory with config.json, weights and tokenizer files")
+    path = Path(model_cfg.path).expanduser()
+    if not (path / "config.json").is_file():
+        raise CircuitlabError(f"model.path={model_cfg.path}: no config.json there (expected a Hugging Face GPT-2-family checkpoint dir)")
+    weights = [w for w in ("model.safetensors", "pytorch_model.bin") if (path / w).is_file()]
+    if not weights:
+        raise CircuitlabError(f"model.path={model_cfg.path}: no model.safetensors or pytorch_model.bin there")
+    architectures = set(hf_gpt2.read_hf_config(path).get("architectures") or ["GPT2LMHeadModel"])
+    if not architectures & hf_gpt2.GPT2_ARCHITECTURES:
+        raise ConfigError("model.path", model_cfg.path, hf_gpt2.GPT2_ARCHITECTURES, hint=f"architecture {sorted(architectures)}")
+    return path
+
+
+def official_name(name: str) -> str:
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return get_official_model_name(name)
+    except ValueError:
+        raise ConfigError("model.name", name, "a TransformerLens model name (e.g. gpt2-small, pythia-70m, gemma-2-2b)") from None
+
+
+def validate_model_config(model_cfg) -> None:
+    """Checks that need no download: the source, the name or path, the dtype."""
+    if model_cfg.source not in SOURCES:
+        raise ConfigError("model.source", model_cfg.source, SOURCES)
+    if model_cfg.dtype not in DTYPES:
+        raise ConfigError("model.dtype", model_cfg.dtype, DTYPES)
+    if model_cfg.source == "pretrained":
+        official_name(model_cfg.name)
+    else:
+        checkpoint_dir(model_cfg)
+
+
+def model_shape(model_cfg) -> ModelShape:
+    """The model's shape from its config alone (no weights)."""
+    if model_cfg.source == "pretrained":
+        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+        ensure_hub_or_cache(model_cfg.name)
+        cfg = get_pretrained_model_config(official_name(model_cfg.name))
+        return ModelShape(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx)
+    hf = hf_gpt2.read_hf_config(checkpoint_dir(model_cfg))
+    return ModelShape(hf["n_layer"], hf["n_head"], hf["n_embd"], hf["n_positions"])
+
+
+def load_tokenizer(model_cfg):
+    """The model's tokenizer, loaded without the weights."""
+    if model_cfg.source == "pretrained":
+        from transformers import AutoTokenizer
+        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+        ensure_hub_or_cache(model_cfg.name)
+        tokenizer_name = get_pretrained_model_config(official_name(model_cfg.name)).tokenizer_name
+        return AutoTokenizer.from_pretrained(tokenizer_name)
+    return hf_gpt2.load_tokenizer(checkpoint_dir(model_cfg))
+
+
+def ensure_hub_or_cache(name: str) -> None:
+    """Fail fast, in one line, when a pretrained model is neither cached nor downloadable."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = official_name(name)
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+        raise CircuitlabError(
+            f"model.name={name}: the Hugging Face hub cannot be reached and {repo} is not in the local cache; "
+            "download it where there is network (huggingface-cli download " + repo + ") and run with "
+            "model=local model.path=DIR"
+        )
+
+
+@lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    import socket
+    import urllib.parse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = urllib.parse.urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def load_model(model_cfg, device: str = "cpu"):
+    """Load (or reuse) the model described by the `model` config group on `device`."""
+    processing = tuple((flag, bool(getattr(model_cfg, flag))) for flag in PROCESSING_FLAGS)
+    key = (model_cfg.source, model_cfg.name, str(model_cfg.path or ""), processing, resolve_device(device), model_cfg.dtype)
+    return _load_cached(*key)
+
+
+@lru_cache(maxsize=4)
+def _load_cached(source: str, name: str, path: str, processing: tuple, device: str, dtype: str):
+    from types import SimpleNamespace
+
+    torch_dtype = DTYPES[dtype]
+    flags = dict(processing)
+    if source == "pretrained":
+        from transformer_lens import HookedTransformer
+
+        ensure_hub_or_cache(name)
+        model = HookedTransformer.from_pretrained(name, device=device, dtype=torch_dtype, **flags)
+    else:
+        directory = checkpoint_dir(SimpleNamespace(source=source, name=name, path=path))
+        model = hf_gpt2.load_gpt2_dir(directory, device=device, dtype=torch_dtype, processing=flags)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def describe(model) -> dict:
+    """Model id and shape for the manifest."""
+    cfg = model.cfg
+    return {
+        "model_name": cfg.model_name,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "d_model": cfg.d_model,
+        "d_head": cfg.d_head,
+        "d_mlp": cfg.d_mlp,
+        "d_vocab": cfg.d_vocab,
+        "n_ctx": cfg.n_ctx,
+        "n_params": sum(p.numel() for p in model.parameters()),
+    }

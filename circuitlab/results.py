@@ -1,0 +1,99 @@
+"""The run directory: results.csv, results.pt, dataset.pt, manifest.json, figures/. Every write is atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+
+CSV_COLUMNS = ["experiment", "method", "stream", "layer", "head", "position", "position_label", "metric", "value"]
+PACKAGES = ("circuitlab", "torch", "transformer-lens", "transformers", "hydra-core", "pandas", "plotnine", "numpy")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: Path, data: dict) -> None:
+    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+
+
+def write_csv(path: Path, frame: pd.DataFrame) -> None:
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def write_tensors(path: Path, data: dict) -> None:
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(data, tmp))
+
+
+def load_tensors(path: Path) -> dict:
+    """Read a `.pt` file written by circuitlab (safe: `weights_only=True`)."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def tidy_frame(rows: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    frame["head"] = frame["head"].astype("Int64")
+    return frame
+
+
+def read_results(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(Path(run_dir) / "results.csv", dtype={"head": "Int64", "position": "string"})
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit(directory: Path) -> str | None:
+    """The commit of the checkout holding `directory` (with `+dirty` when it has uncommitted changes)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=directory, capture_output=True, text=True, timeout=5)
+        return commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def find_run_dirs(roots: list[Path]) -> list[Path]:
+    """Every directory under `roots` holding a results.csv."""
+    found = []
+    for root in roots:
+        root = Path(root)
+        if (root / "results.csv").is_file():
+            found.append(root)
+        found.extend(p.parent for p in sorted(root.rglob("results.csv")) if p.parent != root)
+    return sorted(set(found))

@@ -1,0 +1,177 @@
+"""run_experiment(cfg, run_dir): the whole experiment, Hydra-free (callable from a notebook or a test).
+
+Order matters: every check that needs no model runs first, then the tokenizer and the prompts (so positions
+are checked against real prompt lengths), and only then the model weights are loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from circuitlab import results as rs
+from circuitlab.errors import CircuitlabError, ConfigError
+from circuitlab.locations import Location, enumerate_locations, get_stream, position_label, resolve_layers, resolve_positions
+from circuitlab.methods import activation_patching
+from circuitlab.models import loading
+from circuitlab.tasks import TASKS
+from circuitlab.tasks.base import PromptPairs
+
+log = logging.getLogger("circuitlab")
+METHODS = ("activation_patching",)
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+class PhaseTimer:
+    """Wall time per phase, for the manifest."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        self.seconds[phase] = round(time.perf_counter() - start, 3)
+
+
+def validate_static(cfg: DictConfig) -> None:
+    """Every check that needs neither the tokenizer nor the weights."""
+    if not DEVICE_PATTERN.match(str(cfg.device)):
+        raise ConfigError("device", cfg.device, "auto, cpu, cuda, cuda:N, mps")
+    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device", cfg.device, "auto, cpu (no CUDA device is visible)")
+    loading.validate_model_config(cfg.model)
+    if cfg.task.name not in TASKS:
+        raise ConfigError("task.name", cfg.task.name, TASKS)
+    TASKS[cfg.task.name].validate_config(cfg.task)
+    if cfg.method.name not in METHODS:
+        raise ConfigError("method.name", cfg.method.name, METHODS)
+    if cfg.method.direction not in activation_patching.DIRECTIONS:
+        raise ConfigError("method.direction", cfg.method.direction, activation_patching.DIRECTIONS)
+    if not cfg.sweep.streams:
+        raise ConfigError("sweep.streams", "[]", "one or more stream names")
+    for stream in cfg.sweep.streams:
+        get_stream(stream)
+
+
+def build_pairs(cfg: DictConfig, tokenizer) -> PromptPairs:
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
+    return TASKS[cfg.task.name].build_pairs(cfg.task, tokenizer, bos, pad, cfg.seed)
+
+
+def plan_locations(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPairs) -> list[Location]:
+    if pairs.width > shape.n_ctx:
+        raise CircuitlabError(f"task: prompts of {pairs.width} tokens exceed the model's context of {shape.n_ctx}")
+    layers = resolve_layers(_plain(cfg.sweep.layers), shape.n_layers)
+    positions = resolve_positions(_plain(cfg.sweep.positions), pairs.width, list(pairs.named_positions), pairs.same_length)
+    return enumerate_locations(list(cfg.sweep.streams), layers, positions)
+
+
+def _plain(value):
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
+def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run one experiment into `run_dir`; returns the manifest."""
+    run_dir = Path(run_dir)
+    timer = PhaseTimer()
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    with timer("validate"):
+        validate_static(cfg)
+        shape = loading.model_shape(cfg.model)
+    with timer("build_dataset"):
+        tokenizer = loading.load_tokenizer(cfg.model)
+        pairs = build_pairs(cfg, tokenizer)
+        locations = plan_locations(cfg, shape, pairs)
+    device = loading.resolve_device(cfg.device)
+    if pairs.dropped:
+        log.info("dropped prompt pairs: %s", ", ".join(f"{k}: {v}" for k, v in pairs.dropped.items()))
+    log.info(
+        "device %s | model %s (%d layers) | %d prompt pairs | %d sweep points",
+        device, cfg.model.name, shape.n_layers, pairs.n_pairs, len(locations),
+    )
+    with timer("load_model"):
+        model = loading.load_model(cfg.model, device=device)
+    with timer("sweep"):
+        result = activation_patching.patch_sweep(
+            model, pairs, locations, cfg.method.direction, cfg.memory_budget_mb, progress=cfg.progress
+        )
+    with timer("write_results"):
+        frame = rs.tidy_frame(patching_rows(cfg, result, pairs))
+        rs.write_csv(run_dir / "results.csv", frame)
+        rs.write_tensors(run_dir / "results.pt", patching_tensors(result, pairs))
+        rs.write_tensors(run_dir / "dataset.pt", pairs.to_tensors())
+    figures = []
+    if cfg.figures:
+        from circuitlab.figures import render_run
+
+        with timer("figures"):
+            figures = [str(p) for p in render_run(run_dir)]
+    manifest = {
+        "experiment": cfg.name,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "model": loading.describe(model),
+        "device": device,
+        "seed": cfg.seed,
+        "n_prompt_pairs": pairs.n_pairs,
+        "dropped_prompt_pairs": pairs.dropped,
+        "n_sweep_points": len(locations),
+        "baselines": {"clean_logit_diff": result.clean_logit_diff, "corrupted_logit_diff": result.corrupted_logit_diff},
+        "versions": rs.package_versions(),
+        "git_commit": rs.git_commit(Path(__file__).parent),
+        "wall_time_seconds": timer.seconds,
+        "files": ["results.csv", "results.pt", "dataset.pt", *[str(Path(f).relative_to(run_dir)) for f in figures]],
+    }
+    rs.write_json(run_dir / "manifest.json", manifest)
+    log.info("clean logit diff %.3f | corrupted %.3f", result.clean_logit_diff, result.corrupted_logit_diff)
+    log.info("results: %s", run_dir)
+    if figures:
+        log.info("figures: %s", ", ".join(figures))
+    return manifest
+
+
+def patching_rows(cfg: DictConfig, result: activation_patching.PatchingResult, pairs: PromptPairs) -> list[dict]:
+    rows = []
+    for location, raw, normalized in zip(result.locations, result.logit_diff.tolist(), result.normalized.tolist()):
+        common = {
+            "experiment": cfg.name,
+            "method": cfg.method.name,
+            "stream": location.stream,
+            "layer": location.layer,
+            "head": None,
+            "position": location.positions,
+            "position_label": position_label(location.positions, pairs.first_prompt_tokens),
+        }
+        rows.append({**common, "metric": "logit_diff", "value": raw})
+        rows.append({**common, "metric": "logit_diff_normalized", "value": normalized})
+    return rows
+
+
+def patching_tensors(result: activation_patching.PatchingResult, pairs: PromptPairs) -> dict:
+    """`<stream>/<metric>`: Tensor[layer, position] in sweep order, plus the axes and the baselines."""
+    layers = sorted({loc.layer for loc in result.locations})
+    positions = list(dict.fromkeys(loc.positions for loc in result.locations))
+    out: dict[str, object] = {
+        "layers": torch.tensor(layers),
+        "position_labels": [position_label(p, pairs.first_prompt_tokens) for p in positions],
+        "clean_logit_diff": torch.tensor(result.clean_logit_diff),
+        "corrupted_logit_diff": torch.tensor(result.corrupted_logit_diff),
+    }
+    for metric, values in (("logit_diff", result.logit_diff), ("logit_diff_normalized", result.normalized)):
+        for stream in dict.fromkeys(loc.stream for loc in result.locations):
+            grid = torch.full((len(layers), len(positions)), float("nan"))
+            for loc, value in zip(result.locations, values.tolist()):
+                if loc.stream == stream:
+                    grid[layers.index(loc.layer), positions.index(loc.positions)] = value
+            out[f"{stream}/{metric}"] = grid
+    return out

@@ -1,0 +1,6 @@
+"""Task registry: each task module offers `validate_config(cfg)`, `build_pairs(cfg, tokenizer, bos_id,
+pad_id, seed) -> PromptPairs` and `POSITION_LABELS`."""
+
+from circuitlab.tasks import ioi
+
+TASKS = {"ioi": ioi}

@@ -1,0 +1,97 @@
+"""The one data type every task produces: aligned clean / corrupted prompt pairs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from circuitlab.errors import CircuitlabError
+
+
+class Tokenizer(Protocol):
+    """What tasks need from a tokenizer (a Hugging Face tokenizer satisfies it)."""
+
+    def __call__(self, text: str, add_special_tokens: bool = ...) -> dict: ...
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class PromptPairs:
+    """Clean / corrupted prompts, token-aligned pair by pair, right-padded to one width.
+
+    `lengths[b]` counts the real tokens of pair b (BOS included); its final position is `lengths[b] - 1`.
+    A clean prompt and its corrupted twin always have the same length, so every position index means the
+    same slot in both. `named_positions` maps labels such as IO, S1, S2, END to one index per pair.
+    """
+
+    clean_tokens: Int[Tensor, "batch pos"]
+    corrupted_tokens: Int[Tensor, "batch pos"]
+    answer_tokens: Int[Tensor, " batch"]
+    wrong_tokens: Int[Tensor, " batch"]
+    lengths: Int[Tensor, " batch"]
+    named_positions: dict[str, Int[Tensor, " batch"]]
+    clean_texts: list[str]
+    corrupted_texts: list[str]
+    first_prompt_tokens: list[str]
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.clean_tokens.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.clean_tokens.shape[1])
+
+    @property
+    def same_length(self) -> bool:
+        return bool((self.lengths == self.lengths[0]).all())
+
+    @property
+    def final_positions(self) -> Int[Tensor, " batch"]:
+        return self.lengths - 1
+
+    def to_tensors(self) -> dict[str, object]:
+        """The dataset as written to `dataset.pt` (plain tensors, lists and strings only)."""
+        return {
+            "clean_tokens": self.clean_tokens,
+            "corrupted_tokens": self.corrupted_tokens,
+            "answer_tokens": self.answer_tokens,
+            "wrong_tokens": self.wrong_tokens,
+            "lengths": self.lengths,
+            "position_labels": {k: v for k, v in self.named_positions.items()},
+            "first_prompt_tokens": list(self.first_prompt_tokens),
+            "clean_texts": list(self.clean_texts),
+            "corrupted_texts": list(self.corrupted_texts),
+        }
+
+
+def encode(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Token ids of `text` with no special tokens added."""
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def single_token_id(tokenizer: Tokenizer, text: str) -> int | None:
+    """The id of `text` if it is exactly one token, else None."""
+    ids = encode(tokenizer, text)
+    return ids[0] if len(ids) == 1 else None
+
+
+def pad_right(rows: list[list[int]], pad_id: int) -> Int[Tensor, "batch pos"]:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad_id, dtype=torch.int64)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.int64)
+    return out
+
+
+def require_pairs(n_kept: int, dropped: dict[str, int], field_name: str = "task") -> None:
+    """An empty prompt set after filtering is a user error."""
+    if n_kept == 0:
+        reasons = ", ".join(f"{k}: {v}" for k, v in dropped.items() if v) or "no prompts requested"
+        raise CircuitlabError(f"{field_name}: no prompt pairs left after filtering (dropped {reasons})")
