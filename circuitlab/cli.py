@@ -47,29 +47,49 @@ def check_group_choices(overrides: list[str]) -> None:
 
 def preflight(overrides: list[str]):
     """Compose the config as Hydra will and validate it, before any run dir or model exists."""
+    from circuitlab.run import prepare
+
+    check_group_choices(overrides)
+    cfg = compose_config([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+    prepare(cfg)
+    return cfg
+
+
+def compose_config(overrides: list[str]):
+    """The composed config (Hydra's compose API, same files and overrides as `circuitlab run`)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from circuitlab.config import register_configs
-    from circuitlab.run import validate_static
 
     register_configs()
-    check_group_choices(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=[o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+            return compose("config", overrides=overrides)
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise CircuitlabError(_one_line(err)) from None
-    validate_static(cfg)
-    return cfg
+        raise CircuitlabError(_one_line(err, overrides)) from None
 
 
-def _one_line(err: Exception) -> str:
+def _one_line(err: Exception, overrides: list[str]) -> str:
+    """Hydra / OmegaConf's multi-line composition error as one line, with the allowed keys for a typo."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    cause = err.__cause__
+    while cause is not None:
+        lines += [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
+        cause = cause.__cause__
     key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
-    message = next((ln for ln in lines if not ln.startswith(("full_key", "object_type", "reference_type"))), str(err))
-    return f"{key}: {message}" if key and not message.startswith(key) else message
+    skip = ("full_key", "object_type", "reference_type", "To append", "Set the environment")
+    messages = list(dict.fromkeys(ln for ln in lines if not ln.startswith(skip)))
+    message = "; ".join(messages[:2]) or str(err)
+    if key and "not in" in message and "." in key:
+        parent = key.rsplit(".", 1)[0]
+        base = compose_config([o for o in overrides if not o.lstrip("+~").startswith(key)])
+        node = base
+        for part in parent.split("."):
+            node = node[part]
+        message += f"; allowed keys: {', '.join(node.keys())}"
+    return f"{key}: {message}" if key else message
 
 
 def run_command(args: list[str]) -> None:

@@ -11,6 +11,7 @@ import random
 import re
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -80,19 +81,32 @@ def _plain(value):
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
+@dataclass(frozen=True)
+class Plan:
+    """Everything decided before the weights are loaded."""
+
+    shape: loading.ModelShape
+    pairs: PromptPairs
+    locations: list[Location]
+
+
+def prepare(cfg: DictConfig) -> Plan:
+    """Validate the whole config and build the prompts and sweep points, without loading the weights."""
+    validate_static(cfg)
+    shape = loading.model_shape(cfg.model)
+    pairs = build_pairs(cfg, loading.load_tokenizer(cfg.model))
+    return Plan(shape, pairs, plan_locations(cfg, shape, pairs))
+
+
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one experiment into `run_dir`; returns the manifest."""
     run_dir = Path(run_dir)
     timer = PhaseTimer()
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    with timer("validate"):
-        validate_static(cfg)
-        shape = loading.model_shape(cfg.model)
-    with timer("build_dataset"):
-        tokenizer = loading.load_tokenizer(cfg.model)
-        pairs = build_pairs(cfg, tokenizer)
-        locations = plan_locations(cfg, shape, pairs)
+    with timer("prepare"):
+        plan = prepare(cfg)
+    shape, pairs, locations = plan.shape, plan.pairs, plan.locations
     device = loading.resolve_device(cfg.device)
     if pairs.dropped:
         log.info("dropped prompt pairs: %s", ", ".join(f"{k}: {v}" for k, v in pairs.dropped.items()))

@@ -58,8 +58,10 @@ def load_gpt2_dir(
     """Convert a local GPT-2-family checkpoint into a HookedTransformer (`processing`: TransformerLens'
     fold_ln / center_writing_weights / center_unembed / fold_value_biases flags)."""
     from transformers import GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
     from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
 
+    hf_logging.disable_progress_bar()
     path = Path(path)
     cfg = tl_config_from_hf(read_hf_config(path), device=device, dtype=dtype)
     hf_model = GPT2LMHeadModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)

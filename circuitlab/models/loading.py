@@ -56,6 +56,11 @@ def checkpoint_dir(model_cfg) -> Path:
     if not model_cfg.path:
         raise ConfigError("model.path", None, "a directory with config.json, weights and tokenizer files")
     path = Path(model_cfg.path).expanduser()
+    if not path.is_dir():
+        raise CircuitlabError(
+            f"model.path={model_cfg.path}: no such directory (expected a Hugging Face GPT-2-family checkpoint dir: "
+            "config.json, model.safetensors or pytorch_model.bin, tokenizer files)"
+        )
     if not (path / "config.json").is_file():
         raise CircuitlabError(f"model.path={model_cfg.path}: no config.json there (expected a Hugging Face GPT-2-family checkpoint dir)")
     weights = [w for w in ("model.safetensors", "pytorch_model.bin") if (path / w).is_file()]

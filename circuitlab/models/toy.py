@@ -120,6 +120,15 @@ def accuracy(model: HookedTransformer, pairs: PromptPairs) -> float:
 
 def train_toy(name: str, out_dir: Path, steps: int | None = None, progress: bool = True) -> dict:
     """Train toy model `name` by its recipe and save it in GPT-2 format under `out_dir`; returns the report."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        return _train(name, Path(out_dir), steps, progress)
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(name: str, out_dir: Path, steps: int | None, progress: bool) -> dict:
     recipe = RECIPES[name]
     if steps is not None:
         recipe = ToyRecipe(**{**asdict(recipe), "steps": steps})
@@ -136,16 +145,17 @@ def train_toy(name: str, out_dir: Path, steps: int | None = None, progress: bool
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / recipe.steps)))
     generator = torch.Generator().manual_seed(recipe.seed)
     bar = tqdm(range(recipe.steps), desc=f"train {name}", disable=not progress)
-    for _ in bar:
-        idx = torch.randint(0, train.n_pairs, (recipe.batch_size,), generator=generator)
-        tokens = train.clean_tokens[idx]
-        logits = model(tokens)[torch.arange(len(idx)), train.final_positions[idx]]
-        loss = torch.nn.functional.cross_entropy(logits, train.answer_tokens[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        bar.set_postfix(loss=f"{loss.item():.3f}")
+    with torch.enable_grad():
+        for _ in bar:
+            idx = torch.randint(0, train.n_pairs, (recipe.batch_size,), generator=generator)
+            logits = model(train.clean_tokens[idx])[torch.arange(len(idx)), train.final_positions[idx]]
+            loss = torch.nn.functional.cross_entropy(logits, train.answer_tokens[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if bar.n % 50 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
     report = {
         "name": name,

@@ -1,0 +1,98 @@
+"""Bad input ends in one line naming the field, exit code 2, no traceback, nothing written, no model loaded."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from circuitlab import cli
+from circuitlab.models import loading
+
+BAD_RUNS = {
+    "unknown experiment": (["+experiment=nope"], "experiment=nope"),
+    "unknown model group": (["model=gpt9"], "model=gpt9"),
+    "unknown embedded model": (["model.name=toy-nope"], "model.name=toy-nope"),
+    "unknown pretrained name": (["model=gpt2-small", "model.name=not-a-model"], "model.name=not-a-model"),
+    "unknown task": (["task=nope"], "task=nope"),
+    "unknown stream": (["sweep.streams=[resid_pre,residd]"], "sweep.streams=residd"),
+    "layer out of range": (["sweep.layers=[0,7]"], "sweep.layers=7"),
+    "position out of range": (["task.templates=when", "sweep.positions=[3,40]"], "sweep.positions=40"),
+    "unknown named position": (["sweep.positions=[XX]"], "sweep.positions=XX"),
+    "raw positions over mixed lengths": (["task.templates=all", "task.split=all", "sweep.positions=every"], "sweep.positions=every"),
+    "empty prompt set": (["task.fixed_length=3"], "no prompt pairs left"),
+    "missing local path": (["model=local", "model.path=/nonexistent/dir"], "model.path=/nonexistent/dir"),
+    "local without path": (["model=local"], "model.path"),
+    "bad direction": (["method.direction=sideways"], "method.direction=sideways"),
+    "bad template": (["task.templates=[when,nope]"], "task.templates=nope"),
+    "bad corruption": (["task.corruption=shuffle"], "task.corruption=shuffle"),
+    "wrong type": (["seed=abc"], "seed"),
+    "unknown key": (["task.colour=red"], "colour"),
+    "bad device": (["device=tpu"], "device=tpu"),
+}
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded for bad input")
+
+    monkeypatch.setattr(loading, "_load_cached", refuse)
+
+
+@pytest.mark.parametrize("case", list(BAD_RUNS))
+def test_bad_run_input(case, capsys, tmp_path, monkeypatch, no_model_loads):
+    monkeypatch.chdir(tmp_path)
+    overrides, expected = BAD_RUNS[case]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "+experiment=ioi_patching", *overrides])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert expected in err
+    assert not (tmp_path / "results").exists(), "bad input must not create a run dir"
+
+
+def test_error_lists_allowed_values(capsys, no_model_loads):
+    with pytest.raises(SystemExit):
+        cli.main(["run", "sweep.streams=[nope]"])
+    err = capsys.readouterr().err
+    assert "resid_pre" in err and "block_input" in err and "mlp_out" in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["frobnicate"], ["list", "widgets"], ["figures", "/nonexistent/results"], ["train-toy", "task=chess"], ["train-toy", "steps=x", "task=ioi"]],
+)
+def test_bad_commands(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_console_script_has_no_traceback(tmp_path):
+    """The real entry point, in a subprocess: exit code 2 and a single line on stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "circuitlab.cli", "run", "+experiment=ioi_patching", "sweep.layers=[5]"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "circuitlab: error: sweep.layers=5 is not allowed; allowed: all, or integers 0..1"
+    ]
+
+
+def test_unreachable_hub_fails_fast_in_one_line(monkeypatch):
+    """No network and no cache: one line naming the model and the local-checkpoint route, without retries."""
+    import time
+
+    from circuitlab.errors import CircuitlabError
+
+    monkeypatch.setattr(loading, "_hub_reachable", lambda: False)
+    start = time.perf_counter()
+    with pytest.raises(CircuitlabError, match=r"model.name=gpt2-xl: the Hugging Face hub cannot be reached.*model=local model.path=DIR"):
+        loading.ensure_hub_or_cache("gpt2-xl")
+    assert time.perf_counter() - start < 5
