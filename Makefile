@@ -14,7 +14,6 @@ help: ## list the targets
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN) -e ".[test]"
 	@touch $(STAMP)
 

@@ -96,3 +96,10 @@ def test_unreachable_hub_fails_fast_in_one_line(monkeypatch):
     with pytest.raises(CircuitlabError, match=r"model.name=gpt2-xl: the Hugging Face hub cannot be reached.*model=local model.path=DIR"):
         loading.ensure_hub_or_cache("gpt2-xl")
     assert time.perf_counter() - start < 5
+
+
+def test_list_names_streams_models_experiments(capsys):
+    cli.main(["list"])
+    out = capsys.readouterr().out
+    for expected in ("resid_pre", "block_input", "toy-ioi", "ioi_patching", "ioi"):
+        assert expected in out

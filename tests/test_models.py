@@ -60,17 +60,18 @@ def test_local_checkpoint_with_pytorch_bin(tmp_path, toy_model, toy_pairs):
 
 def test_export_roundtrip(tmp_path):
     """A freshly initialised model exported to GPT-2 format and reloaded computes the same logits."""
-    recipe = toy.RECIPES["toy-ioi"]
+    from transformer_lens import HookedTransformer
+
     from circuitlab.tasks import ioi
 
     tokenizer_json = toy.word_level_tokenizer_json(ioi.vocabulary())
-    from transformer_lens import HookedTransformer
-
+    d_vocab = len(toy.fast_tokenizer(tokenizer_json))
     torch.manual_seed(0)
-    model = HookedTransformer(toy._model_config(recipe, 108))
+    model = HookedTransformer(toy._model_config(toy.RECIPES["toy-ioi"], d_vocab))
     hf_gpt2.save_gpt2_dir(model, tmp_path, tokenizer_json, toy.SPECIAL_TOKENS, extra={})
-    reloaded = hf_gpt2.load_gpt2_dir(tmp_path, processing=dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False))
-    tokens = torch.randint(0, 108, (3, 12))
+    no_processing = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
+    reloaded = hf_gpt2.load_gpt2_dir(tmp_path, processing=no_processing)
+    tokens = torch.randint(0, d_vocab, (3, 12))
     torch.testing.assert_close(reloaded(tokens), model(tokens), atol=1e-5, rtol=1e-5)
 
 
