@@ -1,9 +1,12 @@
-"""Metrics read from final-position logits."""
+"""Metrics read from final-position logits, per sweep point (mean over prompts)."""
 
 from __future__ import annotations
 
+import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+METRICS = ("logit_diff", "accuracy", "kl", "prob")
 
 
 def logit_diff(
@@ -22,3 +25,31 @@ def normalized_recovery(patched: Tensor, corrupted: float, clean: float) -> Tens
     "the patch changed nothing" and 0 as "the patch destroyed the clean behaviour entirely".
     """
     return (patched - corrupted) / (clean - corrupted)
+
+
+def point_metrics(
+    final_logits: Float[Tensor, "point batch vocab"],
+    answer: Int[Tensor, " batch"],
+    wrong: Int[Tensor, " batch"],
+    names: tuple[str, ...],
+    clean_log_probs: Float[Tensor, "batch vocab"] | None = None,
+    tracked: dict[str, int] | None = None,
+) -> dict[str, Float[Tensor, " point"]]:
+    """Each requested metric, averaged over prompts: logit_diff, accuracy (argmax == answer), kl
+    (KL(clean || patched) of the next-token distribution) and prob (P(token) of each tracked token, as
+    `prob:<token>`)."""
+    out: dict[str, Tensor] = {}
+    logits = final_logits.float()
+    if "logit_diff" in names:
+        out["logit_diff"] = logit_diff(logits, answer, wrong).mean(-1)
+    if "accuracy" in names:
+        out["accuracy"] = (logits.argmax(-1) == answer).float().mean(-1)
+    if "kl" in names or "prob" in names:
+        log_probs = torch.log_softmax(logits, dim=-1)
+        if "kl" in names:
+            clean = clean_log_probs.float()
+            out["kl"] = (clean.exp() * (clean - log_probs)).sum(-1).mean(-1)
+        if "prob" in names:
+            for label, token in (tracked or {}).items():
+                out[f"prob:{label}"] = log_probs[..., token].exp().mean(-1)
+    return out
