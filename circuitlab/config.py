@@ -46,6 +46,7 @@ class IOITaskConfig(TaskConfig):
     templates: Any = "all"
     corruption: str = "abc"
     fixed_length: Optional[int] = None
+    track: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -59,16 +60,22 @@ class ActivationPatchingConfig(MethodConfig):
 
     name: str = "activation_patching"
     direction: str = "denoising"
+    metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
 
 
 @dataclass
 class SweepConfig:
     """Which locations to patch. `layers`: `all` or a list; `positions`: `every` (each index alone), or a
-    list of indices, named positions (IO, S1, S2, END) and `all` (every position at once)."""
+    list of indices, lists of indices (patched together), named positions (IO, S1, S2, END) and `all` (every
+    position at once). `heads` (streams with heads): null (the whole stream; each head for `head_*` names),
+    each, all, leave_one_out, cumulative (in `head_order`, or ranked by each head's own effect), a list of
+    heads, or a list of lists of heads."""
 
     streams: list[str] = field(default_factory=lambda: ["resid_pre"])
     layers: Any = "all"
     positions: Any = "every"
+    heads: Any = None
+    head_order: Optional[list[int]] = None
 
 
 @dataclass

@@ -37,39 +37,107 @@ def save(plot: p9.ggplot, out_dir: Path, stem: str, width: float, height: float)
     return written
 
 
-def layer_position_heatmap(frame: pd.DataFrame, title: str, value_name: str) -> tuple[p9.ggplot, float, float]:
-    """Layer x position tiles, one facet per stream, values written in the cells."""
+def _ordered(df: pd.DataFrame, column: str, reverse: bool = False) -> pd.DataFrame:
+    values = list(dict.fromkeys(df[column]))
+    if column == "layer":
+        values = sorted(values)
+    df[column] = pd.Categorical(df[column], categories=values[::-1] if reverse else values, ordered=True)
+    return df
+
+
+def heatmap(frame: pd.DataFrame, x: str, y: str, facet: str, title: str, value_name: str, x_label: str, y_label: str) -> tuple[p9.ggplot, float, float]:
+    """Tiles of `value` over x and y with the values written in the cells, one facet per `facet` value."""
     df = frame.copy()
-    positions = list(dict.fromkeys(df["position_label"]))
-    layers = sorted(df["layer"].unique())
-    streams = list(dict.fromkeys(df["stream"]))
-    df["position_label"] = pd.Categorical(df["position_label"], categories=positions, ordered=True)
-    df["layer"] = pd.Categorical(df["layer"], categories=layers[::-1], ordered=True)
-    df["stream"] = pd.Categorical(df["stream"], categories=streams, ordered=True)
+    for column in (x, facet):
+        _ordered(df, column)
+    _ordered(df, y, reverse=True)
     df["cell"] = df["value"].map(lambda v: f"{v:.2f}")
     limit = max(1.0, float(df["value"].abs().max()))
+    n_x, n_y, n_facets = df[x].nunique(), df[y].nunique(), df[facet].nunique()
     plot = (
-        p9.ggplot(df, p9.aes("position_label", "layer", fill="value"))
+        p9.ggplot(df, p9.aes(x, y, fill="value"))
         + p9.geom_tile(color="white")
-        + p9.geom_text(p9.aes(label="cell"), size=7)
+        + p9.geom_text(p9.aes(label="cell"), size=max(4, 8 - n_x // 8))
         + p9.scale_fill_gradient2(low="#2166ac", mid="white", high="#b2182b", midpoint=0, limits=(-limit, limit), name=value_name)
-        + p9.facet_wrap("~stream", ncol=1)
-        + p9.labs(x="position (first prompt's token)", y="layer", title=title)
+        + p9.facet_wrap(f"~{facet}", ncol=1)
+        + p9.labs(x=x_label, y=y_label, title=title)
         + p9.theme_minimal()
         + p9.theme(axis_text_x=p9.element_text(rotation=60, ha="right"), panel_grid=p9.element_blank())
     )
-    width = max(6.0, 0.55 * len(positions) + 2.5)
-    height = max(3.0, len(streams) * (0.45 * len(layers) + 1.2) + 1.5)
+    width = max(6.0, 0.55 * n_x + 2.5)
+    height = max(3.0, n_facets * (0.4 * n_y + 1.2) + 1.5)
     return plot, width, height
+
+
+def layer_position_heatmap(frame: pd.DataFrame, title: str, value_name: str, facet: str = "stream") -> tuple[p9.ggplot, float, float]:
+    """Layer x position tiles, one facet per stream (or per tracked token)."""
+    return heatmap(frame, "position_label", "layer", facet, title, value_name, "position (first prompt's token)", "layer")
+
+
+def head_group_bars(frame: pd.DataFrame, title: str) -> tuple[p9.ggplot, float, float]:
+    """One bar per head group, in sweep order, one facet per (stream, layer)."""
+    df = frame.copy()
+    sign = {"leave_one_out": "−", "cumulative": "+"}
+    df["bar"] = [f"{sign.get(g, '')}head {h}" for g, h in zip(df["group"], df["head"])]
+    df["panel"] = df["stream"] + " layer " + df["layer"].astype(str) + " · " + df["position_label"]
+    df["order"] = range(len(df))
+    df["bar"] = pd.Categorical(df["bar"], categories=list(dict.fromkeys(df["bar"])), ordered=True)
+    plot = (
+        p9.ggplot(df, p9.aes("bar", "value", fill="value"))
+        + p9.geom_col()
+        + p9.geom_hline(yintercept=0, color="grey")
+        + p9.scale_fill_gradient2(low="#2166ac", mid="#dddddd", high="#b2182b", midpoint=0, guide=None)
+        + p9.facet_wrap("~panel", ncol=1)
+        + p9.labs(x="", y="normalised logit diff", title=title)
+        + p9.theme_minimal()
+        + p9.theme(axis_text_x=p9.element_text(rotation=45, ha="right"))
+    )
+    return plot, max(6.0, 0.5 * df["bar"].nunique() + 2), max(3.0, 2.2 * df["panel"].nunique() + 1)
 
 
 @renderer("activation_patching")
 def activation_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
-    frame = results[results["metric"] == "logit_diff_normalized"]
-    experiment = frame["experiment"].iloc[0]
-    title = f"{experiment}: activation patching, normalised logit difference"
-    plot, width, height = layer_position_heatmap(frame, title, "normalised\nlogit diff")
-    return save(plot, out_dir, "patching_heatmap", width, height)
+    """Whole streams: layer x position heatmaps by stream. Single heads: layer x head heatmaps (all
+    positions at once) or head x position heatmaps by layer. Head groups: bar plots. Tracked tokens: layer x
+    position heatmaps by token."""
+    experiment = results["experiment"].iloc[0]
+    heads = results["heads"].fillna("")
+    groups = results["group"].fillna("")
+    normalized = results["metric"] == "logit_diff_normalized"
+    label = "normalised\nlogit diff"
+    written: list[Path] = []
+    whole = results[normalized & (heads == "")]
+    if len(whole):
+        plot, w, h = layer_position_heatmap(whole, f"{experiment}: activation patching", label)
+        written += save(plot, out_dir, "patching_heatmap", w, h)
+    single = results[normalized & (heads != "") & (groups == "")].copy()
+    if len(single):
+        single["head_label"] = single["heads"]
+        if single["position_label"].nunique() == 1:
+            single["panel"] = single["stream"] + " · positions " + single["position_label"]
+            plot, w, h = heatmap(single, "head_label", "layer", "panel", f"{experiment}: patching each head", label, "head", "layer")
+            written += save(plot, out_dir, "head_heatmap", w, h)
+        else:
+            single["panel"] = single["stream"] + " layer " + single["layer"].astype(str)
+            plot, w, h = heatmap(single, "position_label", "head_label", "panel", f"{experiment}: patching each head at each position", label, "position (first prompt's token)", "head")
+            written += save(plot, out_dir, "head_position_heatmap", w, h)
+    for group in ("leave_one_out", "cumulative"):
+        bars = results[normalized & (groups == group)].copy()
+        if bars["position_label"].nunique() > 2:
+            sign = "−" if group == "leave_one_out" else "+"
+            bars["bar"] = [f"{sign}head {h}" for h in bars["head"]]
+            bars["panel"] = bars["stream"] + " layer " + bars["layer"].astype(str)
+            plot, w, h = heatmap(bars, "position_label", "bar", "panel", f"{experiment}: {group.replace('_', '-')} head groups", label, "position (first prompt's token)", "")
+            written += save(plot, out_dir, f"heads_{group}", w, h)
+        elif len(bars):
+            plot, w, h = head_group_bars(bars, f"{experiment}: {group.replace('_', '-')} head groups")
+            written += save(plot, out_dir, f"heads_{group}", w, h)
+    probs = results[results["metric"].str.startswith("prob:") & (heads == "")].copy()
+    if len(probs):
+        probs["token"] = probs["stream"] + " · P(" + probs["metric"].str.removeprefix("prob:") + ")"
+        plot, w, h = layer_position_heatmap(probs, f"{experiment}: tracked token probabilities", "probability", facet="token")
+        written += save(plot, out_dir, "token_probabilities", w, h)
+    return written
 
 
 def render_run(run_dir: Path) -> list[Path]:

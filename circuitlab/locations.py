@@ -138,6 +138,9 @@ def resolve_positions(spec, width: int, named: list[str], same_length: bool, fie
             )
         return list(range(width))
     specs = [spec] if isinstance(spec, (int, str)) else list(spec)
+    if "every" in specs:  # `every` inside a list expands to each index, e.g. [all, every]
+        at = specs.index("every")
+        specs[at : at + 1] = resolve_positions("every", width, named, same_length, field)
     out: list[PositionSpec] = []
     for p in specs:
         if isinstance(p, str):

@@ -19,11 +19,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from circuitlab import results as rs
 from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.locations import Location, enumerate_locations, get_stream, position_label, resolve_layers, resolve_positions
+from circuitlab.locations import (
+    Location,
+    enumerate_locations,
+    get_stream,
+    heads_value,
+    position_label,
+    position_value,
+    resolve_layers,
+    resolve_positions,
+)
 from circuitlab.methods import activation_patching
+from circuitlab.metrics import METRICS
 from circuitlab.models import loading
 from circuitlab.tasks import TASKS
-from circuitlab.tasks.base import PromptPairs
+from circuitlab.tasks.base import PromptPairs, single_token_id
 
 log = logging.getLogger("circuitlab")
 METHODS = ("activation_patching",)
@@ -57,6 +67,11 @@ def validate_static(cfg: DictConfig) -> None:
         raise ConfigError("method.name", cfg.method.name, METHODS)
     if cfg.method.direction not in activation_patching.DIRECTIONS:
         raise ConfigError("method.direction", cfg.method.direction, activation_patching.DIRECTIONS)
+    for metric in cfg.method.metrics:
+        if metric not in METRICS:
+            raise ConfigError("method.metrics", metric, METRICS)
+    if "prob" in cfg.method.metrics and not cfg.task.get("track"):
+        raise ConfigError("task.track", "[]", "one or more tokens, e.g. task.track=[' Mary'], for method.metrics=[prob]")
     if not cfg.sweep.streams:
         raise ConfigError("sweep.streams", "[]", "one or more stream names")
     for stream in cfg.sweep.streams:
@@ -74,7 +89,8 @@ def plan_locations(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPair
         raise CircuitlabError(f"task: prompts of {pairs.width} tokens exceed the model's context of {shape.n_ctx}")
     layers = resolve_layers(_plain(cfg.sweep.layers), shape.n_layers)
     positions = resolve_positions(_plain(cfg.sweep.positions), pairs.width, list(pairs.named_positions), pairs.same_length)
-    return enumerate_locations(list(cfg.sweep.streams), layers, positions)
+    heads, order = _plain(cfg.sweep.heads), _plain(cfg.sweep.get("head_order"))
+    return enumerate_locations(list(cfg.sweep.streams), layers, positions, heads, order, shape.n_heads)
 
 
 def _plain(value):
@@ -88,14 +104,27 @@ class Plan:
     shape: loading.ModelShape
     pairs: PromptPairs
     locations: list[Location]
+    tracked: dict[str, int]
 
 
 def prepare(cfg: DictConfig) -> Plan:
     """Validate the whole config and build the prompts and sweep points, without loading the weights."""
     validate_static(cfg)
     shape = loading.model_shape(cfg.model)
-    pairs = build_pairs(cfg, loading.load_tokenizer(cfg.model))
-    return Plan(shape, pairs, plan_locations(cfg, shape, pairs))
+    tokenizer = loading.load_tokenizer(cfg.model)
+    pairs = build_pairs(cfg, tokenizer)
+    return Plan(shape, pairs, plan_locations(cfg, shape, pairs), tracked_tokens(cfg, tokenizer))
+
+
+def tracked_tokens(cfg: DictConfig, tokenizer) -> dict[str, int]:
+    """`task.track` strings -> token ids; each must be one token."""
+    tracked = {}
+    for text in cfg.task.get("track") or []:
+        token = single_token_id(tokenizer, text)
+        if token is None:
+            raise ConfigError("task.track", repr(text), "strings that are one token each for this model's tokenizer")
+        tracked[text.strip() or text] = token
+    return tracked
 
 
 def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
@@ -117,9 +146,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     with timer("load_model"):
         model = loading.load_model(cfg.model, device=device)
     with timer("sweep"):
-        result = activation_patching.patch_sweep(
-            model, pairs, locations, cfg.method.direction, cfg.memory_budget_mb, progress=cfg.progress
+        sweep = lambda locs: activation_patching.patch_sweep(  # noqa: E731
+            model, pairs, locs, cfg.method.direction, cfg.memory_budget_mb, cfg.progress,
+            tuple(cfg.method.metrics), plan.tracked,
         )
+        if cfg.sweep.heads == "cumulative" and not cfg.sweep.get("head_order"):
+            locations = ranked_cumulative(locations, sweep, shape.n_heads)
+        result = sweep(locations)
     with timer("write_results"):
         frame = rs.tidy_frame(patching_rows(cfg, result, pairs))
         rs.write_csv(run_dir / "results.csv", frame)
@@ -140,7 +173,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "n_prompt_pairs": pairs.n_pairs,
         "dropped_prompt_pairs": pairs.dropped,
         "n_sweep_points": len(locations),
-        "baselines": {"clean_logit_diff": result.clean_logit_diff, "corrupted_logit_diff": result.corrupted_logit_diff},
+        "baselines": {"clean": result.clean, "corrupted": result.corrupted},
         "versions": rs.package_versions(),
         "git_commit": rs.git_commit(Path(__file__).parent),
         "wall_time_seconds": timer.seconds,
@@ -154,25 +187,41 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     return manifest
 
 
+def ranked_cumulative(locations: list[Location], sweep, n_heads: int) -> list[Location]:
+    """Cumulative head groups in computed order: per (stream, layer, positions), heads ranked by the metric
+    each one alone reaches (largest first)."""
+    singles = list(dict.fromkeys(Location(l.stream, l.layer, l.positions, (h,), "", h) for l in locations for h in range(n_heads)))
+    effect = dict(zip(singles, sweep(singles).logit_diff.tolist()))
+    out = []
+    for key in dict.fromkeys((l.stream, l.layer, l.positions) for l in locations):
+        ranked = sorted(range(n_heads), key=lambda h: -effect[Location(*key, (h,), "", h)])
+        out += [Location(*key, tuple(ranked[: i + 1]), "cumulative", h) for i, h in enumerate(ranked)]
+    return out
+
+
 def patching_rows(cfg: DictConfig, result: activation_patching.PatchingResult, pairs: PromptPairs) -> list[dict]:
+    values = {**result.metrics, "logit_diff_normalized": result.normalized}
+    order = ["logit_diff", "logit_diff_normalized", *[m for m in result.metrics if m != "logit_diff"]]
     rows = []
-    for location, raw, normalized in zip(result.locations, result.logit_diff.tolist(), result.normalized.tolist()):
+    for i, location in enumerate(result.locations):
         common = {
             "experiment": cfg.name,
             "method": cfg.method.name,
             "stream": location.stream,
             "layer": location.layer,
-            "head": None,
-            "position": location.positions,
+            "head": location.head,
+            "heads": heads_value(location.heads),
+            "group": location.group,
+            "position": position_value(location.positions),
             "position_label": position_label(location.positions, pairs.first_prompt_tokens),
         }
-        rows.append({**common, "metric": "logit_diff", "value": raw})
-        rows.append({**common, "metric": "logit_diff_normalized", "value": normalized})
+        rows += [{**common, "metric": name, "value": float(values[name][i])} for name in order]
     return rows
 
 
 def patching_tensors(result: activation_patching.PatchingResult, pairs: PromptPairs) -> dict:
-    """`<stream>/<metric>`: Tensor[layer, position] in sweep order, plus the axes and the baselines."""
+    """`<stream>/<metric>`: Tensor[layer, head point, position] (no head axis for streams patched whole), in
+    sweep order, plus the axes' labels and the baselines."""
     layers = sorted({loc.layer for loc in result.locations})
     positions = list(dict.fromkeys(loc.positions for loc in result.locations))
     out: dict[str, object] = {
@@ -181,11 +230,16 @@ def patching_tensors(result: activation_patching.PatchingResult, pairs: PromptPa
         "clean_logit_diff": torch.tensor(result.clean_logit_diff),
         "corrupted_logit_diff": torch.tensor(result.corrupted_logit_diff),
     }
-    for metric, values in (("logit_diff", result.logit_diff), ("logit_diff_normalized", result.normalized)):
-        for stream in dict.fromkeys(loc.stream for loc in result.locations):
-            grid = torch.full((len(layers), len(positions)), float("nan"))
-            for loc, value in zip(result.locations, values.tolist()):
-                if loc.stream == stream:
-                    grid[layers.index(loc.layer), positions.index(loc.positions)] = value
-            out[f"{stream}/{metric}"] = grid
+    values = {**result.metrics, "logit_diff_normalized": result.normalized}
+    for stream in dict.fromkeys(loc.stream for loc in result.locations):
+        mine = [(i, loc) for i, loc in enumerate(result.locations) if loc.stream == stream]
+        head_points = list(dict.fromkeys((loc.heads, loc.group, loc.head) for _, loc in mine))
+        with_heads = head_points != [(None, "", None)]
+        if with_heads:
+            out[f"{stream}/head_points"] = [f"{group}:{head}:{heads_value(heads)}" for heads, group, head in head_points]
+        for metric, tensor in values.items():
+            grid = torch.full((len(layers), len(head_points), len(positions)), float("nan"))
+            for i, loc in mine:
+                grid[layers.index(loc.layer), head_points.index((loc.heads, loc.group, loc.head)), positions.index(loc.positions)] = float(tensor[i])
+            out[f"{stream}/{metric}"] = grid if with_heads else grid[:, 0]
     return out

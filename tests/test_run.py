@@ -63,7 +63,7 @@ def test_manifest(run_dir):
     assert {"torch", "transformer-lens", "hydra-core"} <= set(manifest["versions"])
     assert {"prepare", "load_model", "sweep", "write_results"} <= set(manifest["wall_time_seconds"])
     assert "git_commit" in manifest
-    assert manifest["baselines"]["clean_logit_diff"] > manifest["baselines"]["corrupted_logit_diff"]
+    assert manifest["baselines"]["clean"]["logit_diff"] > manifest["baselines"]["corrupted"]["logit_diff"]
 
 
 def test_same_seed_same_numbers_other_seed_other_prompts(tmp_path, run_dir):
