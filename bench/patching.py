@@ -1,10 +1,12 @@
 """Activation patching: circuitlab against TransformerLens' `patching` module, side by side in one process.
 
-GPT-2-small-shaped model with random weights (no download), 8 prompts x 18 tokens, layer x position sweeps.
-Asserts equal results (1e-4), prints a table of seconds and ratios and writes it to bench/results/.
+GPT-2-small-shaped model with random weights (no download), 8 prompts x 18 tokens (the corrupted prompts differ
+at positions 2, 5 and 11): resid_pre / attn_out / mlp_out layer x position sweeps, and per-head output (z) layer x
+head (all positions) and layer x head x position sweeps. Asserts equal results (1e-4), prints a table of seconds
+and ratios and writes it to bench/results/patching.md.
 
-    python bench/patching.py                      # resid_pre, attn_out, mlp_out (TransformerLens: ~100 s each on 2 CPU cores)
-    python bench/patching.py --streams resid_pre --layers 4
+    python bench/patching.py                  # every row; TransformerLens alone takes ~35 min on 2 CPU cores
+    python bench/patching.py --rows resid_pre z_all_pos --layers 4
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from circuitlab.metrics import logit_diff
 from circuitlab.results import write_text
 from circuitlab.tasks.base import PromptPairs
 
-TL_FUNCTIONS = {
-    "resid_pre": patching.get_act_patch_resid_pre,
-    "resid_mid": patching.get_act_patch_resid_mid,
-    "attn_out": patching.get_act_patch_attn_out,
-    "mlp_out": patching.get_act_patch_mlp_out,
+# row -> (TransformerLens function, our stream, heads, positions ("every" or "all"), TransformerLens axes order)
+ROWS = {
+    "resid_pre": (patching.get_act_patch_resid_pre, "resid_pre", None, "every", "layer pos"),
+    "attn_out": (patching.get_act_patch_attn_out, "attn_out", None, "every", "layer pos"),
+    "mlp_out": (patching.get_act_patch_mlp_out, "mlp_out", None, "every", "layer pos"),
+    "z_all_pos": (patching.get_act_patch_attn_head_out_all_pos, "z", "each", "all", "layer head"),
+    "z_by_pos": (patching.get_act_patch_attn_head_out_by_pos, "z", "each", "every", "layer pos head"),
 }
 
 
@@ -54,9 +58,20 @@ def random_pairs(n_prompts: int, width: int, d_vocab: int) -> PromptPairs:
     )
 
 
+def run_ours(model, pairs, stream, heads, positions, n_layers, width) -> torch.Tensor:
+    """Our sweep, shaped like TransformerLens' output: [layer, pos], [layer, head] or [layer, pos, head]."""
+    position_specs = list(range(width)) if positions == "every" else ["all"]
+    locations = enumerate_locations([stream], list(range(n_layers)), position_specs, heads=heads, n_heads=model.cfg.n_heads)
+    values = patch_sweep(model, pairs, locations, progress=False).logit_diff
+    if heads is None:
+        return values.view(n_layers, width)
+    grid = values.view(n_layers, model.cfg.n_heads, len(position_specs))
+    return grid[..., 0] if positions == "all" else grid.permute(0, 2, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", nargs="+", default=["resid_pre", "attn_out", "mlp_out"], choices=list(TL_FUNCTIONS))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=18)
@@ -69,32 +84,33 @@ def main() -> None:
     def metric(logits):
         return logit_diff(logits[:, -1], pairs.answer_tokens, pairs.wrong_tokens).mean()
 
-    rows = []
-    for stream in args.streams:
-        locations = enumerate_locations([stream], list(range(args.layers)), list(range(args.tokens)))
+    table = []
+    for row in args.rows:
+        tl_function, stream, heads, positions, axes = ROWS[row]
         start = time.perf_counter()
-        ours = patch_sweep(model, pairs, locations, progress=False).logit_diff.view(args.layers, args.tokens)
+        ours = run_ours(model, pairs, stream, heads, positions, args.layers, args.tokens)
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
-        theirs = TL_FUNCTIONS[stream](model, pairs.corrupted_tokens, clean_cache, metric)
+        theirs = tl_function(model, pairs.corrupted_tokens, clean_cache, metric)
         theirs_s = time.perf_counter() - start
         max_diff = (ours - theirs).abs().max().item()
-        assert max_diff < 1e-4, f"{stream}: results differ by {max_diff}"
-        rows.append((f"{stream} layer x position ({args.layers}x{args.tokens})", theirs_s, ours_s, max_diff))
-        print(f"{rows[-1][0]}: transformer_lens {theirs_s:.2f} s, circuitlab {ours_s:.2f} s, {theirs_s / ours_s:.1f}x", flush=True)
+        assert max_diff < 1e-4, f"{row}: results differ by {max_diff}"
+        name = f"{stream} {axes.replace(' ', ' x ')}" + (" (all positions)" if positions == "all" else "")
+        table.append((name, tuple(theirs.shape), theirs_s, ours_s, max_diff))
+        print(f"{name} {tuple(theirs.shape)}: transformer_lens {theirs_s:.1f} s, circuitlab {ours_s:.1f} s, {theirs_s / ours_s:.1f}x", flush=True)
 
     lines = [
         f"# Activation patching, GPT-2-small-shaped random model ({args.layers} layers), {args.prompts} prompts x {args.tokens} tokens, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads",
         "",
-        "| sweep | transformer_lens.patching (s) | circuitlab (s) | speed-up | max abs diff |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| sweep | points | transformer_lens.patching (s) | circuitlab (s) | speed-up | max abs diff |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    lines += [f"| {name} | {tl:.2f} | {cl:.2f} | {tl / cl:.1f}x | {diff:.1e} |" for name, tl, cl, diff in rows]
-    table = "\n".join(lines) + "\n"
-    print("\n" + table)
+    lines += [f"| {name} | {'x'.join(map(str, shape))} | {tl:.1f} | {cl:.1f} | {tl / cl:.1f}x | {diff:.1e} |" for name, shape, tl, cl, diff in table]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
     out = Path(__file__).parent / "results" / "patching.md"
-    write_text(out, table)
+    write_text(out, text)
     print(f"written to {out}")
 
 

@@ -138,6 +138,9 @@ def patch_sweep(
     source_hooks = {loc.hook_name for loc in locations}
     base_hooks = {f"blocks.{layer}.hook_resid_pre" for layer in range(first_layer, model.cfg.n_layers)}
     base_hooks |= {f"blocks.{layer}.attn.hook_{kv}" for layer in range(first_layer, model.cfg.n_layers) for kv in "kv"}
+    for loc in locations:
+        if starts_after_attention(model, loc.stream):
+            base_hooks |= base_hooks_after_attention(loc.layer, loc.stream)
     needs_result = any(STREAMS[loc.stream].needs_attn_result for loc in locations)
 
     unchanged_before = first_difference(pairs)
@@ -248,15 +251,55 @@ def _patched_final_logits(
     def prefix(index: int, kv: str) -> Tensor:
         return base_cache[f"blocks.{index}.attn.hook_{kv}"][:, :start].repeat(n_points, 1, 1, 1)
 
+    def cached(name: str) -> Tensor:
+        act = base_cache[f"blocks.{layer}.{name}"][:, start:]
+        return act.repeat(n_points, *([1] * (act.dim() - 1)))
+
     last = model.cfg.n_layers - 1
-    resid = base_cache[f"blocks.{layer}.hook_resid_pre"][:, start:].repeat(n_points, 1, 1)
+    resid = cached("hook_resid_pre")
     with model.hooks(fwd_hooks=[(spec.hook_name(layer), patch)]):
-        for index in range(layer, model.cfg.n_layers):
+        first = layer
+        if starts_after_attention(model, spec.name):
+            resid = _second_half(model.blocks[layer], spec.name, resid, cached)
+            first = layer + 1
+        for index in range(first, model.cfg.n_layers):
             if index == last and index > layer and same_length and resid.shape[1] > 1:
                 return final_position_logits(model, _last_block_final_row(model, resid, prefix(index, "k"), prefix(index, "v")), torch.zeros_like(final_pos).repeat(n_points))
             entry = TransformerLensKeyValueCacheEntry(prefix(index, "k"), prefix(index, "v"), frozen=True) if start > 0 else None
             resid = model.blocks[index](resid, past_kv_cache_entry=entry)
     return final_position_logits(model, resid, (final_pos - start).repeat(n_points))
+
+
+AFTER_ATTENTION = {"z": "attn.hook_z", "result": "attn.hook_result", "attn_out": "hook_attn_out", "resid_mid": "hook_attn_out",
+                   "mlp_in": "hook_attn_out", "mlp_post": "hook_attn_out", "mlp_out": "hook_attn_out"}
+
+
+def starts_after_attention(model: HookedTransformer, stream: str) -> bool:
+    """Streams past the attention of their layer skip recomputing it (sequential pre-norm blocks only)."""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    cfg = model.cfg
+    plain = not (cfg.attn_only or cfg.parallel_attn_mlp or cfg.use_normalization_before_and_after or cfg.use_hook_mlp_in)
+    return stream in AFTER_ATTENTION and plain and cfg.original_architecture not in POST_NORM_ARCHITECTURES
+
+
+def base_hooks_after_attention(layer: int, stream: str) -> set[str]:
+    """What the base run must cache for `starts_after_attention`."""
+    return {f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.{AFTER_ATTENTION[stream]}"}
+
+
+def _second_half(block, stream: str, resid_pre: Tensor, cached) -> Tensor:
+    """Block `layer` from its attention output on, as TransformerLens computes it: the base run's attention
+    output, changed by the patched heads (z or result) or patched itself (attn_out's hook), then the MLP."""
+    attn_out = cached("hook_attn_out")
+    if stream == "z":
+        base_z = cached("attn.hook_z")
+        attn_out = attn_out + torch.einsum("bphd,hdm->bpm", block.attn.hook_z(base_z) - base_z, block.attn.W_O)
+    elif stream == "result":
+        base_result = cached("attn.hook_result")
+        attn_out = attn_out + (block.attn.hook_result(base_result) - base_result).sum(2)
+    resid_mid = block.hook_resid_mid(resid_pre + block.hook_attn_out(attn_out))
+    return block.hook_resid_post(resid_mid + block.apply_mlp(block.ln2(resid_mid)))
 
 
 def _last_block_final_row(
