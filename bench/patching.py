@@ -99,19 +99,36 @@ def main() -> None:
         table.append((name, tuple(theirs.shape), theirs_s, ours_s, max_diff))
         print(f"{name} {tuple(theirs.shape)}: transformer_lens {theirs_s:.1f} s, circuitlab {ours_s:.1f} s, {theirs_s / ours_s:.1f}x", flush=True)
 
+    setting = f"{args.layers} layers, {args.prompts} prompts x {args.tokens} tokens, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    print("\n" + render(table, setting))
+    if (args.layers, args.prompts, args.tokens) == (12, 8, 18):
+        record(table, setting)
+
+
+def render(table, setting: str) -> str:
     lines = [
-        f"# Activation patching, GPT-2-small-shaped random model ({args.layers} layers), {args.prompts} prompts x {args.tokens} tokens, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads",
+        f"# Activation patching, GPT-2-small-shaped random model ({setting})",
         "",
         "| sweep | points | transformer_lens.patching (s) | circuitlab (s) | speed-up | max abs diff |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     lines += [f"| {name} | {'x'.join(map(str, shape))} | {tl:.1f} | {cl:.1f} | {tl / cl:.1f}x | {diff:.1e} |" for name, shape, tl, cl, diff in table]
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    out = Path(__file__).parent / "results" / "patching.md"
-    write_text(out, text)
-    print(f"written to {out}")
+    return "\n".join(lines) + "\n"
+
+
+def record(table, setting: str) -> None:
+    """Merge these rows into bench/results/patching.json (by sweep name) and redraw patching.md from all rows,
+    so that `--rows` reruns update their own rows only."""
+    import json
+
+    results = Path(__file__).parent / "results"
+    store = results / "patching.json"
+    rows = json.loads(store.read_text()) if store.exists() else {}
+    rows.update({name: [list(shape), tl, cl, diff] for name, shape, tl, cl, diff in table})
+    write_text(store, json.dumps(rows, indent=2) + "\n")
+    merged = [(name, tuple(shape), tl, cl, diff) for name, (shape, tl, cl, diff) in rows.items()]
+    write_text(results / "patching.md", render(merged, setting))
+    print(f"written to {results / 'patching.md'}")
 
 
 if __name__ == "__main__":

@@ -155,9 +155,12 @@ def train_toy_command(args: list[str]) -> None:
     from circuitlab.models.toy import train_toy
 
     report = train_toy(name, out, steps=int(steps) if steps else None)
-    print(f"{name}: held-out accuracy {report['heldout_pair_accuracy']:.4f} after {report['recipe']['steps']} steps "
+    accuracy = {k: v for k, v in report.items() if k.endswith("accuracy") and k != "train_accuracy"}
+    print(f"{name}: {', '.join(f'{k} {v:.4f}' for k, v in accuracy.items())} after {report['recipe']['steps']} steps "
           f"({report['train_seconds']} s); written to {out}")
-    print(f"to ship it: cp {out}/* {Path(__file__).parent / 'models' / 'embedded' / name}/  (default recipe: {RECIPES[name]})")
+    shipped = Path(__file__).parent / "models" / "embedded" / name
+    if out.resolve() != shipped.resolve():
+        print(f"to ship it: cp {out}/* {shipped}/  (recipe: {RECIPES[name]})")
 
 
 def list_command(args: list[str]) -> None:

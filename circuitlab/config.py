@@ -50,6 +50,27 @@ class IOITaskConfig(TaskConfig):
 
 
 @dataclass
+class FactualTaskConfig(TaskConfig):
+    """Factual recall ("The capital of Spain is"); see `circuitlab/tasks/factual.py`."""
+
+    name: str = "factual"
+    n_prompts: int = 32
+    countries: Any = "all"
+    pairs: Optional[list[list[str]]] = None
+    templates: Any = "all"
+    track: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PairsTaskConfig(TaskConfig):
+    """Prompt pairs read from a JSONL file; see `circuitlab/tasks/pairs.py`."""
+
+    name: str = "pairs"
+    path: Optional[str] = None
+    track: list[str] = field(default_factory=list)
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
 
@@ -61,6 +82,17 @@ class ActivationPatchingConfig(MethodConfig):
     name: str = "activation_patching"
     direction: str = "denoising"
     metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
+
+
+@dataclass
+class AttributionPatchingConfig(MethodConfig):
+    """Attribution patching (gradient approximation); `compare_exact` also runs exact activation patching on
+    the same locations and writes the correlation of the two."""
+
+    name: str = "attribution_patching"
+    direction: str = "denoising"
+    metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
+    compare_exact: bool = True
 
 
 @dataclass
@@ -85,7 +117,7 @@ class RunConfig:
     device: str = "auto"
     results_dir: str = "results"
     progress: bool = True
-    memory_budget_mb: int = 1024
+    memory_budget_mb: Optional[int] = None
     figures: bool = True
     model: ModelConfig = MISSING
     task: TaskConfig = MISSING
@@ -99,5 +131,8 @@ def register_configs() -> None:
     cs.store(name="base_config", node=RunConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="task", name="base_ioi", node=IOITaskConfig)
+    cs.store(group="task", name="base_pairs", node=PairsTaskConfig)
+    cs.store(group="task", name="base_factual", node=FactualTaskConfig)
     cs.store(group="method", name="base_activation_patching", node=ActivationPatchingConfig)
+    cs.store(group="method", name="base_attribution_patching", node=AttributionPatchingConfig)
     cs.store(group="sweep", name="base_sweep", node=SweepConfig)

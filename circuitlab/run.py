@@ -29,14 +29,14 @@ from circuitlab.locations import (
     resolve_layers,
     resolve_positions,
 )
-from circuitlab.methods import activation_patching
+from circuitlab.methods import activation_patching, attribution_patching
 from circuitlab.metrics import METRICS
 from circuitlab.models import loading
 from circuitlab.tasks import TASKS
 from circuitlab.tasks.base import PromptPairs, single_token_id
 
 log = logging.getLogger("circuitlab")
-METHODS = ("activation_patching",)
+METHODS = ("activation_patching", "attribution_patching")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -70,7 +70,7 @@ def validate_static(cfg: DictConfig) -> None:
     for metric in cfg.method.metrics:
         if metric not in METRICS:
             raise ConfigError("method.metrics", metric, METRICS)
-    if "prob" in cfg.method.metrics and not cfg.task.get("track"):
+    if "prob" in cfg.method.metrics and not cfg.task.get("track") and cfg.task.name != "pairs":
         raise ConfigError("task.track", "[]", "one or more tokens, e.g. task.track=[' Mary'], for method.metrics=[prob]")
     if not cfg.sweep.streams:
         raise ConfigError("sweep.streams", "[]", "one or more stream names")
@@ -113,13 +113,13 @@ def prepare(cfg: DictConfig) -> Plan:
     shape = loading.model_shape(cfg.model)
     tokenizer = loading.load_tokenizer(cfg.model)
     pairs = build_pairs(cfg, tokenizer)
-    return Plan(shape, pairs, plan_locations(cfg, shape, pairs), tracked_tokens(cfg, tokenizer))
+    return Plan(shape, pairs, plan_locations(cfg, shape, pairs), tracked_tokens(cfg, tokenizer, pairs))
 
 
-def tracked_tokens(cfg: DictConfig, tokenizer) -> dict[str, int]:
-    """`task.track` strings -> token ids; each must be one token."""
+def tracked_tokens(cfg: DictConfig, tokenizer, pairs: PromptPairs) -> dict[str, int]:
+    """`task.track` strings (and the task's own) -> token ids; each must be one token."""
     tracked = {}
-    for text in cfg.task.get("track") or []:
+    for text in dict.fromkeys([*(cfg.task.get("track") or []), *pairs.track]):
         token = single_token_id(tokenizer, text)
         if token is None:
             raise ConfigError("task.track", repr(text), "strings that are one token each for this model's tokenizer")
@@ -152,11 +152,23 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         )
         if cfg.sweep.heads == "cumulative" and not cfg.sweep.get("head_order"):
             locations = ranked_cumulative(locations, sweep, shape.n_heads)
-        result = sweep(locations)
+        extra: dict = {}
+        if cfg.method.name == "attribution_patching":
+            estimates, clean_ld, corrupted_ld = attribution_patching.attribute(model, pairs, locations, cfg.method.direction)
+            exact = sweep(locations) if cfg.method.compare_exact else None
+            result = exact or activation_patching.PatchingResult(locations, {}, {"logit_diff": clean_ld}, {"logit_diff": corrupted_ld})
+            rows = attribution_rows(cfg, locations, estimates, clean_ld - corrupted_ld, exact, pairs)
+            if exact is not None:
+                extra["correlation_with_exact"] = correlations(locations, estimates, exact.logit_diff)
+        else:
+            result = sweep(locations)
+            rows = patching_rows(cfg, result, pairs)
     with timer("write_results"):
-        frame = rs.tidy_frame(patching_rows(cfg, result, pairs))
-        rs.write_csv(run_dir / "results.csv", frame)
-        rs.write_tensors(run_dir / "results.pt", patching_tensors(result, pairs))
+        rs.write_csv(run_dir / "results.csv", rs.tidy_frame(rows))
+        tensors = patching_tensors(result, pairs) if result.metrics else {}
+        if cfg.method.name == "attribution_patching":
+            tensors["attribution"] = estimates
+        rs.write_tensors(run_dir / "results.pt", tensors)
         rs.write_tensors(run_dir / "dataset.pt", pairs.to_tensors())
     figures = []
     if cfg.figures:
@@ -174,6 +186,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "dropped_prompt_pairs": pairs.dropped,
         "n_sweep_points": len(locations),
         "baselines": {"clean": result.clean, "corrupted": result.corrupted},
+        **extra,
         "versions": rs.package_versions(),
         "git_commit": rs.git_commit(Path(__file__).parent),
         "wall_time_seconds": timer.seconds,
@@ -199,22 +212,53 @@ def ranked_cumulative(locations: list[Location], sweep, n_heads: int) -> list[Lo
     return out
 
 
+def correlations(locations: list[Location], estimates, exact) -> dict[str, float]:
+    """Pearson correlation of attribution and exact patching, per stream and over all locations."""
+    out = {}
+    for stream in dict.fromkeys(loc.stream for loc in locations):
+        index = [i for i, loc in enumerate(locations) if loc.stream == stream]
+        out[stream] = attribution_patching.pearson(estimates[index], exact[index])
+    out["all"] = attribution_patching.pearson(estimates, exact)
+    return out
+
+
+def location_columns(cfg: DictConfig, location: Location, pairs: PromptPairs) -> dict:
+    return {
+        "experiment": cfg.name,
+        "method": cfg.method.name,
+        "stream": location.stream,
+        "layer": location.layer,
+        "head": location.head,
+        "heads": heads_value(location.heads),
+        "group": location.group,
+        "position": position_value(location.positions),
+        "position_label": position_label(location.positions, pairs.first_prompt_tokens),
+    }
+
+
+def attribution_rows(cfg, locations, estimates, clean_minus_corrupted: float, exact, pairs: PromptPairs) -> list[dict]:
+    """`attribution` (estimated change of the logit difference) and its normalised form; with the exact
+    run, `exact_change` (patched minus base logit difference) and `exact_normalized` beside them."""
+    base = exact.corrupted_logit_diff if exact is not None and cfg.method.direction == "denoising" else None
+    if exact is not None and base is None:
+        base = exact.clean_logit_diff
+    rows = []
+    for i, location in enumerate(locations):
+        common = location_columns(cfg, location, pairs)
+        values = {"attribution": float(estimates[i]), "attribution_normalized": float(estimates[i]) / clean_minus_corrupted}
+        if exact is not None:
+            change = float(exact.logit_diff[i]) - base
+            values.update(exact_change=change, exact_normalized=change / clean_minus_corrupted)
+        rows += [{**common, "metric": name, "value": value} for name, value in values.items()]
+    return rows
+
+
 def patching_rows(cfg: DictConfig, result: activation_patching.PatchingResult, pairs: PromptPairs) -> list[dict]:
     values = {**result.metrics, "logit_diff_normalized": result.normalized}
     order = ["logit_diff", "logit_diff_normalized", *[m for m in result.metrics if m != "logit_diff"]]
     rows = []
     for i, location in enumerate(result.locations):
-        common = {
-            "experiment": cfg.name,
-            "method": cfg.method.name,
-            "stream": location.stream,
-            "layer": location.layer,
-            "head": location.head,
-            "heads": heads_value(location.heads),
-            "group": location.group,
-            "position": position_value(location.positions),
-            "position_label": position_label(location.positions, pairs.first_prompt_tokens),
-        }
+        common = location_columns(cfg, location, pairs)
         rows += [{**common, "metric": name, "value": float(values[name][i])} for name in order]
     return rows
 

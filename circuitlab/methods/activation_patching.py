@@ -107,8 +107,20 @@ def final_position_logits(
     return torch.addmm(model.unembed.b_U, model.ln_final(last)[:, 0], model.unembed.W_U)
 
 
-def points_per_chunk(model: HookedTransformer, n_prompts: int, width: int, memory_budget_mb: int) -> int:
+def memory_budget(device, configured_mb: int | None) -> int:
+    """The activation budget of one forward in MiB: the configured value, else half the free memory of a CUDA
+    device, else 1024."""
+    if configured_mb:
+        return int(configured_mb)
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return max(256, int(free / 2**20 // 2))
+    return 1024
+
+
+def points_per_chunk(model: HookedTransformer, n_prompts: int, width: int, memory_budget_mb: int | None) -> int:
     """How many sweep points fit one forward within the memory budget (a rough activation estimate)."""
+    memory_budget_mb = memory_budget(model.cfg.device, memory_budget_mb)
     cfg = model.cfg
     floats = n_prompts * width * (6 * cfg.d_model + 2 * cfg.d_mlp + 3 * cfg.n_heads * width) + n_prompts * cfg.d_vocab_out
     return max(1, int(memory_budget_mb * 2**20 // (floats * 4)))
@@ -119,7 +131,7 @@ def patch_sweep(
     pairs: PromptPairs,
     locations: list[Location],
     direction: str = "denoising",
-    memory_budget_mb: int = 1024,
+    memory_budget_mb: int | None = None,
     progress: bool = True,
     metrics: tuple[str, ...] = ("logit_diff",),
     tracked: dict[str, int] | None = None,

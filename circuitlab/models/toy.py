@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitlab.models.hf_gpt2 import save_gpt2_dir
-from circuitlab.tasks import ioi
+from circuitlab.tasks import factual, ioi
 from circuitlab.tasks.base import PromptPairs
 
 SPECIAL_TOKENS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<unk>"}
@@ -45,7 +45,10 @@ class ToyRecipe:
     seed: int = 0
 
 
-RECIPES = {"toy-ioi": ToyRecipe(task="ioi")}
+RECIPES = {
+    "toy-ioi": ToyRecipe(task="ioi"),
+    "toy-facts": ToyRecipe(task="factual", steps=400, train_pool=4000, eval_prompts=0, heldout_pair_fraction=0.0),
+}
 TASK_TO_TOY = {recipe.task: name for name, recipe in RECIPES.items()}
 
 
@@ -106,6 +109,30 @@ def ioi_prompt_pairs(recipe: ToyRecipe, tokenizer, n: int, heldout: bool, seed: 
     return ioi.tokenize_prompts(prompts, tokenizer, bos, bos)
 
 
+def facts_prompt_pairs(recipe: ToyRecipe, tokenizer, n: int | None, seed: int) -> PromptPairs:
+    """`n` random factual prompts, or (n=None) every country in every template once (facts are memorised,
+    so the evaluation set is the fact set itself)."""
+    bos = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["bos_token"])
+    countries, templates = list(factual.CAPITALS), list(factual.TEMPLATES.values())
+    if n is None:
+        prompts = [(t, a, countries[(i + 1) % len(countries)]) for t in templates for i, a in enumerate(countries)]
+    else:
+        rng = random.Random(seed)
+        prompts = [(rng.choice(templates), *rng.sample(countries, 2)) for _ in range(n)]
+    return factual.tokenize(prompts, tokenizer, bos, bos)
+
+
+def task_data(recipe: ToyRecipe, tokenizer) -> tuple[PromptPairs, PromptPairs]:
+    """(training pool, held-out evaluation set) for the recipe's task."""
+    if recipe.task == "ioi":
+        train = ioi_prompt_pairs(recipe, tokenizer, recipe.train_pool, heldout=False, seed=recipe.seed + 1)
+        return train, ioi_prompt_pairs(recipe, tokenizer, recipe.eval_prompts, heldout=True, seed=recipe.seed + 2)
+    return facts_prompt_pairs(recipe, tokenizer, recipe.train_pool, recipe.seed + 1), facts_prompt_pairs(recipe, tokenizer, None, 0)
+
+
+VOCABULARIES = {"ioi": ioi.vocabulary, "factual": factual.vocabulary}
+
+
 def final_logits(model: HookedTransformer, pairs: PromptPairs, tokens: torch.Tensor | None = None) -> torch.Tensor:
     tokens = pairs.clean_tokens if tokens is None else tokens
     logits = model(tokens)
@@ -133,11 +160,10 @@ def _train(name: str, out_dir: Path, steps: int | None, progress: bool) -> dict:
     if steps is not None:
         recipe = ToyRecipe(**{**asdict(recipe), "steps": steps})
     torch.manual_seed(recipe.seed)
-    tokenizer_json = word_level_tokenizer_json(ioi.vocabulary())
+    tokenizer_json = word_level_tokenizer_json(VOCABULARIES[recipe.task]())
     tokenizer = fast_tokenizer(tokenizer_json)
     started = time.time()
-    train = ioi_prompt_pairs(recipe, tokenizer, recipe.train_pool, heldout=False, seed=recipe.seed + 1)
-    heldout = ioi_prompt_pairs(recipe, tokenizer, recipe.eval_prompts, heldout=True, seed=recipe.seed + 2)
+    train, heldout = task_data(recipe, tokenizer)
     model = HookedTransformer(_model_config(recipe, len(tokenizer)))
     model.unembed.b_U.requires_grad_(False)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -161,7 +187,7 @@ def _train(name: str, out_dir: Path, steps: int | None, progress: bool) -> dict:
         "name": name,
         "recipe": asdict(recipe),
         "final_loss": round(loss.item(), 5),
-        "heldout_pair_accuracy": accuracy(model, heldout),
+        "heldout_pair_accuracy" if recipe.task == "ioi" else "fact_accuracy": accuracy(model, heldout),
         "train_accuracy": accuracy(model, _subset(train, 1000)),
         "train_seconds": round(time.time() - started, 1),
         "torch": torch.__version__,

@@ -39,6 +39,7 @@ class PromptPairs:
     corrupted_texts: list[str]
     first_prompt_tokens: list[str]
     dropped: dict[str, int] = field(default_factory=dict)
+    track: tuple[str, ...] = ()
 
     @property
     def n_pairs(self) -> int:
