@@ -157,9 +157,11 @@ def patch_sweep(
 
     unchanged_before = first_difference(pairs)
     with torch.no_grad(), attn_result_enabled(model, needs_result), fused_gelu(model):
-        base_logits, base_cache = model.run_with_cache(base_tokens, names_filter=lambda n: n in base_hooks)
-        source_logits, source_cache = model.run_with_cache(source_tokens, names_filter=lambda n: n in source_hooks)
-        clean_final, corrupted_final = base_logits[rows, final_pos], source_logits[rows, final_pos]
+        # stop after the last block: only the final positions are unembedded
+        n_layers = model.cfg.n_layers
+        base_resid, base_cache = model.run_with_cache(base_tokens, names_filter=lambda n: n in base_hooks, stop_at_layer=n_layers)
+        source_resid, source_cache = model.run_with_cache(source_tokens, names_filter=lambda n: n in source_hooks, stop_at_layer=n_layers)
+        clean_final, corrupted_final = (final_position_logits(model, r, final_pos) for r in (base_resid, source_resid))
         if direction == "denoising":
             clean_final, corrupted_final = corrupted_final, clean_final
         clean_log_probs = torch.log_softmax(clean_final.float(), dim=-1)
