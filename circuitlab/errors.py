@@ -25,7 +25,3 @@ class ConfigError(CircuitlabError):
             message += f" ({hint})"
         super().__init__(message)
 
-
-def describe_range(stop: int) -> str:
-    """`0..stop-1` as shown to users."""
-    return f"integers 0..{stop - 1}" if stop > 0 else "none"
