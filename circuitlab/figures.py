@@ -10,6 +10,7 @@ import pandas as pd
 import plotnine as p9
 
 RENDERERS: dict[str, Callable[[pd.DataFrame, Path], list[Path]]] = {}
+GROUP_SIGN = {"leave_one_out": "−", "cumulative": "+"}  # bar labels: "−head 3" left out, "+head 3" added
 
 
 def renderer(method: str):
@@ -77,10 +78,8 @@ def layer_position_heatmap(frame: pd.DataFrame, title: str, value_name: str, fac
 def head_group_bars(frame: pd.DataFrame, title: str) -> tuple[p9.ggplot, float, float]:
     """One bar per head group, in sweep order, one facet per (stream, layer)."""
     df = frame.copy()
-    sign = {"leave_one_out": "−", "cumulative": "+"}
-    df["bar"] = [f"{sign.get(g, '')}head {h}" for g, h in zip(df["group"], df["head"])]
+    df["bar"] = [f"{GROUP_SIGN.get(g, '')}head {h}" for g, h in zip(df["group"], df["head"])]
     df["panel"] = df["stream"] + " layer " + df["layer"].astype(str) + " · " + df["position_label"]
-    df["order"] = range(len(df))
     df["bar"] = pd.Categorical(df["bar"], categories=list(dict.fromkeys(df["bar"])), ordered=True)
     plot = (
         p9.ggplot(df, p9.aes("bar", "value", fill="value"))
@@ -124,8 +123,7 @@ def activation_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Pa
     for group in ("leave_one_out", "cumulative"):
         bars = results[normalized & (groups == group)].copy()
         if bars["position_label"].nunique() > 2:
-            sign = "−" if group == "leave_one_out" else "+"
-            bars["bar"] = [f"{sign}head {h}" for h in bars["head"]]
+            bars["bar"] = [f"{GROUP_SIGN[group]}head {h}" for h in bars["head"]]
             bars["panel"] = bars["stream"] + " layer " + bars["layer"].astype(str)
             plot, w, h = heatmap(bars, "position_label", "bar", "panel", f"{experiment}: {group.replace('_', '-')} head groups", label, "position (first prompt's token)", "")
             written += save(plot, out_dir, f"heads_{group}", w, h)

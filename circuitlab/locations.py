@@ -236,6 +236,21 @@ def head_mask(heads: list[tuple[int, ...] | None], n_heads: int) -> Bool[Tensor,
     return mask
 
 
+def cell_mask(
+    stream: Stream, positions: Bool[Tensor, "row pos"], heads: Bool[Tensor, "row head"] | None, ndim: int
+) -> Bool[Tensor, "..."]:
+    """A (row, position) mask and an optional (row, head) mask, laid out to broadcast against the stream's
+    activation (rows on axis 0, positions and heads on the stream's own axes)."""
+    shape = [positions.shape[0]] + [1] * (ndim - 1)
+    shape[stream.pos_dim] = positions.shape[1]
+    mask = positions.view(shape)
+    if heads is not None:
+        head_shape = [heads.shape[0]] + [1] * (ndim - 1)
+        head_shape[stream.head_dim] = heads.shape[1]
+        mask = mask & heads.view(head_shape)
+    return mask
+
+
 def position_label(spec: PositionSpec, first_prompt_tokens: list[str]) -> str:
     """How a position appears in results and figures: `3:Mary` for an index, `0-16` for a run of indices."""
     if isinstance(spec, tuple):

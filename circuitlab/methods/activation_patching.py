@@ -26,7 +26,7 @@ from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from circuitlab.errors import ConfigError
-from circuitlab.locations import STREAMS, Location, head_mask, position_mask
+from circuitlab.locations import STREAMS, Location, cell_mask, head_mask, position_mask
 from circuitlab.metrics import normalized_recovery, point_metrics
 from circuitlab.tasks.base import PromptPairs
 
@@ -145,7 +145,6 @@ def patch_sweep(
     base_tokens, source_tokens = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
     final_pos = pairs.final_positions.to(device)
     answer, wrong = pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)
-    rows = torch.arange(pairs.n_pairs, device=device)
     first_layer = min(loc.layer for loc in locations)
     source_hooks = {loc.hook_name for loc in locations}
     base_hooks = {f"blocks.{layer}.hook_resid_pre" for layer in range(first_layer, model.cfg.n_layers)}
@@ -170,6 +169,11 @@ def patch_sweep(
 
         chunk = points_per_chunk(model, pairs.n_pairs, pairs.width, memory_budget_mb)
         results: dict[str, Tensor] = {}
+
+        def store(values_by_metric: dict[str, Tensor], indices: list[int]) -> None:
+            for name, values in values_by_metric.items():
+                results.setdefault(name, torch.empty(len(locations)))[indices] = values.cpu()
+
         bar = tqdm(total=len(locations), desc="patching", unit="point", disable=not progress)
         for (stream, layer), group in itertools.groupby(range(len(locations)), key=lambda i: (locations[i].stream, locations[i].layer)):
             group = list(group)
@@ -177,11 +181,11 @@ def patch_sweep(
             pos_masks = position_mask([locations[i].positions for i in group], pairs.width, pairs.named_positions, pairs.n_pairs)
             pos_masks[:, :, :unchanged_before] = False
             heads = head_mask([locations[i].heads for i in group], model.cfg.n_heads) if spec.has_heads else None
-            no_ops = [j for j in range(len(group)) if not pos_masks[j].any()]
-            for name, values in baselines["corrupted" if direction == "denoising" else "clean"].items():
-                results.setdefault(name, torch.empty(len(locations)))[[group[j] for j in no_ops]] = values.cpu()
+            patches_something = pos_masks.flatten(1).any(1).tolist()
+            no_ops = [j for j in range(len(group)) if not patches_something[j]]
+            active = [j for j in range(len(group)) if patches_something[j]]
+            store(baselines["corrupted" if direction == "denoising" else "clean"], [group[j] for j in no_ops])
             bar.update(len(no_ops))
-            active = [j for j in range(len(group)) if pos_masks[j].any()]
             starts = first_patched_position(pos_masks[active], model).tolist()
             for chunk_part, start in plan_chunks(starts, chunk, pairs.n_pairs, pairs.width, overhead_rows(device)):
                 part = [active[k] for k in chunk_part]
@@ -190,8 +194,7 @@ def patch_sweep(
                     pos_masks[part].to(device), None if heads is None else heads[part].to(device), final_pos,
                     pairs.same_length,
                 )
-                for name, values in score(logits.view(len(part), pairs.n_pairs, -1)).items():
-                    results.setdefault(name, torch.empty(len(locations)))[[group[j] for j in part]] = values.cpu()
+                store(score(logits.view(len(part), pairs.n_pairs, -1)), [group[j] for j in part])
                 bar.update(len(part))
         bar.close()
     as_floats = lambda d: {k: float(v[0]) for k, v in d.items()}  # noqa: E731
@@ -251,16 +254,11 @@ def _patched_final_logits(
     cells = pos_masks[:, :, start:].reshape(n_points * n_prompts, -1)
     source = source_act.narrow(spec.pos_dim, start, source_act.shape[spec.pos_dim] - start)
     source = source.repeat(n_points, *([1] * (source.dim() - 1)))
-    shape = [n_points * n_prompts] + [1] * (source.dim() - 1)
-    shape[spec.pos_dim] = cells.shape[1]
-    cell_mask = cells.view(shape)
-    if heads is not None:
-        head_shape = [n_points * n_prompts] + [1] * (source.dim() - 1)
-        head_shape[spec.head_dim] = heads.shape[1]
-        cell_mask = cell_mask & heads.repeat_interleave(n_prompts, 0).view(head_shape)
+    head_rows = None if heads is None else heads.repeat_interleave(n_prompts, 0)
+    mask = cell_mask(spec, cells, head_rows, source.dim())
 
     def patch(activation: Tensor, hook) -> Tensor:
-        return torch.where(cell_mask, source, activation)
+        return torch.where(mask, source, activation)
 
     def prefix(index: int, kv: str) -> Tensor:
         return base_cache[f"blocks.{index}.attn.hook_{kv}"][:, :start].repeat(n_points, 1, 1, 1)

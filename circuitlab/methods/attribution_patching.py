@@ -15,7 +15,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from circuitlab.errors import ConfigError
-from circuitlab.locations import STREAMS, Location, head_mask, position_mask
+from circuitlab.locations import STREAMS, Location, cell_mask, head_mask, position_mask
 from circuitlab.methods.activation_patching import DIRECTIONS, attn_result_enabled
 from circuitlab.metrics import logit_diff
 from circuitlab.tasks.base import PromptPairs
@@ -60,13 +60,8 @@ def attribute(
         activation = kept[loc.hook_name]
         contribution = (source_cache[loc.hook_name] - activation.detach()) * activation.grad
         cells = position_mask([loc.positions], pairs.width, pairs.named_positions, pairs.n_pairs)[0].to(device)
-        shape = [pairs.n_pairs] + [1] * (contribution.dim() - 1)
-        shape[spec.pos_dim] = pairs.width
-        mask = cells.view(shape)
-        if spec.has_heads:
-            head_shape = [1] * contribution.dim()
-            head_shape[spec.head_dim] = model.cfg.n_heads
-            mask = mask & head_mask([loc.heads], model.cfg.n_heads)[0].to(device).view(head_shape)
+        heads = head_mask([loc.heads], model.cfg.n_heads).to(device) if spec.has_heads else None
+        mask = cell_mask(spec, cells, heads, contribution.dim())
         # the metric is a mean over prompts, so the per-prompt terms already carry the 1/n
         estimates[i] = torch.where(mask, contribution, 0).sum().item()
     clean_ld, corrupted_ld = (source_ld, base_ld) if direction == "denoising" else (base_ld, source_ld)
