@@ -71,6 +71,20 @@ class PairsTaskConfig(TaskConfig):
 
 
 @dataclass
+class AdditionTaskConfig(TaskConfig):
+    """Off-by-k addition in context ("2+3=5\\n4+1=5\\n5+2="); see `circuitlab/tasks/addition.py`."""
+
+    name: str = "addition"
+    n_demos: int = 4
+    offset: int = 1
+    nmax: int = 9
+    setting: str = "setting1"
+    path: Optional[str] = None
+    answer_token: str = "whole"
+    track: list[str] = field(default_factory=list)
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
 
@@ -93,6 +107,26 @@ class AttributionPatchingConfig(MethodConfig):
     direction: str = "denoising"
     metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
     compare_exact: bool = True
+
+
+@dataclass
+class PathPatchingConfig(MethodConfig):
+    """Path patching (the IOI paper's algorithm; seed 003). Senders are the sweep's locations (streams z,
+    attn_out, mlp_out at positions [all]) in layers [begin_layer, the last receiver's block); the base run is
+    the corrupted (contrast) prompt, the source the clean (normal) one. `receivers`: resid_pre.L,
+    resid_post.L (resid_post.-1 is the final residual stream), q.L.H, k.L.H, v.L.H. `receiver_positions`:
+    all, a named position (END) or a list of indices. `thresholds`: heads whose |variation| exceeds them are
+    listed (log and important_heads.csv). `pattern_heads`: auto (the heads above the first threshold, at most
+    8), [] or [[layer, head], ...]: their attention patterns, averaged over the `pattern_prompts`."""
+
+    name: str = "path_patching"
+    receivers: list[str] = field(default_factory=lambda: ["resid_post.-1"])
+    receiver_positions: Any = "all"
+    begin_layer: int = 0
+    metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
+    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.02])
+    pattern_heads: Any = "auto"
+    pattern_prompts: str = "corrupted"
 
 
 @dataclass
@@ -133,6 +167,8 @@ def register_configs() -> None:
     cs.store(group="task", name="base_ioi", node=IOITaskConfig)
     cs.store(group="task", name="base_pairs", node=PairsTaskConfig)
     cs.store(group="task", name="base_factual", node=FactualTaskConfig)
+    cs.store(group="task", name="base_addition", node=AdditionTaskConfig)
     cs.store(group="method", name="base_activation_patching", node=ActivationPatchingConfig)
     cs.store(group="method", name="base_attribution_patching", node=AttributionPatchingConfig)
+    cs.store(group="method", name="base_path_patching", node=PathPatchingConfig)
     cs.store(group="sweep", name="base_sweep", node=SweepConfig)

@@ -46,14 +46,18 @@ def _ordered(df: pd.DataFrame, column: str, reverse: bool = False) -> pd.DataFra
     return df
 
 
-def heatmap(frame: pd.DataFrame, x: str, y: str, facet: str, title: str, value_name: str, x_label: str, y_label: str) -> tuple[p9.ggplot, float, float]:
-    """Tiles of `value` over x and y with the values written in the cells, one facet per `facet` value."""
+def heatmap(
+    frame: pd.DataFrame, x: str, y: str, facet: str, title: str, value_name: str, x_label: str, y_label: str,
+    cell_format: str = "{:.2f}", min_limit: float = 1.0,
+) -> tuple[p9.ggplot, float, float]:
+    """Tiles of `value` over x and y with the values written in the cells, one facet per `facet` value; the
+    colour scale is symmetric around 0, at least +-`min_limit` wide."""
     df = frame.copy()
     for column in (x, facet):
         _ordered(df, column)
     _ordered(df, y, reverse=True)
-    df["cell"] = df["value"].map(lambda v: f"{v:.2f}")
-    limit = max(1.0, float(df["value"].abs().max()))
+    df["cell"] = df["value"].map(lambda v: "" if pd.isna(v) else cell_format.format(v))
+    limit = max(min_limit, float(df["value"].abs().max()))
     n_x, n_y, n_facets = df[x].nunique(), df[y].nunique(), df[facet].nunique()
     plot = (
         p9.ggplot(df, p9.aes(x, y, fill="value"))
@@ -166,6 +170,52 @@ def attribution_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[P
         )
         written += save(plot, out_dir, "attribution_vs_exact", 4 + 2.5 * both["stream"].nunique(), 4)
     return written
+
+
+@renderer("path_patching")
+def path_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The seed's "Path patching results": sender layer x head, the logit diff variation in percent, one
+    panel per receiver set; and the attention patterns of the chosen heads when the run saved them."""
+    experiment = results["experiment"].iloc[0]
+    variation = results[results["metric"] == "logit_diff_variation"].copy()
+    variation["value"] = 100 * variation["value"]
+    variation["sender"] = [
+        f"head {h}" if stream == "z" and heads and "," not in heads else ("mlp" if stream == "mlp_out" else f"heads {heads or 'all'}")
+        for stream, h, heads in zip(variation["stream"], variation["head"], variation["heads"].fillna(""))
+    ]
+    variation["layer"] = variation["layer"].astype(str)
+    variation["panel"] = "receiver: " + variation["receiver"].fillna("")
+    plot, w, h = heatmap(variation, "layer", "sender", "panel", f"{experiment}: path patching results", "logit diff\nvariation (%)",
+                         "sender layer", "sender", cell_format="{:.0f}", min_limit=5.0)
+    written = save(plot, out_dir, "path_patching_heatmap", w, h)
+    patterns_csv = Path(out_dir).parent / "attention_patterns.csv"
+    if patterns_csv.exists():
+        written += attention_pattern_figure(pd.read_csv(patterns_csv, keep_default_na=False, dtype={"head": str, "query_label": str, "key_label": str}), out_dir, experiment)
+    return written
+
+
+def attention_pattern_figure(patterns: pd.DataFrame, out_dir: Path, experiment: str) -> list[Path]:
+    """Query x key heatmaps of mean attention weights, one facet per head, token labels on both axes."""
+    df = patterns.copy()
+    order = df.drop_duplicates("query").sort_values("query")["query_label"].tolist()
+    df["key_label"] = pd.Categorical(df["key_label"], categories=order, ordered=True)
+    df["query_label"] = pd.Categorical(df["query_label"], categories=order[::-1], ordered=True)
+    df["head"] = pd.Categorical("head " + df["head"], categories=list(dict.fromkeys("head " + df["head"])), ordered=True)
+    n_tokens, n_heads = len(order), df["head"].nunique()
+    prompts = f"{df['prompts'].iloc[0]} prompts, mean of {df['n_prompts'].iloc[0]}"
+    plot = (
+        p9.ggplot(df, p9.aes("key_label", "query_label", fill="weight"))
+        + p9.geom_tile()
+        + p9.scale_fill_gradient(low="white", high="#08306b", limits=(0, 1), name="attention")
+        + p9.facet_wrap("~head", ncol=min(4, n_heads))
+        + p9.labs(x="key", y="query", title=f"{experiment}: attention patterns ({prompts})")
+        + p9.theme_minimal()
+        + p9.theme(axis_text_x=p9.element_text(rotation=90, size=5), axis_text_y=p9.element_text(size=5), panel_grid=p9.element_blank())
+    )
+    side = max(3.0, 0.09 * n_tokens + 1.5)
+    columns = min(4, n_heads)
+    rows = -(-n_heads // columns)
+    return save(plot, out_dir, "attention_patterns", side * columns + 1.5, side * rows + 1)
 
 
 def render_run(run_dir: Path) -> list[Path]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-CSV_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "group", "position", "position_label", "metric", "value"]
+CSV_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "group", "position", "position_label", "receiver", "metric", "value"]
 PACKAGES = ("circuitlab", "torch", "transformer-lens", "transformers", "hydra-core", "pandas", "plotnine", "numpy")
 
 
@@ -63,7 +63,7 @@ def tidy_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def read_results(run_dir: Path) -> pd.DataFrame:
-    dtypes = {"head": "Int64", "heads": "string", "group": "string", "position": "string"}
+    dtypes = {"head": "Int64", "heads": "string", "group": "string", "position": "string", "receiver": "string"}
     return pd.read_csv(Path(run_dir) / "results.csv", dtype=dtypes, keep_default_na=False, na_values={"head": [""]})
 
 

@@ -11,7 +11,7 @@ import random
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,14 +29,15 @@ from circuitlab.locations import (
     resolve_layers,
     resolve_positions,
 )
-from circuitlab.methods import activation_patching, attribution_patching
+from circuitlab.methods import activation_patching, attention, attribution_patching, path_patching
 from circuitlab.metrics import METRICS
 from circuitlab.models import loading
 from circuitlab.tasks import TASKS
 from circuitlab.tasks.base import PromptPairs, single_token_id
 
 log = logging.getLogger("circuitlab")
-METHODS = ("activation_patching", "attribution_patching")
+METHODS = ("activation_patching", "attribution_patching", "path_patching")
+PATTERN_PROMPTS = ("corrupted", "clean")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -65,8 +66,10 @@ def validate_static(cfg: DictConfig) -> None:
     TASKS[cfg.task.name].validate_config(cfg.task)
     if cfg.method.name not in METHODS:
         raise ConfigError("method.name", cfg.method.name, METHODS)
-    if cfg.method.direction not in activation_patching.DIRECTIONS:
+    if "direction" in cfg.method and cfg.method.direction not in activation_patching.DIRECTIONS:
         raise ConfigError("method.direction", cfg.method.direction, activation_patching.DIRECTIONS)
+    if cfg.method.name == "path_patching" and cfg.method.pattern_prompts not in PATTERN_PROMPTS:
+        raise ConfigError("method.pattern_prompts", cfg.method.pattern_prompts, PATTERN_PROMPTS)
     for metric in cfg.method.metrics:
         if metric not in METRICS:
             raise ConfigError("method.metrics", metric, METRICS)
@@ -105,6 +108,8 @@ class Plan:
     pairs: PromptPairs
     locations: list[Location]
     tracked: dict[str, int]
+    tokenizer: object = None
+    receivers: tuple[path_patching.Receiver, ...] = field(default_factory=tuple)
 
 
 def prepare(cfg: DictConfig) -> Plan:
@@ -113,7 +118,22 @@ def prepare(cfg: DictConfig) -> Plan:
     shape = loading.model_shape(cfg.model)
     tokenizer = loading.load_tokenizer(cfg.model)
     pairs = build_pairs(cfg, tokenizer)
-    return Plan(shape, pairs, plan_locations(cfg, shape, pairs), tracked_tokens(cfg, tokenizer, pairs))
+    locations, receivers = plan_locations(cfg, shape, pairs), ()
+    if cfg.method.name == "path_patching":
+        receivers = plan_receivers(cfg, shape, pairs)
+        locations = path_patching.check_senders(locations, list(receivers), cfg.method.begin_layer)
+        attention.resolve_heads(_plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
+    return Plan(shape, pairs, locations, tracked_tokens(cfg, tokenizer, pairs), tokenizer, receivers)
+
+
+def plan_receivers(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPairs) -> tuple[path_patching.Receiver, ...]:
+    """Path patching's receivers and receiver positions, checked against the model and the prompts."""
+    if not cfg.method.receivers:
+        raise ConfigError("method.receivers", "[]", path_patching.RECEIVER_SYNTAX)
+    spec = _plain(cfg.method.receiver_positions)
+    spec = tuple(spec) if isinstance(spec, list) else spec
+    resolve_positions([spec], pairs.width, list(pairs.named_positions), pairs.same_length, "method.receiver_positions")
+    return tuple(path_patching.parse_receiver(r, shape.n_layers, shape.n_heads) for r in cfg.method.receivers)
 
 
 def tracked_tokens(cfg: DictConfig, tokenizer, pairs: PromptPairs) -> dict[str, int]:
@@ -146,30 +166,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     with timer("load_model"):
         model = loading.load_model(cfg.model, device=device)
     with timer("sweep"):
-        sweep = lambda locs: activation_patching.patch_sweep(  # noqa: E731
-            model, pairs, locs, cfg.method.direction, cfg.memory_budget_mb, cfg.progress,
-            tuple(cfg.method.metrics), plan.tracked,
-        )
-        if cfg.sweep.heads == "cumulative" and not cfg.sweep.get("head_order"):
-            locations = ranked_cumulative(locations, sweep, shape.n_heads)
-        extra: dict = {}
-        if cfg.method.name == "attribution_patching":
-            estimates, clean_ld, corrupted_ld = attribution_patching.attribute(model, pairs, locations, cfg.method.direction)
-            exact = sweep(locations) if cfg.method.compare_exact else None
-            result = exact or activation_patching.PatchingResult(locations, {}, {"logit_diff": clean_ld}, {"logit_diff": corrupted_ld})
-            rows = attribution_rows(cfg, locations, estimates, clean_ld - corrupted_ld, exact, pairs)
-            if exact is not None:
-                extra["correlation_with_exact"] = correlations(locations, estimates, exact.logit_diff)
-        else:
-            result = sweep(locations)
-            rows = patching_rows(cfg, result, pairs)
+        output = RUNNERS[cfg.method.name](cfg, plan, model)
     with timer("write_results"):
-        rs.write_csv(run_dir / "results.csv", rs.tidy_frame(rows))
-        tensors = patching_tensors(result, pairs) if result.metrics else {}
-        if cfg.method.name == "attribution_patching":
-            tensors["attribution"] = estimates
-        rs.write_tensors(run_dir / "results.pt", tensors)
+        rs.write_csv(run_dir / "results.csv", rs.tidy_frame(output.rows))
+        rs.write_tensors(run_dir / "results.pt", output.tensors)
         rs.write_tensors(run_dir / "dataset.pt", pairs.to_tensors())
+        for name, frame in output.tables.items():
+            rs.write_csv(run_dir / name, frame)
     figures = []
     if cfg.figures:
         from circuitlab.figures import render_run
@@ -185,19 +188,100 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "n_prompt_pairs": pairs.n_pairs,
         "dropped_prompt_pairs": pairs.dropped,
         "n_sweep_points": len(locations),
-        "baselines": {"clean": result.clean, "corrupted": result.corrupted},
-        **extra,
+        "baselines": {"clean": output.clean, "corrupted": output.corrupted},
+        **output.extra,
         "versions": rs.package_versions(),
         "git_commit": rs.git_commit(Path(__file__).parent),
         "wall_time_seconds": timer.seconds,
-        "files": ["results.csv", "results.pt", "dataset.pt", *[str(Path(f).relative_to(run_dir)) for f in figures]],
+        "files": ["results.csv", "results.pt", "dataset.pt", *output.tables, *[str(Path(f).relative_to(run_dir)) for f in figures]],
     }
     rs.write_json(run_dir / "manifest.json", manifest)
-    log.info("clean logit diff %.3f | corrupted %.3f", result.clean_logit_diff, result.corrupted_logit_diff)
+    log.info("clean logit diff %.3f | corrupted %.3f", output.clean["logit_diff"], output.corrupted["logit_diff"])
     log.info("results: %s", run_dir)
     if figures:
         log.info("figures: %s", ", ".join(figures))
     return manifest
+
+
+@dataclass
+class MethodOutput:
+    """What a method hands back for writing: tidy rows, tensors, extra CSV tables by file name, the
+    unpatched baselines and extra manifest entries."""
+
+    rows: list[dict]
+    tensors: dict
+    clean: dict[str, float]
+    corrupted: dict[str, float]
+    tables: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def _sweeper(cfg: DictConfig, plan: Plan, model):
+    return lambda locs: activation_patching.patch_sweep(  # noqa: E731
+        model, plan.pairs, locs, cfg.method.direction, cfg.memory_budget_mb, cfg.progress, tuple(cfg.method.metrics), plan.tracked,
+    )
+
+
+def _swept_locations(cfg: DictConfig, plan: Plan, sweep) -> list[Location]:
+    if cfg.sweep.heads == "cumulative" and not cfg.sweep.get("head_order"):
+        return ranked_cumulative(plan.locations, sweep, plan.shape.n_heads)
+    return plan.locations
+
+
+def run_activation_patching(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    sweep = _sweeper(cfg, plan, model)
+    result = sweep(_swept_locations(cfg, plan, sweep))
+    return MethodOutput(patching_rows(cfg, result, plan.pairs), patching_tensors(result, plan.pairs), result.clean, result.corrupted)
+
+
+def run_attribution_patching(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    """Attribution estimates, with exact patching beside them when `compare_exact`."""
+    sweep = _sweeper(cfg, plan, model)
+    locations = _swept_locations(cfg, plan, sweep)
+    estimates, clean_ld, corrupted_ld = attribution_patching.attribute(model, plan.pairs, locations, cfg.method.direction)
+    exact = sweep(locations) if cfg.method.compare_exact else None
+    rows = attribution_rows(cfg, locations, estimates, clean_ld - corrupted_ld, exact, plan.pairs)
+    tensors = patching_tensors(exact, plan.pairs) if exact is not None else {}
+    tensors["attribution"] = estimates
+    extra = {"correlation_with_exact": correlations(locations, estimates, exact.logit_diff)} if exact is not None else {}
+    clean, corrupted = (exact.clean, exact.corrupted) if exact is not None else ({"logit_diff": clean_ld}, {"logit_diff": corrupted_ld})
+    return MethodOutput(rows, tensors, clean, corrupted, extra=extra)
+
+
+def run_path_patching(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    """Every sender into the receivers; `logit_diff_variation` is the seed's (patched - corrupted) /
+    (corrupted - clean); heads above the thresholds are listed; attention patterns of chosen heads."""
+    spec = _plain(cfg.method.receiver_positions)
+    result = path_patching.path_patch(
+        model, plan.pairs, plan.locations, list(plan.receivers), tuple(spec) if isinstance(spec, list) else spec,
+        cfg.memory_budget_mb, cfg.progress, tuple(cfg.method.metrics), plan.tracked,
+    )
+    variation = -result.normalized
+    result.metrics["logit_diff_variation"] = variation
+    receiver = " + ".join(r.label for r in plan.receivers)
+    rows = [{**row, "receiver": receiver} for row in patching_rows(cfg, result, plan.pairs)]
+    important = path_patching.important_senders(plan.locations, variation, list(cfg.method.thresholds))
+    for line in path_patching.describe_important(important, list(cfg.method.thresholds)):
+        log.info(line)
+    heads = attention.resolve_heads(_plain(cfg.method.pattern_heads), plan.shape.n_layers, plan.shape.n_heads)
+    if heads is None:
+        heads = path_patching.top_heads(plan.locations, variation, cfg.method.thresholds[0] if cfg.method.thresholds else 0.0)
+    tables = {"important_heads.csv": important}
+    tensors = patching_tensors(result, plan.pairs)
+    if heads:
+        tokens = plan.pairs.corrupted_tokens if cfg.method.pattern_prompts == "corrupted" else plan.pairs.clean_tokens
+        patterns, n_prompts = attention.mean_patterns(model, tokens, plan.pairs.lengths, heads)
+        labels = plan.tokenizer.convert_ids_to_tokens(tokens[0, : patterns.shape[-1]].tolist())
+        tables["attention_patterns.csv"] = attention.patterns_frame(patterns, heads, labels, cfg.method.pattern_prompts, n_prompts)
+        tensors.update(attention_patterns=patterns, attention_heads=[f"{l}.{h}" for l, h in heads])
+    return MethodOutput(rows, tensors, result.clean, result.corrupted, tables, {"receivers": [r.label for r in plan.receivers]})
+
+
+RUNNERS = {
+    "activation_patching": run_activation_patching,
+    "attribution_patching": run_attribution_patching,
+    "path_patching": run_path_patching,
+}
 
 
 def ranked_cumulative(locations: list[Location], sweep, n_heads: int) -> list[Location]:

@@ -10,6 +10,7 @@ import pytest
 from circuitlab import cli
 from circuitlab.models import loading
 
+PATH = "+experiment=ioi_path_to_name_movers"
 BAD_RUNS = {
     "unknown experiment": (["+experiment=nope"], "experiment=nope"),
     "unknown model group": (["model=gpt9"], "model=gpt9"),
@@ -37,6 +38,16 @@ BAD_RUNS = {
     "unknown metric": (["method.metrics=[logit_diff,entropy]"], "method.metrics=entropy"),
     "prob without tokens": (["method.metrics=[prob]"], "task.track"),
     "tracked token not one token": (["method.metrics=[prob]", "task.track=['Mary John']"], "task.track='Mary John'"),
+    "receiver at begin_layer": ([PATH, "method.receivers=[v.1.0]", "method.begin_layer=1"], "method.begin_layer=1"),
+    "receiver head out of range": ([PATH, "method.receivers=[q.1.7]"], "method.receivers=q.1.7"),
+    "receiver layer out of range": ([PATH, "method.receivers=[resid_post.5]"], "method.receivers=resid_post.5"),
+    "receiver syntax": ([PATH, "method.receivers=[v.1]"], "method.receivers=v.1"),
+    "no receivers": ([PATH, "method.receivers=[]"], "method.receivers"),
+    "no sender left": ([PATH, "method.receivers=[v.1.0]", "sweep.layers=[1]"], "no sender left"),
+    "sender stream": ([PATH, "sweep.streams=[resid_pre]"], "sweep.streams=resid_pre"),
+    "bad receiver position": ([PATH, "method.receiver_positions=XX"], "method.receiver_positions=XX"),
+    "bad pattern heads": ([PATH, "method.pattern_heads=[[0,9]]"], "method.pattern_heads=[0, 9]"),
+    "bad pattern prompts": ([PATH, "method.pattern_prompts=both"], "method.pattern_prompts=both"),
 }
 
 
@@ -53,7 +64,8 @@ def test_bad_run_input(case, capsys, tmp_path, monkeypatch, no_model_loads):
     monkeypatch.chdir(tmp_path)
     overrides, expected = BAD_RUNS[case]
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["run", "+experiment=ioi_patching", *overrides])
+        preset = [] if any(o.startswith("+experiment=") for o in overrides) else ["+experiment=ioi_patching"]
+        cli.main(["run", *preset, *overrides])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err

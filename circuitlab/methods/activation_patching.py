@@ -66,9 +66,10 @@ def fused_gelu(model: HookedTransformer):
     if model.cfg.act_fn == "gelu_new":
         fused = partial(torch.nn.functional.gelu, approximate="tanh")
         for block in model.blocks:
-            if hasattr(block.mlp, "act_fn"):
-                swapped.append((block.mlp, block.mlp.act_fn))
-                block.mlp.act_fn = fused
+            mlp = getattr(block, "mlp", None)  # attention-only models have none
+            if hasattr(mlp, "act_fn"):
+                swapped.append((mlp, mlp.act_fn))
+                mlp.act_fn = fused
     try:
         yield
     finally:
@@ -104,7 +105,9 @@ def final_position_logits(
     A plain matmul with W_U: TransformerLens' Unembed copies the transposed unembedding on every call.
     """
     last = resid[torch.arange(resid.shape[0], device=resid.device), final_pos][:, None]
-    return torch.addmm(model.unembed.b_U, model.ln_final(last)[:, 0], model.unembed.W_U)
+    if hasattr(model, "ln_final"):  # models without normalisation have none
+        last = model.ln_final(last)
+    return torch.addmm(model.unembed.b_U, last[:, 0], model.unembed.W_U)
 
 
 def memory_budget(device, configured_mb: int | None) -> int:

@@ -1,0 +1,134 @@
+"""Path patching: circuitlab against the plain algorithm (two full forwards per sender, as seed 003 runs it).
+
+GPT-2-small-shaped model with random weights (no download), 8 prompts x 18 tokens (the corrupted prompts differ
+at positions 2, 5 and 11). Rows: every head of every layer -> the final residual stream (144 senders), and every
+head before the last layer -> the v input of one head of the last layer (132 senders). Asserts equal results
+(1e-4), prints a table of seconds and ratios and writes it to bench/results/path_patching.md.
+
+    python bench/path_patching.py
+    python bench/path_patching.py --layers 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformer_lens import HookedTransformer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from patching import gpt2_small_shaped, random_pairs  # noqa: E402
+
+from circuitlab.locations import Location  # noqa: E402
+from circuitlab.methods.path_patching import Receiver, path_patch, ungrouped_kv  # noqa: E402
+from circuitlab.metrics import logit_diff  # noqa: E402
+from circuitlab.results import write_text  # noqa: E402
+from circuitlab.tasks.base import PromptPairs  # noqa: E402
+
+
+def reference_path_patch(
+    model: HookedTransformer, pairs: PromptPairs, senders: list[Location], receivers: list[Receiver], receiver_mask: torch.Tensor
+) -> torch.Tensor:
+    """The seed's algorithm, one sender at a time: run 1 on the base (corrupted) prompts with every head's z
+    frozen to the base run except the sender's (from the source run) and the receivers' inputs cached; run 2
+    on the base prompts with only those inputs patched (where `receiver_mask[batch, pos]`). Mean logit diff
+    per sender."""
+    base, source = pairs.corrupted_tokens, pairs.clean_tokens
+    prompts = torch.arange(pairs.n_pairs)
+    with torch.no_grad(), ungrouped_kv(model):
+        _, base_cache = model.run_with_cache(base)
+        _, source_cache = model.run_with_cache(source)
+        names = {r: _hook_name(r, model.cfg.n_layers) for r in receivers}
+        out = []
+        for sender in senders:
+            def freeze(act, hook, sender=sender):
+                act = base_cache[hook.name].clone()
+                if sender.stream == "z" and hook.layer() == sender.layer:
+                    act[:, :, list(sender.heads)] = source_cache[hook.name][:, :, list(sender.heads)]
+                return act
+
+            run_1 = [(f"blocks.{layer}.attn.hook_z", freeze) for layer in range(model.cfg.n_layers)]
+            if sender.stream in ("mlp_out", "attn_out"):
+                name = f"blocks.{sender.layer}.hook_{sender.stream}"
+                run_1.append((name, lambda act, hook: source_cache[hook.name]))
+            with model.hooks(fwd_hooks=run_1):
+                _, patched = model.run_with_cache(base, names_filter=lambda n: n in names.values())
+
+            def replace(act, hook, receiver):
+                act, cached = act.clone(), patched[hook.name]
+                if receiver.head is None:
+                    act[receiver_mask] = cached[receiver_mask]
+                else:
+                    head_view = act[:, :, receiver.head]  # a view: writing it writes act
+                    head_view[receiver_mask] = cached[:, :, receiver.head][receiver_mask]
+                return act
+
+            run_2 = [(names[r], lambda act, hook, r=r: replace(act, hook, r)) for r in receivers]
+            logits = model.run_with_hooks(base, fwd_hooks=run_2)[prompts, pairs.final_positions]
+            out.append(logit_diff(logits, pairs.answer_tokens, pairs.wrong_tokens).mean())
+    return torch.stack(out)
+
+
+def _hook_name(receiver: Receiver, n_layers: int) -> str:
+    if receiver.head is not None:
+        return f"blocks.{receiver.layer}.attn.hook_{receiver.stream}"
+    return f"blocks.{receiver.layer}.hook_{receiver.stream}"
+
+
+def head_senders(n_layers: int, n_heads: int) -> list[Location]:
+    return [Location("z", layer, "all", (head,), "", head) for layer in range(n_layers) for head in range(n_heads)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=12)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=18)
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    model = gpt2_small_shaped(args.layers)
+    pairs = random_pairs(args.prompts, args.tokens, model.cfg.d_vocab)
+    last, n_heads = args.layers - 1, model.cfg.n_heads
+    rows = {
+        f"every head -> resid_post.{last} (final)": (Receiver("resid_post", last), args.layers),
+        f"every head before layer {last} -> v.{last}.3": (Receiver("v", last, 3), last),
+    }
+    mask = torch.ones(args.prompts, args.tokens, dtype=torch.bool)
+    table = []
+    for name, (receiver, sender_layers) in rows.items():
+        senders = head_senders(sender_layers, n_heads)
+        start = time.perf_counter()
+        ours = path_patch(model, pairs, senders, [receiver], progress=False).logit_diff
+        ours_s = time.perf_counter() - start
+        start = time.perf_counter()
+        theirs = reference_path_patch(model, pairs, senders, [receiver], mask)
+        theirs_s = time.perf_counter() - start
+        max_diff = (ours - theirs).abs().max().item()
+        assert max_diff < 1e-4, f"{name}: results differ by {max_diff}"
+        table.append((name, len(senders), theirs_s, ours_s, max_diff))
+        print(f"{name} ({len(senders)} senders): plain {theirs_s:.1f} s, circuitlab {ours_s:.2f} s, {theirs_s / ours_s:.1f}x", flush=True)
+    setting = f"{args.layers} layers, {args.prompts} prompts x {args.tokens} tokens, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    text = render(table, setting)
+    print("\n" + text)
+    if (args.layers, args.prompts, args.tokens) == (12, 8, 18):
+        out = Path(__file__).parent / "results" / "path_patching.md"
+        write_text(out, text)
+        print(f"written to {out}")
+
+
+def render(table, setting: str) -> str:
+    lines = [
+        f"# Path patching, GPT-2-small-shaped random model ({setting})",
+        "",
+        "| senders -> receiver | senders | plain two forwards per sender (s) | circuitlab (s) | speed-up | max abs diff |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [f"| {name} | {n} | {plain:.1f} | {ours:.2f} | {plain / ours:.1f}x | {diff:.1e} |" for name, n, plain, ours, diff in table]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

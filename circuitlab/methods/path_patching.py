@@ -1,0 +1,417 @@
+"""Path patching (the IOI paper's algorithm, used by seed 003 for function induction), batched over senders.
+
+Base = the corrupted prompts (the addition task's *contrast* prompts), source = the clean (*normal*) ones.
+For each sender (one head, a head group, a whole attention layer or an MLP):
+  run 1: the base prompt with every head output frozen to the base run except the sender's, which takes its
+         source value; MLPs and norms are recomputed; the receivers' inputs are read;
+  run 2: the base prompt with only the receivers' inputs replaced by run 1's.
+Receivers are the input of a block: the residual stream (`resid_pre.L`, `resid_post.L`; the final one
+when L is the last layer) or the query / key / value input of one head (`q.L.H`, `k.L.H`, `v.L.H`).
+
+Why it is fast:
+- run 1 computes no attention at all (every head is frozen), so each position evolves alone: only the
+  positions the receivers read are computed, only through norms and MLPs, and only from the sender's layer
+  on; the senders of every layer share one batch, each joining at its own layer;
+- run 2 starts at the first receiver's block, from the first receiver position (earlier keys and values come
+  from the base run); a final-residual receiver needs nothing but the unembedding.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+from circuitlab.errors import CircuitlabError, ConfigError
+from circuitlab.locations import STREAMS, Location, get_stream, head_mask, position_mask
+from circuitlab.methods.activation_patching import (
+    PatchingResult,
+    final_position_logits,
+    fused_gelu,
+    memory_budget,
+)
+from circuitlab.metrics import point_metrics
+from circuitlab.tasks.base import PromptPairs
+
+RESID_RECEIVERS = ("resid_pre", "resid_post")
+HEAD_RECEIVERS = ("q", "k", "v")
+SENDER_STREAMS = ("z", "attn_out", "mlp_out")
+RECEIVER_SYNTAX = "resid_pre.L, resid_post.L, q.L.H, k.L.H or v.L.H (L a layer, -1 the last; H a head)"
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """The input of block `block` that run 2 replaces: the whole residual stream, or one head's q / k / v."""
+
+    stream: str
+    layer: int
+    head: int | None = None
+
+    @property
+    def block(self) -> int:
+        """The block whose input this is (`n_layers` for the final residual stream)."""
+        return self.layer + 1 if self.stream == "resid_post" else self.layer
+
+    @property
+    def label(self) -> str:
+        return f"{self.stream}.{self.layer}" + ("" if self.head is None else f".{self.head}")
+
+
+def parse_receiver(spec: str, n_layers: int, n_heads: int, field: str = "method.receivers") -> Receiver:
+    """`resid_post.-1` -> Receiver("resid_post", n_layers - 1); `v.1.2` -> the v input of head 2 in layer 1."""
+    parts = str(spec).split(".")
+    try:
+        stream = get_stream(parts[0], field).name
+        numbers = [int(p) for p in parts[1:]]
+    except (CircuitlabError, ValueError):
+        raise ConfigError(field, spec, RECEIVER_SYNTAX) from None
+    wants_head = stream in HEAD_RECEIVERS
+    if stream not in RESID_RECEIVERS + HEAD_RECEIVERS or len(numbers) != 1 + wants_head:
+        raise ConfigError(field, spec, RECEIVER_SYNTAX)
+    layer = numbers[0] + n_layers if numbers[0] < 0 else numbers[0]
+    if not 0 <= layer < n_layers:
+        raise ConfigError(field, spec, f"layers 0..{n_layers - 1} (or -1 for the last)")
+    head = numbers[1] if wants_head else None
+    if head is not None and not 0 <= head < n_heads:
+        raise ConfigError(field, spec, f"heads 0..{n_heads - 1} of layer {layer}")
+    return Receiver(stream, layer, head)
+
+
+def check_senders(senders: list[Location], receivers: list[Receiver], begin_layer: int) -> list[Location]:
+    """The senders that can reach a receiver (layer in [begin_layer, last receiver block)); errors if none."""
+    for receiver in receivers:
+        if receiver.block <= begin_layer:
+            raise ConfigError(
+                "method.receivers", receiver.label,
+                f"receivers after method.begin_layer={begin_layer} (this one reads layers < {receiver.block})",
+            )
+    for loc in senders:
+        if loc.stream not in SENDER_STREAMS:
+            raise ConfigError("sweep.streams", loc.stream, f"{', '.join(SENDER_STREAMS)} (path patching senders)")
+        if loc.positions != "all":
+            raise ConfigError("sweep.positions", loc.positions, "[all] (path patching patches senders at every position)")
+    last = max(r.block for r in receivers)
+    kept = [loc for loc in senders if begin_layer <= loc.layer < last]
+    if not kept:
+        raise CircuitlabError(
+            f"sweep: no sender left in layers [{begin_layer}, {last}) (method.begin_layer={begin_layer}, "
+            f"receivers {', '.join(r.label for r in receivers)}); widen sweep.layers or lower method.begin_layer"
+        )
+    return sorted(kept, key=lambda loc: loc.layer)
+
+
+@contextmanager
+def ungrouped_kv(model: HookedTransformer):
+    """Grouped-query attention: give every query head its own key / value copy while path patching, so a
+    receiver's k or v belongs to one head."""
+    grouped = model.cfg.n_key_value_heads is not None and not model.cfg.ungroup_grouped_query_attention
+    if grouped:
+        model.cfg.ungroup_grouped_query_attention = True
+    try:
+        yield
+    finally:
+        if grouped:
+            model.cfg.ungroup_grouped_query_attention = False
+
+
+def path_patch(
+    model: HookedTransformer,
+    pairs: PromptPairs,
+    senders: list[Location],
+    receivers: list[Receiver],
+    receiver_positions="all",
+    memory_budget_mb: int | None = None,
+    progress: bool = True,
+    metrics: tuple[str, ...] = ("logit_diff",),
+    tracked: dict[str, int] | None = None,
+) -> PatchingResult:
+    """Each metric per sender (mean over prompts), and the unpatched clean (normal) and corrupted (contrast)
+    values. `receiver_positions`: `all`, a named position (END) or position indices, where receivers are
+    replaced."""
+    metrics = tuple(dict.fromkeys(("logit_diff", *metrics)))
+    order = sorted(range(len(senders)), key=lambda i: senders[i].layer)  # run 1 adds senders layer by layer
+    with torch.no_grad(), ungrouped_kv(model), fused_gelu(model):
+        run = _PathPatching(model, pairs, [senders[i] for i in order], receivers, receiver_positions)
+        answer, wrong = pairs.answer_tokens.to(run.device), pairs.wrong_tokens.to(run.device)
+        clean_log_probs = torch.log_softmax(run.source_final.float(), dim=-1)
+        score = lambda logits: point_metrics(logits, answer, wrong, metrics, clean_log_probs, tracked)  # noqa: E731
+        clean, corrupted = score(run.source_final[None]), score(run.base_final[None])
+        results: dict[str, Tensor] = {}
+        chunk = run.senders_per_chunk(memory_budget_mb)
+        bar = tqdm(total=len(senders), desc="path patching", unit="sender", disable=not progress)
+        for begin in range(0, len(senders), chunk):
+            indices = list(range(begin, min(begin + chunk, len(senders))))
+            logits = run.second_run(run.first_run(indices), len(indices))
+            for name, values in score(logits.view(len(indices), pairs.n_pairs, -1)).items():
+                results.setdefault(name, torch.empty(len(senders)))[[order[i] for i in indices]] = values.cpu()
+            bar.update(len(indices))
+        bar.close()
+    as_floats = lambda d: {k: float(v[0]) for k, v in d.items()}  # noqa: E731
+    return PatchingResult(senders, results, as_floats(clean), as_floats(corrupted))
+
+
+class _PathPatching:
+    """The cached base and source runs and the two batched runs over a chunk of senders."""
+
+    def __init__(self, model: HookedTransformer, pairs: PromptPairs, senders: list[Location], receivers: list[Receiver], receiver_positions):
+        self.model, self.pairs, self.senders, self.receivers = model, pairs, senders, receivers
+        self.device = model.cfg.device
+        cfg = model.cfg
+        self.n_layers, n_prompts = cfg.n_layers, pairs.n_pairs
+        self.final_pos = pairs.final_positions.to(self.device)
+        mask = position_mask([receiver_positions], pairs.width, pairs.named_positions, n_prompts)[0].to(self.device)
+        self.receiver_mask: Bool[Tensor, "batch pos"] = mask
+        self.rows = self._needed_rows(mask)
+        self.rows_selected = mask.gather(1, self.rows)
+        self.first_block = min(min(s.layer for s in senders), min(r.block for r in receivers))
+        self.last_block = max(r.block for r in receivers)
+        self.run2_block = min(r.block for r in receivers)
+        any_prompt = mask.any(0)
+        self.start = 0 if cfg.positional_embedding_type == "shortformer" or not any_prompt.any() else int(any_prompt.float().argmax())
+        self.heads = head_mask([s.heads for s in senders], cfg.n_heads).to(self.device)
+        self._cache_runs()
+
+    def _needed_rows(self, mask: Bool[Tensor, "batch pos"]) -> Int[Tensor, "batch row"]:
+        """Positions run 1 must compute, per prompt: the receiver positions, or only the final position when
+        every receiver is the final residual stream. Prompts with fewer rows repeat harmless extra ones."""
+        prompts = torch.arange(mask.shape[0], device=mask.device)
+        needed = torch.zeros_like(mask)
+        for receiver in self.receivers:
+            if receiver.block == self.n_layers:
+                needed[prompts, self.final_pos] |= mask[prompts, self.final_pos]
+            else:
+                needed |= mask
+        n_rows = max(1, int(needed.sum(1).max()))
+        return torch.argsort((~needed).int(), dim=1, stable=True)[:, :n_rows]
+
+    def _cache_runs(self) -> None:
+        model, pairs = self.model, self.pairs
+        layers = range(self.first_block, self.last_block)
+        by_stream = {s: {loc.layer for loc in self.senders if loc.stream == s} for s in SENDER_STREAMS}
+        base_hooks = {f"blocks.{l}.hook_resid_pre" for l in range(self.first_block, self.n_layers)}
+        base_hooks |= {f"blocks.{l}.hook_attn_out" for l in layers}
+        base_hooks |= {f"blocks.{l}.attn.hook_z" for l in by_stream["z"]}
+        base_hooks |= {f"blocks.{l}.hook_mlp_out" for l in by_stream["mlp_out"]}
+        base_hooks |= {f"blocks.{l}.attn.hook_{kv}" for l in range(self.run2_block, self.n_layers) for kv in "kv"}
+        source_hooks = {STREAMS[s].hook_name(l) for s, ls in by_stream.items() for l in ls}
+        tokens = lambda t: t.to(self.device)  # noqa: E731
+        stop = self.n_layers
+        base_final, self.base = model.run_with_cache(tokens(pairs.corrupted_tokens), names_filter=lambda n: n in base_hooks, stop_at_layer=stop)
+        source_final, self.source = model.run_with_cache(tokens(pairs.clean_tokens), names_filter=lambda n: n in source_hooks, stop_at_layer=stop)
+        self.base_final_resid = base_final
+        self.base_final = final_position_logits(model, base_final, self.final_pos)
+        self.source_final = final_position_logits(model, source_final, self.final_pos)
+
+    def _rows_of(self, activation: Tensor) -> Tensor:
+        """The run-1 rows of a cached [batch, pos, ...] activation."""
+        prompts = torch.arange(activation.shape[0], device=activation.device)[:, None]
+        return activation[prompts, self.rows]
+
+    def _block_input(self, block: int) -> Float[Tensor, "batch row d_model"]:
+        if block == self.n_layers:
+            return self._rows_of(self.base_final_resid)
+        return self._rows_of(self.base[f"blocks.{block}.hook_resid_pre"])
+
+    def senders_per_chunk(self, configured_mb: int | None) -> int:
+        """Senders per batch within the memory budget (run 2 dominates: full blocks over the suffix)."""
+        cfg, pairs = self.model.cfg, self.pairs
+        width = pairs.width - self.start
+        floats = pairs.n_pairs * width * (6 * cfg.d_model + 2 * cfg.d_mlp + 3 * cfg.n_heads * pairs.width) + pairs.n_pairs * cfg.d_vocab_out
+        return max(1, int(memory_budget(self.device, configured_mb) * 2**20 // (floats * 4)))
+
+    # run 1 -----------------------------------------------------------------------------------------
+
+    def first_run(self, indices: list[int]) -> dict[Receiver, Tensor]:
+        """Each receiver's input with the senders `indices` patched and every head frozen: [sender*batch, row, ...]."""
+        n_prompts = self.pairs.n_pairs
+        layer_of = [self.senders[i].layer for i in indices]
+        values: dict[Receiver, Tensor] = {}
+        resid: Tensor | None = None  # rows of the senders started so far, sender-major
+        started = 0
+        for block in range(self.first_block, self.last_block + 1):
+            for receiver in (r for r in self.receivers if r.block == block):
+                waiting = self._block_input(block).repeat(len(indices) - started, 1, 1)
+                full = waiting if resid is None else torch.cat([resid, waiting])
+                values[receiver] = self._receiver_input(receiver, full)
+            if block == self.last_block:
+                break
+            joining = [k for k in range(started, len(indices)) if layer_of[k] == block]
+            if joining:
+                new_rows = self._block_input(block).repeat(len(joining), 1, 1)
+                resid = new_rows if resid is None else torch.cat([resid, new_rows])
+                started += len(joining)
+            if resid is not None:
+                resid = self._frozen_block(block, resid, [indices[k] for k in range(started)], n_prompts)
+        return values
+
+    def _frozen_block(self, layer: int, resid: Tensor, senders: list[int], n_prompts: int) -> Tensor:
+        """Block `layer` with its attention output frozen: the base run's, or the sender's patched one."""
+        model, block, cfg = self.model, self.model.blocks[layer], self.model.cfg
+        attn = self._rows_of(self.base[f"blocks.{layer}.hook_attn_out"]).repeat(len(senders), 1, 1)
+        here = [k for k, i in enumerate(senders) if self.senders[i].layer == layer]
+        heads_here = [k for k in here if self.senders[senders[k]].stream == "z"]
+        if heads_here:
+            attn = attn.clone()
+            patched = self._patched_attention(layer, self.heads[[senders[k] for k in heads_here]])
+            for j, k in enumerate(heads_here):
+                attn[k * n_prompts : (k + 1) * n_prompts] = patched[j]
+        for k in (k for k in here if self.senders[senders[k]].stream == "attn_out"):
+            attn = attn.clone()
+            attn[k * n_prompts : (k + 1) * n_prompts] = self._rows_of(self.source[f"blocks.{layer}.hook_attn_out"])
+        if cfg.attn_only:
+            return resid + attn
+        if cfg.parallel_attn_mlp:
+            out = resid + attn + _mlp(model, block, resid)
+            mid = resid + attn
+        else:
+            mid = resid + attn
+            out = mid + _mlp(model, block, mid)
+        for k in (k for k in here if self.senders[senders[k]].stream == "mlp_out"):
+            rows = slice(k * n_prompts, (k + 1) * n_prompts)
+            out[rows] = mid[rows] + self._rows_of(self.source[f"blocks.{layer}.hook_mlp_out"])
+        return out
+
+    def _patched_attention(self, layer: int, heads: Bool[Tensor, "sender head"]) -> Float[Tensor, "sender batch row d_model"]:
+        """The attention output of `layer` with the selected heads' z from the source run, the others' from
+        the base run (through the post-attention norm where the architecture has one)."""
+        attn = self.model.blocks[layer].attn
+        base_z = self._rows_of(self.base[f"blocks.{layer}.attn.hook_z"])
+        source_z = self._rows_of(self.source[f"blocks.{layer}.attn.hook_z"])
+        change = torch.einsum("bphd,hdm,sh->sbpm", source_z - base_z, attn.W_O, heads.to(base_z.dtype))
+        if not _normalises_attention_output(self.model):
+            return self._rows_of(self.base[f"blocks.{layer}.hook_attn_out"])[None] + change
+        raw = torch.einsum("bphd,hdm->bpm", base_z, attn.W_O) + attn.b_O
+        return _finish_attention(self.model, self.model.blocks[layer], raw[None] + change)
+
+    def _receiver_input(self, receiver: Receiver, resid: Float[Tensor, "batch row d_model"]) -> Tensor:
+        """What the receiver reads from a residual stream: the stream itself, or one head's q / k / v
+        (captured at TransformerLens' hook, as run 2 will replace it there)."""
+        if receiver.stream in RESID_RECEIVERS:
+            return resid
+        block = self.model.blocks[receiver.block]
+        attn_input = resid if self.model.cfg.original_architecture in POST_NORM_ARCHITECTURES else block.ln1(resid)
+        captured = {}
+
+        def capture(activation: Tensor, hook) -> None:
+            captured["value"] = activation[:, :, receiver.head].clone()
+
+        with self.model.hooks(fwd_hooks=[(_receiver_hook(receiver), capture)]):
+            block.attn.calculate_qkv_matrices(attn_input, attn_input, attn_input)
+        return captured["value"]
+
+    # run 2 -----------------------------------------------------------------------------------------
+
+    def second_run(self, values: dict[Receiver, Tensor], n_senders: int) -> Float[Tensor, "sender_batch vocab"]:
+        """Final-position logits of the base prompts with only the receivers' inputs replaced."""
+        model, start, n_prompts = self.model, self.start, self.pairs.n_pairs
+        batch_rows = torch.arange(n_senders * n_prompts, device=self.device)[:, None].expand(-1, self.rows.shape[1])
+        selected = self.rows_selected.repeat(n_senders, 1)
+        where = (batch_rows[selected], self.rows.repeat(n_senders, 1)[selected] - start)
+        final_pos = self.final_pos.repeat(n_senders)
+
+        def replace(activation: Tensor, receiver: Receiver) -> Tensor:
+            out = activation.clone()
+            if receiver.head is None:
+                out[where] = values[receiver][selected]
+            else:
+                out[where[0], where[1], receiver.head] = values[receiver][selected]
+            return out
+
+        if self.run2_block == self.n_layers:
+            resid = self.base_final_resid[:, start:].repeat(n_senders, 1, 1)
+            for receiver in self.receivers:
+                resid = replace(resid, receiver)
+            return final_position_logits(model, resid, final_pos - start)
+        hooks = [(_receiver_hook(r), lambda act, hook, r=r: replace(act, r)) for r in self.receivers if r.head is not None]
+        resid = self.base[f"blocks.{self.run2_block}.hook_resid_pre"][:, start:].repeat(n_senders, 1, 1)
+        with model.hooks(fwd_hooks=hooks):
+            for index in range(self.run2_block, self.n_layers):
+                for receiver in (r for r in self.receivers if r.head is None and r.block == index):
+                    resid = replace(resid, receiver)
+                entry = None
+                if start > 0:
+                    prefix = lambda kv: self.base[f"blocks.{index}.attn.hook_{kv}"][:, :start].repeat(n_senders, 1, 1, 1)  # noqa: E731
+                    entry = TransformerLensKeyValueCacheEntry(prefix("k"), prefix("v"), frozen=True)
+                resid = model.blocks[index](resid, past_kv_cache_entry=entry)
+        for receiver in (r for r in self.receivers if r.block == self.n_layers):
+            resid = replace(resid, receiver)
+        return final_position_logits(model, resid, final_pos - start)
+
+
+def _receiver_hook(receiver: Receiver) -> str:
+    return f"blocks.{receiver.block}.attn.hook_{receiver.stream}"
+
+
+def _mlp(model: HookedTransformer, block, resid: Tensor) -> Tensor:
+    """The MLP's contribution to the residual stream, as TransformerLens' block computes it."""
+    if model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        return block.apply_mlp(resid)
+    return block.apply_mlp(block.ln2(resid))
+
+
+def _normalises_attention_output(model: HookedTransformer) -> bool:
+    cfg = model.cfg
+    return bool(cfg.use_normalization_before_and_after) or cfg.original_architecture in POST_NORM_ARCHITECTURES
+
+
+def _finish_attention(model: HookedTransformer, block, raw: Tensor) -> Tensor:
+    """The norms TransformerLens applies to the attention output before it joins the residual stream."""
+    if model.cfg.use_normalization_before_and_after:
+        raw = block.ln1_post(raw)
+    if model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        raw = block.ln1(raw)
+    return raw
+
+
+# reading the results ---------------------------------------------------------------------------------
+
+
+def sender_label(loc: Location) -> str:
+    """`L.H` for a head, `L.H+H` for a head group, `attn L` / `mlp L` for whole layers."""
+    if loc.stream == "z" and loc.heads is not None:
+        return f"{loc.layer}." + "+".join(map(str, loc.heads))
+    return f"{'mlp' if loc.stream == 'mlp_out' else 'attn'} {loc.layer}"
+
+
+def important_senders(senders: list[Location], variation: Tensor, thresholds: list[float]) -> "pd.DataFrame":
+    """Senders whose |variation| exceeds the smallest threshold, largest first, with the largest threshold each
+    one passes (the seed's "rel_diff > 0.05" and "0.05 > rel_diff > 0.02" lists)."""
+    import pandas as pd
+
+    columns = ["sender", "stream", "layer", "head", "logit_diff_variation", "above"]
+    if not thresholds:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for loc, value in zip(senders, variation.tolist()):
+        passed = [t for t in thresholds if abs(value) > t]
+        if passed:
+            rows.append({"sender": sender_label(loc), "stream": loc.stream, "layer": loc.layer, "head": loc.head,
+                         "logit_diff_variation": value, "above": max(passed)})
+    frame = pd.DataFrame(rows, columns=columns)
+    return frame.sort_values("logit_diff_variation", key=abs, ascending=False, ignore_index=True)
+
+
+def describe_important(important: "pd.DataFrame", thresholds: list[float]) -> list[str]:
+    """One log line per threshold band, e.g. `|variation| > 0.05: 1.2 (-0.41), 0.3 (+0.07)`."""
+    lines = []
+    for i, threshold in enumerate(sorted(thresholds, reverse=True)):
+        band = important[important["above"] == threshold]
+        upper = "" if i == 0 else f" (and <= {sorted(thresholds, reverse=True)[i - 1]})"
+        found = ", ".join(f"{s} ({v:+.3f})" for s, v in zip(band["sender"], band["logit_diff_variation"])) or "none"
+        lines.append(f"|logit diff variation| > {threshold}{upper}: {found}")
+    return lines
+
+
+def top_heads(senders: list[Location], variation: Tensor, threshold: float, limit: int = 8) -> list[tuple[int, int]]:
+    """Single-head senders above `threshold` by |variation| (at most `limit`); the top 4 if none is."""
+    singles = [(abs(v), loc.layer, loc.head) for loc, v in zip(senders, variation.tolist()) if loc.stream == "z" and loc.head is not None]
+    singles.sort(reverse=True)
+    above = [(layer, head) for value, layer, head in singles if value > threshold]
+    return above[:limit] if above else [(layer, head) for _, layer, head in singles[:4]]
