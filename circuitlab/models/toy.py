@@ -1,7 +1,7 @@
 """Embedded toy models: word-level tokenizers, the seeded training recipe, and export in GPT-2 format.
 
 `circuitlab train-toy task=ioi` runs `train_toy("toy-ioi", ...)`; the shipped weights in `embedded/` were made
-by exactly this recipe (see each model's `recipe.json`).
+by exactly this recipe (see each model's `recipe.json`). toy-addition's data and evaluation are in `toy_addition.py`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
+from circuitlab.models import toy_addition
 from circuitlab.models.hf_gpt2 import save_gpt2_dir
-from circuitlab.tasks import factual, ioi
+from circuitlab.tasks import addition, factual, ioi
 from circuitlab.tasks.base import PromptPairs
 
 SPECIAL_TOKENS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<unk>"}
@@ -48,20 +49,29 @@ class ToyRecipe:
 RECIPES = {
     "toy-ioi": ToyRecipe(task="ioi"),
     "toy-facts": ToyRecipe(task="factual", steps=400, train_pool=4000, eval_prompts=0, heldout_pair_fraction=0.0),
+    "toy-addition": ToyRecipe(task="addition", n_ctx=53, steps=600, lr=2e-3, train_pool=20000, eval_prompts=500),
 }
 TASK_TO_TOY = {recipe.task: name for name, recipe in RECIPES.items()}
+# toy-addition trains on one CPU thread: bitwise the same weights whatever the core count (and on 2 busy cores,
+# one thread is faster than two)
+TRAIN_THREADS = {"toy-addition": 1}
 
 
-def word_level_tokenizer_json(words: list[str]) -> str:
-    """A `tokenizer.json` for a word-level tokenizer over `words` (whitespace and punctuation split)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+def word_level_tokenizer_json(words: list[str], pattern: str | None = None) -> str:
+    """A `tokenizer.json` for a word-level tokenizer over `words`: whitespace and punctuation split, or (with
+    `pattern`) each match of the regex `pattern` a word of its own, decoded by plain concatenation."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
     vocab = {SPECIAL_TOKENS["bos_token"]: 0, SPECIAL_TOKENS["unk_token"]: 1}
     for word in words:
         vocab.setdefault(word, len(vocab))
     tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk_token"]))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    if pattern is None:
+        tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+        tokenizer.decoder = decoders.WordPiece(prefix="##")
+    else:
+        tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+        tokenizer.decoder = decoders.Fuse()
     return tokenizer.to_str()
 
 
@@ -122,15 +132,23 @@ def facts_prompt_pairs(recipe: ToyRecipe, tokenizer, n: int | None, seed: int) -
     return factual.tokenize(prompts, tokenizer, bos, bos)
 
 
-def task_data(recipe: ToyRecipe, tokenizer) -> tuple[PromptPairs, PromptPairs]:
-    """(training pool, held-out evaluation set) for the recipe's task."""
+def task_data(recipe: ToyRecipe, tokenizer) -> tuple[PromptPairs | toy_addition.AnswerTargets, PromptPairs | None]:
+    """(training pool, held-out evaluation set) for the recipe's task (toy-addition evaluates in `toy_addition`)."""
+    if recipe.task == "addition":
+        return toy_addition.training_set(recipe, tokenizer), None
     if recipe.task == "ioi":
         train = ioi_prompt_pairs(recipe, tokenizer, recipe.train_pool, heldout=False, seed=recipe.seed + 1)
         return train, ioi_prompt_pairs(recipe, tokenizer, recipe.eval_prompts, heldout=True, seed=recipe.seed + 2)
     return facts_prompt_pairs(recipe, tokenizer, recipe.train_pool, recipe.seed + 1), facts_prompt_pairs(recipe, tokenizer, None, 0)
 
 
-VOCABULARIES = {"ioi": ioi.vocabulary, "factual": factual.vocabulary}
+VOCABULARIES = {"ioi": ioi.vocabulary, "factual": factual.vocabulary, "addition": addition.vocabulary}
+TOKEN_PATTERNS = {"addition": addition.TOKEN_PATTERN}
+
+
+def task_tokenizer_json(task: str) -> str:
+    """The word-level `tokenizer.json` of a task's toy model."""
+    return word_level_tokenizer_json(VOCABULARIES[task](), TOKEN_PATTERNS.get(task))
 
 
 def final_logits(model: HookedTransformer, pairs: PromptPairs, tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,12 +165,14 @@ def accuracy(model: HookedTransformer, pairs: PromptPairs) -> float:
 
 def train_toy(name: str, out_dir: Path, steps: int | None = None, progress: bool = True) -> dict:
     """Train toy model `name` by its recipe and save it in GPT-2 format under `out_dir`; returns the report."""
-    deterministic = torch.are_deterministic_algorithms_enabled()
+    deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
+    torch.set_num_threads(TRAIN_THREADS.get(name, threads))
     try:
         return _train(name, Path(out_dir), steps, progress)
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        torch.set_num_threads(threads)
 
 
 def _train(name: str, out_dir: Path, steps: int | None, progress: bool) -> dict:
@@ -160,7 +180,7 @@ def _train(name: str, out_dir: Path, steps: int | None, progress: bool) -> dict:
     if steps is not None:
         recipe = ToyRecipe(**{**asdict(recipe), "steps": steps})
     torch.manual_seed(recipe.seed)
-    tokenizer_json = word_level_tokenizer_json(VOCABULARIES[recipe.task]())
+    tokenizer_json = task_tokenizer_json(recipe.task)
     tokenizer = fast_tokenizer(tokenizer_json)
     started = time.time()
     train, heldout = task_data(recipe, tokenizer)
@@ -174,8 +194,7 @@ def _train(name: str, out_dir: Path, steps: int | None, progress: bool) -> dict:
     with torch.enable_grad():
         for _ in bar:
             idx = torch.randint(0, train.n_pairs, (recipe.batch_size,), generator=generator)
-            logits = model(train.clean_tokens[idx])[torch.arange(len(idx)), train.final_positions[idx]]
-            loss = torch.nn.functional.cross_entropy(logits, train.answer_tokens[idx])
+            loss = batch_loss(model, train, idx)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -183,18 +202,31 @@ def _train(name: str, out_dir: Path, steps: int | None, progress: bool) -> dict:
             if bar.n % 50 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     model.eval()
-    report = {
-        "name": name,
-        "recipe": asdict(recipe),
-        "final_loss": round(loss.item(), 5),
-        "heldout_pair_accuracy" if recipe.task == "ioi" else "fact_accuracy": accuracy(model, heldout),
-        "train_accuracy": accuracy(model, _subset(train, 1000)),
-        "train_seconds": round(time.time() - started, 1),
-        "torch": torch.__version__,
-    }
+    seconds = round(time.time() - started, 1)
+    report = {"name": name, "recipe": asdict(recipe), "final_loss": round(loss.item(), 5), **evaluate(recipe, model, tokenizer, train, heldout)}
+    report.update({"train_seconds": seconds, "torch": torch.__version__})
     save_gpt2_dir(model, Path(out_dir), tokenizer_json, SPECIAL_TOKENS, extra={"circuitlab_toy": name})
     (Path(out_dir) / "recipe.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def batch_loss(model: HookedTransformer, train, idx: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the sampled prompts: on every answer (toy-addition) or on the final position."""
+    if isinstance(train, toy_addition.AnswerTargets):
+        return toy_addition.answer_loss(model, train, idx)
+    logits = model(train.clean_tokens[idx])[torch.arange(len(idx)), train.final_positions[idx]]
+    return torch.nn.functional.cross_entropy(logits, train.answer_tokens[idx])
+
+
+def evaluate(recipe: ToyRecipe, model: HookedTransformer, tokenizer, train, heldout: PromptPairs | None) -> dict:
+    """The recipe.json accuracies of a trained toy model."""
+    if recipe.task == "addition":
+        scores = toy_addition.evaluate(model, recipe, tokenizer, seed=recipe.seed + 2)
+        return {**scores, "train_accuracy": toy_addition.train_accuracy(model, train)}
+    return {
+        "heldout_pair_accuracy" if recipe.task == "ioi" else "fact_accuracy": accuracy(model, heldout),
+        "train_accuracy": accuracy(model, _subset(train, 1000)),
+    }
 
 
 def _subset(pairs: PromptPairs, n: int) -> PromptPairs:

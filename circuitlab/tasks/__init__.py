@@ -1,6 +1,6 @@
 """Task registry: each task module offers `validate_config(cfg)`, `build_pairs(cfg, tokenizer, bos_id,
 pad_id, seed) -> PromptPairs` and `POSITION_LABELS`."""
 
-from circuitlab.tasks import factual, ioi, pairs
+from circuitlab.tasks import addition, factual, ioi, pairs
 
-TASKS = {"ioi": ioi, "factual": factual, "pairs": pairs}
+TASKS = {"ioi": ioi, "factual": factual, "pairs": pairs, "addition": addition}
