@@ -48,6 +48,9 @@ BAD_RUNS = {
     "bad receiver position": ([PATH, "method.receiver_positions=XX"], "method.receiver_positions=XX"),
     "bad pattern heads": ([PATH, "method.pattern_heads=[[0,9]]"], "method.pattern_heads=[0, 9]"),
     "bad pattern prompts": ([PATH, "method.pattern_prompts=both"], "method.pattern_prompts=both"),
+    "answers not tokens of the model": (["+experiment=addition_path_to_logits", "task.nmax=99"], "no prompt pairs left"),
+    "addition offset 0": (["+experiment=addition_path_to_logits", "task.offset=0"], "task.offset=0"),
+    "addition prompts beyond the context": (["+experiment=addition_path_to_logits", "task.n_demos=12"], "exceed the model's context"),
 }
 
 

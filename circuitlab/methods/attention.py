@@ -46,7 +46,7 @@ def mean_patterns(
 
 def patterns_frame(patterns: Float[Tensor, "head query key"], heads: list[tuple[int, int]], tokens: list[str], prompts: str, n_prompts: int) -> pd.DataFrame:
     """One row per (head, query, key): the mean attention weight, with `i:token` labels of the first prompt."""
-    labels = [f"{i}:{t}" for i, t in enumerate(tokens)]
+    labels = [f"{i}:{t}".replace("\n", "\\n") for i, t in enumerate(tokens)]  # a newline token stays visible
     n = patterns.shape[-1]
     rows = [
         {"head": f"{layer}.{head}", "layer": layer, "head_index": head, "query": q, "key": k,
