@@ -69,16 +69,21 @@ def run_ours(model, pairs, stream, heads, positions, n_layers, width) -> torch.T
     return grid[..., 0] if positions == "all" else grid.permute(0, 2, 1)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+def model_and_prompts(parser: argparse.ArgumentParser):
+    """Parse the shared --layers / --prompts / --tokens; returns (args, the random model, its prompt pairs)."""
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=18)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     model = gpt2_small_shaped(args.layers)
-    pairs = random_pairs(args.prompts, args.tokens, model.cfg.d_vocab)
+    return args, model, random_pairs(args.prompts, args.tokens, model.cfg.d_vocab)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    args, model, pairs = model_and_prompts(parser)
     _, clean_cache = model.run_with_cache(pairs.clean_tokens)
 
     def metric(logits):
@@ -105,15 +110,18 @@ def main() -> None:
         record(table, setting)
 
 
-def render(table, setting: str) -> str:
-    lines = [
-        f"# Activation patching, GPT-2-small-shaped random model ({setting})",
-        "",
-        "| sweep | points | transformer_lens.patching (s) | circuitlab (s) | speed-up | max abs diff |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [f"| {name} | {'x'.join(map(str, shape))} | {tl:.1f} | {cl:.1f} | {tl / cl:.1f}x | {diff:.1e} |" for name, shape, tl, cl, diff in table]
+def markdown_table(title: str, header: list[str], rows: list[list[str]], left_columns: int = 2) -> str:
+    """A titled markdown table; the first `left_columns` columns left-aligned, the others right-aligned."""
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |"]
+    lines.append("| " + " | ".join("---" if i < left_columns else "---:" for i in range(len(header))) + " |")
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def render(table, setting: str) -> str:
+    header = ["sweep", "points", "transformer_lens.patching (s)", "circuitlab (s)", "speed-up", "max abs diff"]
+    rows = [[name, "x".join(map(str, shape)), f"{tl:.1f}", f"{cl:.1f}", f"{tl / cl:.1f}x", f"{diff:.1e}"] for name, shape, tl, cl, diff in table]
+    return markdown_table(f"Activation patching, GPT-2-small-shaped random model ({setting})", header, rows)
 
 
 def record(table, setting: str) -> None:

@@ -20,7 +20,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from patching import gpt2_small_shaped, random_pairs  # noqa: E402
+from patching import markdown_table, model_and_prompts  # noqa: E402
 
 from circuitlab.locations import Location  # noqa: E402
 from circuitlab.methods.path_patching import Receiver, path_patch, ungrouped_kv  # noqa: E402
@@ -83,14 +83,7 @@ def head_senders(n_layers: int, n_heads: int) -> list[Location]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=12)
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=18)
-    args = parser.parse_args()
-    torch.set_grad_enabled(False)
-    model = gpt2_small_shaped(args.layers)
-    pairs = random_pairs(args.prompts, args.tokens, model.cfg.d_vocab)
+    args, model, pairs = model_and_prompts(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     last, n_heads = args.layers - 1, model.cfg.n_heads
     rows = {
         f"every head -> resid_post.{last} (final)": (Receiver("resid_post", last), args.layers),
@@ -120,14 +113,9 @@ def main() -> None:
 
 
 def render(table, setting: str) -> str:
-    lines = [
-        f"# Path patching, GPT-2-small-shaped random model ({setting})",
-        "",
-        "| senders -> receiver | senders | plain two forwards per sender (s) | circuitlab (s) | speed-up | max abs diff |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [f"| {name} | {n} | {plain:.1f} | {ours:.2f} | {plain / ours:.1f}x | {diff:.1e} |" for name, n, plain, ours, diff in table]
-    return "\n".join(lines) + "\n"
+    header = ["senders -> receiver", "senders", "plain two forwards per sender (s)", "circuitlab (s)", "speed-up", "max abs diff"]
+    rows = [[name, str(n), f"{plain:.1f}", f"{ours:.2f}", f"{plain / ours:.1f}x", f"{diff:.1e}"] for name, n, plain, ours, diff in table]
+    return markdown_table(f"Path patching, GPT-2-small-shaped random model ({setting})", header, rows, left_columns=1)
 
 
 if __name__ == "__main__":
