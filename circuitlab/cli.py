@@ -84,11 +84,12 @@ def _one_line(err: Exception, overrides: list[str]) -> str:
     message = "; ".join(messages[:2]) or str(err)
     if key and "not in" in message and "." in key:
         parent = key.rsplit(".", 1)[0]
-        base = compose_config([o for o in overrides if not o.lstrip("+~").startswith(key)])
-        node = base
-        for part in parent.split("."):
-            node = node[part]
-        message += f"; allowed keys: {', '.join(node.keys())}"
+        without = [o for o in overrides if not o.lstrip("+~").startswith(key)]
+        if without != overrides:  # the typo is the user's override: list the keys the config does have
+            node = compose_config(without)
+            for part in parent.split("."):
+                node = node[part]
+            message += f"; allowed keys: {', '.join(node.keys())}"
     return f"{key}: {message}" if key else message
 
 

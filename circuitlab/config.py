@@ -85,6 +85,22 @@ class AdditionTaskConfig(TaskConfig):
 
 
 @dataclass
+class IOICounterfactualTaskConfig(TaskConfig):
+    """IOI base / source pairs for interchange interventions and DAS; see `circuitlab/tasks/ioi_counterfactual.py`.
+    `n_prompts`: test pairs; `n_train`: training pairs; `source_patterns`: null = ABB, BAB (position) or CDD, DCD
+    (name)."""
+
+    name: str = "ioi_counterfactual"
+    variable: str = "position"
+    n_prompts: int = 100
+    n_train: int = 200
+    base_patterns: list[str] = field(default_factory=lambda: ["ABB", "BAB"])
+    source_patterns: Optional[list[str]] = None
+    templates: Any = "all"
+    track: list[str] = field(default_factory=list)
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
 
@@ -130,6 +146,27 @@ class PathPatchingConfig(MethodConfig):
 
 
 @dataclass
+class DASConfig(MethodConfig):
+    """Interchange interventions (`intervention`: vanilla, das, boundless) trained on the task's train split and
+    scored by IIA on its test split; defaults are seed 000's. `load`: a run dir (or its interventions.pt) whose
+    learned interventions are evaluated without training."""
+
+    name: str = "das"
+    intervention: str = "das"
+    low_rank_dimension: int = 1
+    batch_size: int = 20
+    epochs: int = 10
+    lr: float = 0.01
+    lr_end_factor: float = 0.1
+    lr_decay_steps: int = 10
+    boundary_lr: float = 0.5
+    boundary_penalty: float = 2.0
+    temperature_start: float = 50.0
+    temperature_end: float = 0.1
+    load: Optional[str] = None
+
+
+@dataclass
 class SweepConfig:
     """Which locations to patch. `layers`: `all` or a list; `positions`: `every` (each index alone), or a
     list of indices, lists of indices (patched together), named positions (IO, S1, S2, END) and `all` (every
@@ -171,4 +208,6 @@ def register_configs() -> None:
     cs.store(group="method", name="base_activation_patching", node=ActivationPatchingConfig)
     cs.store(group="method", name="base_attribution_patching", node=AttributionPatchingConfig)
     cs.store(group="method", name="base_path_patching", node=PathPatchingConfig)
+    cs.store(group="method", name="base_das", node=DASConfig)
+    cs.store(group="task", name="base_ioi_counterfactual", node=IOICounterfactualTaskConfig)
     cs.store(group="sweep", name="base_sweep", node=SweepConfig)

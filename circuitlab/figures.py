@@ -79,7 +79,7 @@ def layer_position_heatmap(frame: pd.DataFrame, title: str, value_name: str, fac
     return heatmap(frame, "position_label", "layer", facet, title, value_name, "position (first prompt's token)", "layer")
 
 
-def head_group_bars(frame: pd.DataFrame, title: str) -> tuple[p9.ggplot, float, float]:
+def head_group_bars(frame: pd.DataFrame, title: str, y_label: str = "normalised logit diff") -> tuple[p9.ggplot, float, float]:
     """One bar per head group, in sweep order, one facet per (stream, layer)."""
     df = frame.copy()
     df["bar"] = [f"{GROUP_SIGN.get(g, '')}head {h}" for g, h in zip(df["group"], df["head"])]
@@ -91,7 +91,7 @@ def head_group_bars(frame: pd.DataFrame, title: str) -> tuple[p9.ggplot, float, 
         + p9.geom_hline(yintercept=0, color="grey")
         + p9.scale_fill_gradient2(low="#2166ac", mid="#dddddd", high="#b2182b", midpoint=0, guide=None)
         + p9.facet_wrap("~panel", ncol=1)
-        + p9.labs(x="", y="normalised logit diff", title=title)
+        + p9.labs(x="", y=y_label, title=title)
         + p9.theme_minimal()
         + p9.theme(axis_text_x=p9.element_text(rotation=45, ha="right"))
     )
@@ -218,11 +218,58 @@ def attention_pattern_figure(patterns: pd.DataFrame, out_dir: Path, experiment: 
     return save(plot, out_dir, "attention_patterns", side * columns + 1.5, side * rows + 1)
 
 
+@renderer("das")
+def das_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Seed 000's figures: IIA over layer x position (values in cells) for whole streams swept over several
+    positions; IIA by layer, one line per stream, for streams at one position; bars for head groups."""
+    experiment = results["experiment"].iloc[0]
+    iia = results[results["metric"] == "iia"].copy()
+    heads, groups = iia["heads"].fillna(""), iia["group"].fillna("")
+    written: list[Path] = []
+    whole = iia[(heads == "") | ((groups == "") & (iia["head"].isna()))]
+    by_stream = whole.groupby("stream")["position_label"].nunique()
+    grid = whole[whole["stream"].map(by_stream) > 1]
+    if len(grid):
+        plot, w, h = heatmap(grid, "position_label", "layer", "stream", f"{experiment}: interchange intervention accuracy", "IIA",
+                             "position (first prompt's token)", "layer")
+        written += save(plot, out_dir, "iia_heatmap", w, h)
+    lines = whole[whole["stream"].map(by_stream) == 1]
+    if len(lines):
+        lines["label"] = lines["value"].map(lambda v: f"{v:.2f}")
+        plot = (
+            p9.ggplot(lines, p9.aes("layer", "value", color="stream"))
+            + p9.geom_line()
+            + p9.geom_point(size=2)
+            + p9.geom_text(p9.aes(label="label"), nudge_y=0.03, size=7, show_legend=False)
+            + p9.ylim(0, 1.05)
+            + p9.labs(x="layer", y="IIA", title=f"{experiment}: IIA by layer ({lines['position_label'].iloc[0]})")
+            + p9.theme_minimal()
+        )
+        written += save(plot, out_dir, "iia_by_layer", 8, 3.5)
+    singles = iia[(heads != "") & (groups == "") & iia["head"].notna()]
+    if len(singles):
+        singles = singles.assign(head_label=singles["heads"])
+        singles["panel"] = singles["stream"] + " · " + singles["position_label"]
+        plot, w, h = heatmap(singles, "head_label", "layer", "panel", f"{experiment}: IIA per head", "IIA", "head", "layer")
+        written += save(plot, out_dir, "iia_heads", w, h)
+    for group in ("leave_one_out", "cumulative"):
+        bars = iia[groups == group]
+        if len(bars):
+            plot, w, h = head_group_bars(bars, f"{experiment}: {group.replace('_', '-')} head groups", y_label="IIA")
+            written += save(plot, out_dir, f"iia_heads_{group}", w, h)
+    return written
+
+
 def render_run(run_dir: Path) -> list[Path]:
-    """(Re)draw every figure of one run directory from its results.csv."""
-    from circuitlab.results import read_results
+    """(Re)draw every figure of one run directory from its results.csv (a CSV of another layout is skipped
+    with a warning)."""
+    from circuitlab.results import CSV_COLUMNS, read_results
 
     results = read_results(run_dir)
+    missing = [c for c in CSV_COLUMNS if c not in results.columns]
+    if missing:
+        warnings.warn(f"{run_dir}: results.csv lacks {', '.join(missing)} (written by an older circuitlab?); no figures drawn", stacklevel=2)
+        return []
     written = []
     for method, frame in results.groupby("method", sort=False):
         if method in RENDERERS:

@@ -64,7 +64,11 @@ def tidy_frame(rows: list[dict]) -> pd.DataFrame:
 
 def read_results(run_dir: Path) -> pd.DataFrame:
     dtypes = {"head": "Int64", "heads": "string", "group": "string", "position": "string", "receiver": "string"}
-    return pd.read_csv(Path(run_dir) / "results.csv", dtype=dtypes, keep_default_na=False, na_values={"head": [""]})
+    frame = pd.read_csv(Path(run_dir) / "results.csv", dtype=dtypes, keep_default_na=False, na_values={"head": [""]})
+    frame["value"] = pd.to_numeric(frame["value"], errors="coerce")  # "nan" (e.g. no training loss) stays NaN
+    if "receiver" not in frame.columns and "metric" in frame.columns:  # runs from before path patching
+        frame.insert(frame.columns.get_loc("metric"), "receiver", pd.Series([""] * len(frame), dtype="string"))
+    return frame
 
 
 def package_versions() -> dict[str, str]:

@@ -29,14 +29,14 @@ from circuitlab.locations import (
     resolve_layers,
     resolve_positions,
 )
-from circuitlab.methods import activation_patching, attention, attribution_patching, path_patching
+from circuitlab.methods import activation_patching, attention, attribution_patching, das, path_patching
 from circuitlab.metrics import METRICS
 from circuitlab.models import loading
 from circuitlab.tasks import TASKS
 from circuitlab.tasks.base import PromptPairs, single_token_id
 
 log = logging.getLogger("circuitlab")
-METHODS = ("activation_patching", "attribution_patching", "path_patching")
+METHODS = ("activation_patching", "attribution_patching", "path_patching", "das")
 PATTERN_PROMPTS = ("corrupted", "clean")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -68,12 +68,21 @@ def validate_static(cfg: DictConfig) -> None:
         raise ConfigError("method.name", cfg.method.name, METHODS)
     if "direction" in cfg.method and cfg.method.direction not in activation_patching.DIRECTIONS:
         raise ConfigError("method.direction", cfg.method.direction, activation_patching.DIRECTIONS)
+    if cfg.method.name == "das":
+        if cfg.method.intervention not in das.INTERVENTIONS:
+            raise ConfigError("method.intervention", cfg.method.intervention, das.INTERVENTIONS)
+        if cfg.task.name != "ioi_counterfactual":
+            raise ConfigError("task", cfg.task.name, "ioi_counterfactual (method=das needs base / source pairs with counterfactual labels)")
+        if cfg.method.low_rank_dimension < 1:
+            raise ConfigError("method.low_rank_dimension", cfg.method.low_rank_dimension, "a positive integer")
+        if cfg.method.load and not Path(cfg.method.load).exists():
+            raise ConfigError("method.load", cfg.method.load, "an existing run dir or interventions.pt")
     if cfg.method.name == "path_patching" and cfg.method.pattern_prompts not in PATTERN_PROMPTS:
         raise ConfigError("method.pattern_prompts", cfg.method.pattern_prompts, PATTERN_PROMPTS)
-    for metric in cfg.method.metrics:
+    for metric in cfg.method.get("metrics", []):
         if metric not in METRICS:
             raise ConfigError("method.metrics", metric, METRICS)
-    if "prob" in cfg.method.metrics and not cfg.task.get("track") and cfg.task.name != "pairs":
+    if "prob" in cfg.method.get("metrics", []) and not cfg.task.get("track") and cfg.task.name != "pairs":
         raise ConfigError("task.track", "[]", "one or more tokens, e.g. task.track=[' Mary'], for method.metrics=[prob]")
     if not cfg.sweep.streams:
         raise ConfigError("sweep.streams", "[]", "one or more stream names")
@@ -110,6 +119,7 @@ class Plan:
     tracked: dict[str, int]
     tokenizer: object = None
     receivers: tuple[path_patching.Receiver, ...] = field(default_factory=tuple)
+    train_pairs: PromptPairs | None = None
 
 
 def prepare(cfg: DictConfig) -> Plan:
@@ -123,7 +133,24 @@ def prepare(cfg: DictConfig) -> Plan:
         receivers = plan_receivers(cfg, shape, pairs)
         locations = path_patching.check_senders(locations, list(receivers), cfg.method.begin_layer)
         attention.resolve_heads(_plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
-    return Plan(shape, pairs, locations, tracked_tokens(cfg, tokenizer, pairs), tokenizer, receivers)
+    train_pairs = None
+    if cfg.method.name == "das":
+        check_das_widths(cfg, shape, locations)
+        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, bos, tokenizer.pad_token_id or bos, cfg.seed, "train")
+    return Plan(shape, pairs, locations, tracked_tokens(cfg, tokenizer, pairs), tokenizer, receivers, train_pairs)
+
+
+def check_das_widths(cfg: DictConfig, shape: loading.ModelShape, locations: list[Location]) -> None:
+    """A DAS subspace cannot be wider than its location (MLP widths are checked once the model is loaded)."""
+    k = cfg.method.low_rank_dimension
+    if cfg.method.intervention != "das":
+        return
+    for loc in locations:
+        heads = get_stream(loc.stream).has_heads
+        width = (len(loc.heads) if loc.heads else shape.n_heads) * (shape.d_model // shape.n_heads) if heads else shape.d_model
+        if loc.stream != "mlp_post" and k > width:
+            raise ConfigError("method.low_rank_dimension", k, f"1..{width} (the width of {loc.stream} at layer {loc.layer})")
 
 
 def plan_receivers(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPairs) -> tuple[path_patching.Receiver, ...]:
@@ -173,6 +200,8 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         rs.write_tensors(run_dir / "dataset.pt", pairs.to_tensors())
         for name, frame in output.tables.items():
             rs.write_csv(run_dir / name, frame)
+        for name, data in output.tensor_files.items():
+            rs.write_tensors(run_dir / name, data)
     figures = []
     if cfg.figures:
         from circuitlab.figures import render_run
@@ -193,10 +222,11 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "versions": rs.package_versions(),
         "git_commit": rs.git_commit(Path(__file__).parent),
         "wall_time_seconds": timer.seconds,
-        "files": ["results.csv", "results.pt", "dataset.pt", *output.tables, *[str(Path(f).relative_to(run_dir)) for f in figures]],
+        "files": ["results.csv", "results.pt", "dataset.pt", *output.tables, *output.tensor_files, *[str(Path(f).relative_to(run_dir)) for f in figures]],
     }
     rs.write_json(run_dir / "manifest.json", manifest)
-    log.info("clean logit diff %.3f | corrupted %.3f", output.clean["logit_diff"], output.corrupted["logit_diff"])
+    if "logit_diff" in output.clean:
+        log.info("clean logit diff %.3f | corrupted %.3f", output.clean["logit_diff"], output.corrupted["logit_diff"])
     log.info("results: %s", run_dir)
     if figures:
         log.info("figures: %s", ", ".join(figures))
@@ -214,6 +244,7 @@ class MethodOutput:
     corrupted: dict[str, float]
     tables: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    tensor_files: dict = field(default_factory=dict)
 
 
 def _sweeper(cfg: DictConfig, plan: Plan, model):
@@ -277,10 +308,33 @@ def run_path_patching(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     return MethodOutput(rows, tensors, result.clean, result.corrupted, tables, {"receivers": [r.label for r in plan.receivers]})
 
 
+def run_das(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    """Train (or load) an intervention per location; IIA on the test split, the training loss, the learned
+    parameters in interventions.pt (reloaded by `method.load`)."""
+    hp = cfg.method
+    training = das.Training(hp.intervention, hp.low_rank_dimension, hp.batch_size, hp.epochs, hp.lr, hp.lr_end_factor,
+                            hp.lr_decay_steps, hp.boundary_lr, hp.boundary_penalty, hp.temperature_start, hp.temperature_end, cfg.seed)
+    saved = das.load_interventions(hp.load, plan.locations, training) if hp.load else None
+    result = das.das_sweep(model, plan.train_pairs, plan.pairs, plan.locations, training, cfg.progress, saved)
+    rows = []
+    for i, loc in enumerate(plan.locations):
+        values = {"iia": float(result.iia[i]), "loss": float(result.loss[i])}
+        if "boundary" in result.states[i]:
+            values["boundary"] = float(result.states[i]["boundary"])
+        rows += [{**location_columns(cfg, loc, plan.pairs), "metric": k, "value": v} for k, v in values.items()]
+    log.info("IIA: %s", ", ".join(f"{loc.stream} L{loc.layer} {position_label(loc.positions, plan.pairs.first_prompt_tokens)}"
+                                   f"{'' if loc.heads is None else ' h' + heads_value(loc.heads)} {v:.2f}" for loc, v in zip(plan.locations, result.iia.tolist())))
+    tensors = {"iia": result.iia, "loss": result.loss, "locations": [das.location_key(loc) for loc in plan.locations]}
+    extra = {"intervention": hp.intervention, "n_train_pairs": plan.train_pairs.n_pairs}
+    files = {} if hp.intervention == "vanilla" else {"interventions.pt": das.interventions_file(plan.locations, result, training)}
+    return MethodOutput(rows, tensors, {}, {}, extra=extra, tensor_files=files)
+
+
 RUNNERS = {
     "activation_patching": run_activation_patching,
     "attribution_patching": run_attribution_patching,
     "path_patching": run_path_patching,
+    "das": run_das,
 }
 
 

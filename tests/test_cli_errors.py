@@ -11,6 +11,7 @@ from circuitlab import cli
 from circuitlab.models import loading
 
 PATH = "+experiment=ioi_path_to_name_movers"
+DAS = "+experiment=ioi_position"
 BAD_RUNS = {
     "unknown experiment": (["+experiment=nope"], "experiment=nope"),
     "unknown model group": (["model=gpt9"], "model=gpt9"),
@@ -48,6 +49,14 @@ BAD_RUNS = {
     "bad receiver position": ([PATH, "method.receiver_positions=XX"], "method.receiver_positions=XX"),
     "bad pattern heads": ([PATH, "method.pattern_heads=[[0,9]]"], "method.pattern_heads=[0, 9]"),
     "bad pattern prompts": ([PATH, "method.pattern_prompts=both"], "method.pattern_prompts=both"),
+    "das subspace wider than its location": ([DAS, "method.low_rank_dimension=65"], "method.low_rank_dimension=65"),
+    "das head subspace wider than its heads": ([DAS, "sweep.streams=[z]", "sweep.heads=[[0]]", "method.low_rank_dimension=17"], "method.low_rank_dimension=17"),
+    "variable the task lacks": ([DAS, "task.variable=gender"], "task.variable=gender"),
+    "source letters the base lacks": ([DAS, "task.source_patterns=[CDD]"], "task.source_patterns=CDD"),
+    "das without counterfactual task": ([DAS, "task=ioi"], "IOITaskConfig"),
+    "das without counterfactual task, plain": (["method=das", "sweep.positions=[END]"], "task=ioi"),
+    "unknown intervention": ([DAS, "method.intervention=magic"], "method.intervention=magic"),
+    "load missing": ([DAS, "method.load=/nonexistent/run"], "method.load=/nonexistent/run"),
     "answers not tokens of the model": (["+experiment=addition_path_to_logits", "task.nmax=99"], "no prompt pairs left"),
     "addition offset 0": (["+experiment=addition_path_to_logits", "task.offset=0"], "task.offset=0"),
     "addition prompts beyond the context": (["+experiment=addition_path_to_logits", "task.n_demos=12"], "exceed the model's context"),

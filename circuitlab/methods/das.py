@@ -1,0 +1,304 @@
+"""Interchange interventions, DAS and Boundless DAS (seed 000), trained on a frozen model.
+
+At a location (stream, layer, positions[, heads]) the base run's vector x takes the source run's s:
+- vanilla: x <- s (no training; the same as denoising activation patching, scored by accuracy);
+- DAS: x <- x + (s - x) Q Q^T, Q an orthonormal d x k basis (k = `low_rank_dimension`) learned so that the
+  intervened model predicts the counterfactual label;
+- Boundless DAS: a full rotation R and a learned boundary b in [0, 1]: x <- R^T((1 - m) * R x + m * R s), the mask
+  m_i = sigmoid(i / T) * sigmoid((b d - i) / T) sharpening as the temperature T falls, the loss adding
+  `boundary_penalty` * b.
+For heads, x is the concatenation of the chosen heads' z vectors at a position.
+
+Why it is fast: the model is frozen, so every activation before the intervened layer comes once from a cached
+run; training forwards and backwards start at that layer and at the first intervened position (earlier keys and
+values from the cache); only the final position is unembedded; and the points of one (stream, layer) train
+together, one parameter set each, in one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from torch.nn.utils.parametrizations import orthogonal
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from circuitlab.errors import ConfigError
+from circuitlab.locations import STREAMS, Location, head_mask, position_mask
+from circuitlab.methods.activation_patching import final_position_logits, fused_gelu, patch_sweep
+from circuitlab.tasks.base import PromptPairs
+
+INTERVENTIONS = ("vanilla", "das", "boundless")
+
+
+@dataclass(frozen=True)
+class Training:
+    """Hyperparameters; the defaults are the seed's (pyvene steps its LinearLR once per batch, with
+    total_iters = epochs, hence `lr_decay_steps`)."""
+
+    intervention: str = "das"
+    low_rank_dimension: int = 1
+    batch_size: int = 20
+    epochs: int = 10
+    lr: float = 0.01
+    lr_end_factor: float = 0.1
+    lr_decay_steps: int = 10
+    boundary_lr: float = 0.5
+    boundary_penalty: float = 2.0
+    temperature_start: float = 50.0
+    temperature_end: float = 0.1
+    seed: int = 42
+
+
+@dataclass
+class DASResult:
+    """IIA on the test pairs and the final training loss per location; the learned parameters (plain tensors)
+    per location."""
+
+    locations: list[Location]
+    iia: Float[Tensor, " point"]
+    loss: Float[Tensor, " point"]
+    states: list[dict[str, Tensor]]
+
+
+def location_width(model: HookedTransformer, loc: Location) -> int:
+    """The length of the vector an intervention at `loc` rotates."""
+    cfg = model.cfg
+    if STREAMS[loc.stream].has_heads:
+        return (len(loc.heads) if loc.heads is not None else cfg.n_heads) * cfg.d_head
+    return cfg.d_mlp if loc.stream == "mlp_post" else cfg.d_model
+
+
+def check_locations(model: HookedTransformer, locations: list[Location], training: Training) -> None:
+    for loc in locations:
+        if loc.stream == "pattern":
+            raise ConfigError("sweep.streams", "pattern", "a stream of vectors (pattern holds attention weights)")
+        width = location_width(model, loc)
+        if training.intervention == "das" and training.low_rank_dimension > width:
+            raise ConfigError("method.low_rank_dimension", training.low_rank_dimension, f"1..{width} (the width of {loc.stream} at layer {loc.layer})")
+
+
+class _Interventions(nn.Module):
+    """One parameter set per point of a (stream, layer) group."""
+
+    def __init__(self, n_points: int, width: int, training: Training, states: list[dict] | None = None):
+        super().__init__()
+        self.kind, self.width, self.temperature = training.intervention, width, training.temperature_start
+        k = training.low_rank_dimension if self.kind == "das" else width
+        self.basis = nn.Parameter(torch.empty(n_points, width, k))
+        for matrix in self.basis.data:
+            nn.init.orthogonal_(matrix)
+        if self.kind == "boundless":
+            self.boundary = nn.Parameter(torch.full((n_points,), 0.5))
+        if states is None:
+            orthogonal(self, "basis")
+        else:  # evaluation of saved parameters: plain tensors, no parametrisation
+            with torch.no_grad():
+                self.basis.copy_(torch.stack([s["basis"] for s in states]))
+                if self.kind == "boundless":
+                    self.boundary.copy_(torch.stack([s["boundary"] for s in states]))
+                    self.temperature = float(states[0]["temperature"])
+
+    def mask(self, point: int) -> Tensor:
+        position = torch.arange(self.width, device=self.basis.device, dtype=self.basis.dtype)
+        edge = self.boundary[point].clamp(1e-3, 1.0) * self.width
+        return torch.sigmoid(position / self.temperature) * torch.sigmoid((edge - position) / self.temperature)
+
+    def forward(self, point: int, base: Tensor, source: Tensor) -> Tensor:
+        basis = self.basis[point]
+        if self.kind == "das":
+            return base + ((source - base) @ basis) @ basis.T
+        mask = self.mask(point)
+        return ((1 - mask) * (base @ basis) + mask * (source @ basis)) @ basis.T
+
+    def states(self) -> list[dict[str, Tensor]]:
+        basis = self.basis.detach().cpu()
+        if self.kind == "das":
+            return [{"basis": b.clone()} for b in basis]
+        boundary = self.boundary.detach().clamp(1e-3, 1.0).cpu()
+        return [{"basis": b.clone(), "boundary": boundary[i].clone(), "temperature": torch.tensor(self.temperature)} for i, b in enumerate(basis)]
+
+
+def das_sweep(
+    model: HookedTransformer,
+    train: PromptPairs,
+    test: PromptPairs,
+    locations: list[Location],
+    training: Training,
+    progress: bool = True,
+    saved: list[dict[str, Tensor]] | None = None,
+) -> DASResult:
+    """Train (or, with `saved`, load) an intervention per location and measure IIA on `test`."""
+    check_locations(model, locations, training)
+    if training.intervention == "vanilla":
+        iia = patch_sweep(model, test, locations, "denoising", progress=progress, metrics=("accuracy",)).metrics["accuracy"]
+        return DASResult(locations, iia, torch.full((len(locations),), float("nan")), [{} for _ in locations])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    iia, loss = torch.empty(len(locations)), torch.full((len(locations),), float("nan"))
+    states: list[dict] = [{} for _ in locations]
+    bar = tqdm(total=len(locations), desc=f"{training.intervention} training", unit="location", disable=not progress)
+    with fused_gelu(model):
+        train_run, test_run = _CachedRuns(model, train, locations), _CachedRuns(model, test, locations)
+        keys = dict.fromkeys((loc.stream, loc.layer, location_width(model, loc)) for loc in locations)
+        for stream, layer, width in keys:
+            group = [i for i, loc in enumerate(locations) if (loc.stream, loc.layer, location_width(model, loc)) == (stream, layer, width)]
+            points = [locations[i] for i in group]
+            module = _Interventions(len(group), width, training, None if saved is None else [saved[i] for i in group]).to(model.cfg.device)
+            if saved is None:
+                loss[group] = _train(module, train_run, points, training)
+            with torch.no_grad():
+                iia[group] = _iia(module, test_run, points)
+            for i, state in zip(group, module.states()):
+                states[i] = state
+            bar.update(len(group))
+    bar.close()
+    return DASResult(locations, iia, loss, states)
+
+
+def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], training: Training) -> Tensor:
+    """The seed's loop: Adam, a linear lr decay, cross-entropy of the counterfactual label (plus the boundary
+    penalty and temperature schedule of Boundless DAS). Returns each point's mean loss over the last epoch."""
+    groups = [{"params": [p for n, p in module.named_parameters() if "boundary" not in n], "lr": training.lr}]
+    if module.kind == "boundless":
+        groups.append({"params": [module.boundary], "lr": training.boundary_lr})
+    optimizer = torch.optim.Adam(groups, lr=training.lr)
+    schedule = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, training.lr_end_factor, training.lr_decay_steps)
+    n_train = run.pairs.n_pairs
+    steps = training.epochs * -(-n_train // training.batch_size)
+    temperatures = torch.linspace(training.temperature_start, training.temperature_end, steps).tolist()
+    generator = torch.Generator().manual_seed(training.seed)
+    step, last = 0, torch.zeros(len(points))
+    with torch.enable_grad():
+        for epoch in range(training.epochs):
+            order = torch.randperm(n_train, generator=generator)
+            totals = torch.zeros(len(points))
+            for batch in order.split(training.batch_size):
+                logits = run.intervened_logits(module, points, batch)
+                labels = run.labels[batch]
+                per_point = nn.functional.cross_entropy(logits.flatten(0, 1), labels.repeat(len(points)), reduction="none").view(len(points), -1).mean(1)
+                total = per_point.sum()
+                if module.kind == "boundless":
+                    total = total + training.boundary_penalty * module.boundary.clamp(1e-3, 1.0).sum()
+                optimizer.zero_grad()
+                total.backward()
+                optimizer.step()
+                schedule.step()
+                module.temperature = temperatures[min(step, steps - 1)]
+                totals += per_point.detach().cpu() * len(batch)
+                step += 1
+            last = totals / n_train
+    return last
+
+
+def _iia(module: _Interventions, run: "_CachedRuns", points: list[Location], batch_size: int = 256) -> Tensor:
+    correct = torch.zeros(len(points))
+    for batch in torch.arange(run.pairs.n_pairs).split(batch_size):
+        logits = run.intervened_logits(module, points, batch)
+        correct += (logits.argmax(-1) == run.labels[batch]).float().sum(1).cpu()
+    return correct / run.pairs.n_pairs
+
+
+class _CachedRuns:
+    """Base and source activations of one prompt set, cached once for every location."""
+
+    def __init__(self, model: HookedTransformer, pairs: PromptPairs, locations: list[Location]):
+        self.model, self.pairs = model, pairs
+        device = model.cfg.device
+        layers = {loc.layer for loc in locations}
+        first = min(layers)
+        base_hooks = {f"blocks.{l}.hook_resid_pre" for l in layers}
+        base_hooks |= {f"blocks.{l}.attn.hook_{kv}" for l in range(first, model.cfg.n_layers) for kv in "kv"}
+        base_hooks |= {STREAMS[loc.stream].hook_name(loc.layer) for loc in locations}
+        source_hooks = {STREAMS[loc.stream].hook_name(loc.layer) for loc in locations}
+        with torch.no_grad():
+            _, self.base = model.run_with_cache(pairs.corrupted_tokens.to(device), names_filter=lambda n: n in base_hooks, stop_at_layer=model.cfg.n_layers)
+            _, self.source = model.run_with_cache(pairs.clean_tokens.to(device), names_filter=lambda n: n in source_hooks, stop_at_layer=model.cfg.n_layers)
+        self.labels = pairs.answer_tokens.to(device)
+        self.final_pos = pairs.final_positions.to(device)
+
+    def intervened_logits(self, module: _Interventions, points: list[Location], batch: Tensor) -> Float[Tensor, "point batch vocab"]:
+        """Final-position logits of the base prompts `batch` with each point's intervention (points share a
+        stream and layer)."""
+        model, device = self.model, self.model.cfg.device
+        stream, layer = STREAMS[points[0].stream], points[0].layer
+        n, b = len(points), len(batch)
+        masks = position_mask([p.positions for p in points], self.pairs.width, self.pairs.named_positions, self.pairs.n_pairs)
+        masks = masks[:, batch].to(device)
+        heads = head_mask([p.heads for p in points], model.cfg.n_heads) if stream.has_heads else None
+        start = int(masks.any(0).any(0).float().argmax()) if masks.any() else 0
+        masks = masks[:, :, start:]  # the hooked activation holds positions >= start
+        source = self.source[stream.hook_name(layer)][batch.to(device)]
+
+        def intervene(activation: Tensor, hook) -> Tensor:
+            out = activation.clone()
+            for p in range(n):
+                rows, cols = masks[p].nonzero(as_tuple=True)
+                cells_out = out[p * b + rows, cols]
+                src = source[rows, cols + start]
+                if heads is None:
+                    out[p * b + rows, cols] = module(p, cells_out, src)
+                else:
+                    chosen = heads[p].nonzero().squeeze(1).to(device)
+                    mixed = module(p, cells_out[:, chosen].flatten(1), src[:, chosen].flatten(1))
+                    cells_out = cells_out.clone()
+                    cells_out[:, chosen] = mixed.view(len(rows), len(chosen), -1)
+                    out[p * b + rows, cols] = cells_out
+            return out
+
+        batch_dev = batch.to(device)
+        resid = self.base[f"blocks.{layer}.hook_resid_pre"][batch_dev, start:].repeat(n, 1, 1)
+        with model.hooks(fwd_hooks=[(stream.hook_name(layer), intervene)]):
+            for index in range(layer, model.cfg.n_layers):
+                entry = None
+                if start > 0:
+                    prefix = lambda kv: self.base[f"blocks.{index}.attn.hook_{kv}"][batch_dev, :start].repeat(n, 1, 1, 1)  # noqa: E731
+                    entry = TransformerLensKeyValueCacheEntry(prefix("k"), prefix("v"), frozen=True)
+                resid = model.blocks[index](resid, past_kv_cache_entry=entry)
+        logits = final_position_logits(model, resid, (self.final_pos[batch_dev] - start).repeat(n))
+        return logits.view(n, b, -1)
+
+
+# saving and loading learned interventions ------------------------------------------------------------
+
+
+def location_key(loc: Location) -> str:
+    """A location as text, e.g. `resid_post|1|END|` or `z|1|17|0,2` (stream, layer, positions, heads)."""
+    positions = ",".join(map(str, loc.positions)) if isinstance(loc.positions, tuple) else str(loc.positions)
+    heads = "" if loc.heads is None else ",".join(map(str, loc.heads))
+    return f"{loc.stream}|{loc.layer}|{positions}|{heads}"
+
+
+def interventions_file(locations: list[Location], result: DASResult, training: Training) -> dict:
+    """What `interventions.pt` holds: plain tensors, strings and numbers (loadable with weights_only=True)."""
+    return {
+        "intervention": training.intervention,
+        "low_rank_dimension": training.low_rank_dimension,
+        "locations": [location_key(loc) for loc in locations],
+        "states": result.states,
+    }
+
+
+def load_interventions(path: str, locations: list[Location], training: Training) -> list[dict[str, Tensor]]:
+    """The saved parameters of each location, from a run dir or its interventions.pt; every location of this
+    sweep must be there, trained with the same intervention."""
+    from pathlib import Path
+
+    from circuitlab.results import load_tensors
+
+    file = Path(path) / "interventions.pt" if Path(path).is_dir() else Path(path)
+    if not file.exists():
+        raise ConfigError("method.load", path, "a run dir holding interventions.pt (vanilla runs save none)")
+    data = load_tensors(file)
+    if data["intervention"] != training.intervention or data["low_rank_dimension"] != training.low_rank_dimension and training.intervention == "das":
+        raise ConfigError("method.intervention", training.intervention,
+                          f"{data['intervention']} with low_rank_dimension {data['low_rank_dimension']} (what {file} holds)")
+    by_key = dict(zip(data["locations"], data["states"]))
+    missing = [location_key(loc) for loc in locations if location_key(loc) not in by_key]
+    if missing:
+        raise ConfigError("method.load", path, f"a run with these locations (missing {', '.join(missing[:3])})")
+    return [by_key[location_key(loc)] for loc in locations]

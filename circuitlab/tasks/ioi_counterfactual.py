@@ -1,0 +1,152 @@
+"""IOI counterfactual pairs for interchange interventions and DAS, as in pyvene's IOI tutorial (seed 000).
+
+A pair is a *base* prompt (run) and a *source* prompt (whose activations are swapped in), one template. Two causal
+variables:
+- `position`: is the indirect object the first or the second name? Sources use the base's own names in pattern
+  ABB or BAB; the label is the base's IO if the source's first subject position equals the base's, else the
+  base's S (the answer flips when the position is swapped in).
+- `name`: the IO name itself. Sources use two new names in pattern CDD or DCD; the label is the source's IO.
+Train and test are disjoint in objects, places and templates, and for `position` also in names (the `name`
+variable draws every prompt's names from a fixed 20-name set, as the seed does). The seed's test set pairs each
+base pattern with the other source pattern only (ABB with BAB / DCD, BAB with ABB / CDD).
+
+In `PromptPairs` terms: corrupted = base, clean = source, answer = the counterfactual label, wrong = the other
+name; interchange-intervention accuracy (IIA) is the share of pairs whose top token is the label.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from circuitlab.errors import ConfigError
+from circuitlab.tasks.base import PromptPairs, Tokenizer, pad_right, require_pairs, single_token_id
+from circuitlab.tasks.ioi import NAMES, OBJECTS, PLACES, POSITION_LABELS, TEMPLATES, IOIPrompt, render, tokenize_pieces
+
+VARIABLES = ("position", "name")
+BASE_PATTERNS = ("ABB", "BAB")
+SOURCE_PATTERNS = {"position": ("ABB", "BAB"), "name": ("CDD", "DCD")}
+TEST_SOURCE = {"position": {"ABB": "BAB", "BAB": "ABB"}, "name": {"ABB": "DCD", "BAB": "CDD"}}
+NAME_SET = 20  # the `name` variable's fixed name set
+
+
+def validate_config(cfg) -> None:
+    if cfg.variable not in VARIABLES:
+        raise ConfigError("task.variable", cfg.variable, VARIABLES)
+    for pattern in cfg.base_patterns:
+        if pattern not in BASE_PATTERNS:
+            raise ConfigError("task.base_patterns", pattern, BASE_PATTERNS)
+    allowed = SOURCE_PATTERNS[cfg.variable]
+    for pattern in _source_patterns(cfg):
+        if pattern not in allowed:
+            need = "the base's own letters A and B" if cfg.variable == "position" else "two new names C and D"
+            raise ConfigError("task.source_patterns", pattern, f"{', '.join(allowed)} (the {cfg.variable} variable needs {need})")
+    for name in _templates(cfg):
+        if name not in TEMPLATES:
+            raise ConfigError("task.templates", name, ["all", *TEMPLATES])
+    if len(_templates(cfg)) < 2:
+        raise ConfigError("task.templates", list(_templates(cfg)), "two or more templates (train and test use different ones)")
+    for key in ("n_prompts", "n_train"):
+        if cfg[key] < 1:
+            raise ConfigError(f"task.{key}", cfg[key], "a positive integer")
+
+
+def _source_patterns(cfg) -> list[str]:
+    return list(cfg.source_patterns) if cfg.source_patterns else list(SOURCE_PATTERNS[cfg.variable])
+
+
+def _templates(cfg) -> list[str]:
+    return list(TEMPLATES) if cfg.templates == "all" else list(cfg.templates)
+
+
+def split_lists(variable: str, split: str, templates: list[str]) -> tuple[list[str], list[str], list[str], list[str]]:
+    """Names, places, objects, templates of a split: halves of each list, templates split in two."""
+    first = split == "train"
+    half = lambda xs: xs[: len(xs) // 2] if first else xs[len(xs) // 2 :]  # noqa: E731
+    cut = max(1, len(templates) // 2)
+    names = NAMES[:NAME_SET] if variable == "name" else half(NAMES)
+    return names, half(PLACES), half(OBJECTS), templates[:cut] if first else templates[cut:]
+
+
+def sample_counterfactuals(
+    rng: random.Random, variable: str, combos: list[tuple[str, str]], per_combo: int,
+    names: list[str], places: list[str], objects: list[str], templates: list[str],
+) -> list[tuple[IOIPrompt, IOIPrompt, str, str]]:
+    """(base, source, label, wrong) for `per_combo` pairs of each (base pattern, source pattern)."""
+    out = []
+    for base_pattern, source_pattern in combos:
+        for _ in range(per_combo):
+            io, s, c, d = rng.sample(names, 4)
+            base = IOIPrompt(rng.choice(templates), base_pattern, io, s, c, rng.choice(places), rng.choice(objects))
+            if variable == "position":
+                source = IOIPrompt(base.template, source_pattern, io, s, c, base.place, base.obj)
+                label, wrong = (io, s) if source_pattern == base_pattern else (s, io)
+            else:
+                pattern = "ABB" if source_pattern == "CDD" else "BAB"
+                source = IOIPrompt(base.template, pattern, c, d, io, base.place, base.obj)
+                label, wrong = c, io
+            out.append((base, source, label, wrong))
+    return out
+
+
+def build_split(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int, split: str) -> PromptPairs:
+    """The train split (`n_train` pairs over every base x source pattern) or the test split (`n_prompts`
+    pairs, each base pattern with the other source pattern)."""
+    validate_config(cfg)
+    names, places, objects, templates = split_lists(cfg.variable, split, _templates(cfg))
+    if split == "train":
+        combos = [(b, s) for b in cfg.base_patterns for s in _source_patterns(cfg)]
+        n = cfg.n_train
+    else:
+        combos = [(b, TEST_SOURCE[cfg.variable][b]) for b in cfg.base_patterns]
+        n = cfg.n_prompts
+    per_combo = -(-n // len(combos))
+    rng = random.Random(seed + (0 if split == "test" else 1))
+    quads = sample_counterfactuals(rng, cfg.variable, combos, per_combo, names, places, objects, templates)
+    rng.shuffle(quads)
+    return tokenize_counterfactuals(quads[:n], tokenizer, bos_id, pad_id)
+
+
+def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) -> PromptPairs:
+    """The test split (what every method evaluates on); DAS trains on `build_split(..., "train")`."""
+    return build_split(cfg, tokenizer, bos_id, pad_id, seed, "test")
+
+
+def tokenize_counterfactuals(quads, tokenizer: Tokenizer, bos_id: int, pad_id: int) -> PromptPairs:
+    """(base, source, label, wrong) -> PromptPairs (corrupted = base, clean = source); pairs whose names are
+    not single tokens or whose base and source differ in length are dropped and counted."""
+    dropped = {"names not single tokens": 0, "base/source lengths differ": 0}
+    rows: dict[str, list] = {k: [] for k in ("base", "source", "label", "wrong", "length", "base_text", "source_text")}
+    positions: dict[str, list[int]] = {k: [] for k in POSITION_LABELS}
+    for base, source, label, wrong in quads:
+        ids = [single_token_id(tokenizer, " " + name) for name in (base.io, base.s, source.io, source.s, label, wrong)]
+        if None in ids:
+            dropped["names not single tokens"] += 1
+            continue
+        base_pieces, slot_piece = render(TEMPLATES[base.template], base.fillers())
+        source_pieces, _ = render(TEMPLATES[source.template], source.fillers())
+        base_ids, starts = tokenize_pieces(tokenizer, base_pieces, bos_id)
+        source_ids, source_starts = tokenize_pieces(tokenizer, source_pieces, bos_id)
+        if len(base_ids) != len(source_ids) or starts != source_starts:
+            dropped["base/source lengths differ"] += 1
+            continue
+        first, second = starts[slot_piece["N1"]], starts[slot_piece["N2"]]
+        io_pos, s1_pos = (first, second) if base.pattern == "ABB" else (second, first)
+        for key, pos in zip(POSITION_LABELS, (io_pos, s1_pos, starts[slot_piece["S"]], len(base_ids) - 1)):
+            positions[key].append(pos)
+        for key, value in zip(rows, (base_ids, source_ids, ids[4], ids[5], len(base_ids), "".join(base_pieces), "".join(source_pieces))):
+            rows[key].append(value)
+    require_pairs(len(rows["base"]), dropped)
+    return PromptPairs(
+        clean_tokens=pad_right(rows["source"], pad_id),
+        corrupted_tokens=pad_right(rows["base"], pad_id),
+        answer_tokens=torch.tensor(rows["label"], dtype=torch.int64),
+        wrong_tokens=torch.tensor(rows["wrong"], dtype=torch.int64),
+        lengths=torch.tensor(rows["length"], dtype=torch.int64),
+        named_positions={k: torch.tensor(v, dtype=torch.int64) for k, v in positions.items()},
+        clean_texts=rows["source_text"],
+        corrupted_texts=rows["base_text"],
+        first_prompt_tokens=tokenizer.convert_ids_to_tokens(rows["base"][0]),
+        dropped={k: v for k, v in dropped.items() if v},
+    )
