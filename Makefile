@@ -34,7 +34,8 @@ test-slow: install ## run only the slow tests (toy-model retraining, every prese
 figures: install ## redraw every run's figures under results/ from its CSV (no model is loaded)
 	$(BIN)/circuitlab figures results
 
-bench: install ## benchmarks against peers (see bench/)
+bench: install ## benchmarks against peers (see bench/; installs pyvene for bench/das.py)
+	$(BIN)/python -m pip install --quiet $(TORCH_PIN) -e ".[test,bench]"
 	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(BIN)/python $$b || exit 1; done || echo "no benchmarks yet"
 
 clean: ## remove the virtual environment and caches (results/ is kept)

@@ -17,7 +17,9 @@ together, one parameter set each, in one batch.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from jaxtyping import Float
@@ -83,40 +85,48 @@ def check_locations(model: HookedTransformer, locations: list[Location], trainin
 
 
 class _Interventions(nn.Module):
-    """One parameter set per point of a (stream, layer) group."""
+    """One parameter set per point of a stream's group of points (`basis[point]`, and `boundary[point]`)."""
 
-    def __init__(self, n_points: int, width: int, training: Training, states: list[dict] | None = None):
+    def __init__(self, seeds: list[int], width: int, training: Training, states: list[dict] | None = None):
         super().__init__()
         self.kind, self.width, self.temperature = training.intervention, width, training.temperature_start
         k = training.low_rank_dimension if self.kind == "das" else width
+        n_points = len(seeds)
         self.basis = nn.Parameter(torch.empty(n_points, width, k))
-        for matrix in self.basis.data:
-            nn.init.orthogonal_(matrix)
+        for matrix, seed in zip(self.basis.data, seeds):  # each point's start depends on its location only
+            nn.init.orthogonal_(matrix, generator=torch.Generator().manual_seed(seed))
         if self.kind == "boundless":
             self.boundary = nn.Parameter(torch.full((n_points,), 0.5))
         if states is None:
-            orthogonal(self, "basis")
-        else:  # evaluation of saved parameters: plain tensors, no parametrisation
+            orthogonal(self, "basis")  # torch's parametrisation, as pyvene's rotations use it
+        else:  # evaluation of saved parameters: plain tensors, already orthonormal
             with torch.no_grad():
                 self.basis.copy_(torch.stack([s["basis"] for s in states]))
                 if self.kind == "boundless":
                     self.boundary.copy_(torch.stack([s["boundary"] for s in states]))
                     self.temperature = float(states[0]["temperature"])
 
-    def mask(self, point: int) -> Tensor:
-        position = torch.arange(self.width, device=self.basis.device, dtype=self.basis.dtype)
-        edge = self.boundary[point].clamp(1e-3, 1.0) * self.width
+    def bases(self) -> Tensor:
+        """The orthonormal bases. Each read of a parametrised tensor recomputes it (a Householder product and its
+        backward), so a forward reads it once for all points."""
+        return self.basis
+
+    def masks(self) -> Float[Tensor, "point width"]:
+        """Boundless DAS: how much of each rotated dimension comes from the source."""
+        position = torch.arange(self.width, device=self.boundary.device, dtype=self.boundary.dtype)
+        edge = self.boundary.clamp(1e-3, 1.0)[:, None] * self.width
         return torch.sigmoid(position / self.temperature) * torch.sigmoid((edge - position) / self.temperature)
 
-    def forward(self, point: int, base: Tensor, source: Tensor) -> Tensor:
-        basis = self.basis[point]
+    def forward(self, points: Tensor, base: Float[Tensor, "point cell width"], source: Float[Tensor, "point cell width"], bases: Tensor) -> Tensor:
+        """The intervened vectors of `points` (indices into this module's points), batched over points."""
+        basis = bases[points]
         if self.kind == "das":
-            return base + ((source - base) @ basis) @ basis.T
-        mask = self.mask(point)
-        return ((1 - mask) * (base @ basis) + mask * (source @ basis)) @ basis.T
+            return base + ((source - base) @ basis) @ basis.transpose(1, 2)
+        mask = self.masks()[points][:, None]
+        return ((1 - mask) * (base @ basis) + mask * (source @ basis)) @ basis.transpose(1, 2)
 
     def states(self) -> list[dict[str, Tensor]]:
-        basis = self.basis.detach().cpu()
+        basis = self.bases().detach().cpu()
         if self.kind == "das":
             return [{"basis": b.clone()} for b in basis]
         boundary = self.boundary.detach().clamp(1e-3, 1.0).cpu()
@@ -144,11 +154,12 @@ def das_sweep(
     bar = tqdm(total=len(locations), desc=f"{training.intervention} training", unit="location", disable=not progress)
     with fused_gelu(model):
         train_run, test_run = _CachedRuns(model, train, locations), _CachedRuns(model, test, locations)
-        keys = dict.fromkeys((loc.stream, loc.layer, location_width(model, loc)) for loc in locations)
-        for stream, layer, width in keys:
-            group = [i for i, loc in enumerate(locations) if (loc.stream, loc.layer, location_width(model, loc)) == (stream, layer, width)]
+        keys = dict.fromkeys((loc.stream, location_width(model, loc)) for loc in locations)
+        for stream, width in keys:  # every layer of a stream trains in one batch
+            group = [i for i, loc in enumerate(locations) if (loc.stream, location_width(model, loc)) == (stream, width)]
             points = [locations[i] for i in group]
-            module = _Interventions(len(group), width, training, None if saved is None else [saved[i] for i in group]).to(model.cfg.device)
+            seeds = [training.seed + zlib.crc32(location_key(locations[i]).encode()) for i in group]
+            module = _Interventions(seeds, width, training, None if saved is None else [saved[i] for i in group]).to(model.cfg.device)
             if saved is None:
                 loss[group] = _train(module, train_run, points, training)
             with torch.no_grad():
@@ -223,37 +234,26 @@ class _CachedRuns:
 
     def intervened_logits(self, module: _Interventions, points: list[Location], batch: Tensor) -> Float[Tensor, "point batch vocab"]:
         """Final-position logits of the base prompts `batch` with each point's intervention (points share a
-        stream and layer)."""
+        stream; the forward starts at their first layer and position)."""
         model, device = self.model, self.model.cfg.device
-        stream, layer = STREAMS[points[0].stream], points[0].layer
+        stream = STREAMS[points[0].stream]
         n, b = len(points), len(batch)
+        batch_dev = batch.to(device)
         masks = position_mask([p.positions for p in points], self.pairs.width, self.pairs.named_positions, self.pairs.n_pairs)
         masks = masks[:, batch].to(device)
-        heads = head_mask([p.heads for p in points], model.cfg.n_heads) if stream.has_heads else None
+        heads = head_mask([p.heads for p in points], model.cfg.n_heads).to(device) if stream.has_heads else None
         start = int(masks.any(0).any(0).float().argmax()) if masks.any() else 0
-        masks = masks[:, :, start:]  # the hooked activation holds positions >= start
-        source = self.source[stream.hook_name(layer)][batch.to(device)]
-
-        def intervene(activation: Tensor, hook) -> Tensor:
-            out = activation.clone()
-            for p in range(n):
-                rows, cols = masks[p].nonzero(as_tuple=True)
-                cells_out = out[p * b + rows, cols]
-                src = source[rows, cols + start]
-                if heads is None:
-                    out[p * b + rows, cols] = module(p, cells_out, src)
-                else:
-                    chosen = heads[p].nonzero().squeeze(1).to(device)
-                    mixed = module(p, cells_out[:, chosen].flatten(1), src[:, chosen].flatten(1))
-                    cells_out = cells_out.clone()
-                    cells_out[:, chosen] = mixed.view(len(rows), len(chosen), -1)
-                    out[p * b + rows, cols] = cells_out
-            return out
-
-        batch_dev = batch.to(device)
-        resid = self.base[f"blocks.{layer}.hook_resid_pre"][batch_dev, start:].repeat(n, 1, 1)
-        with model.hooks(fwd_hooks=[(stream.hook_name(layer), intervene)]):
-            for index in range(layer, model.cfg.n_layers):
+        masks = masks[:, :, start:]  # the hooked activations hold positions >= start
+        first = min(p.layer for p in points)
+        bases = module.bases()  # one evaluation of the parametrisation for every hook
+        hooks = []
+        for layer in sorted({p.layer for p in points}):
+            here = torch.tensor([i for i, p in enumerate(points) if p.layer == layer], device=device)
+            source = self.source[stream.hook_name(layer)][batch_dev, start:]
+            hooks.append((stream.hook_name(layer), partial(_intervene, module=module, bases=bases, here=here, masks=masks, heads=heads, source=source, b=b)))
+        resid = self.base[f"blocks.{first}.hook_resid_pre"][batch_dev, start:].repeat(n, 1, 1)
+        with model.hooks(fwd_hooks=hooks):
+            for index in range(first, model.cfg.n_layers):
                 entry = None
                 if start > 0:
                     prefix = lambda kv: self.base[f"blocks.{index}.attn.hook_{kv}"][batch_dev, :start].repeat(n, 1, 1, 1)  # noqa: E731
@@ -261,6 +261,32 @@ class _CachedRuns:
                 resid = model.blocks[index](resid, past_kv_cache_entry=entry)
         logits = final_position_logits(model, resid, (self.final_pos[batch_dev] - start).repeat(n))
         return logits.view(n, b, -1)
+
+
+def _intervene(activation: Tensor, hook, module: _Interventions, bases: Tensor, here: Tensor, masks: Tensor, heads: Tensor | None, source: Tensor, b: int) -> Tensor:
+    """The hook: for each point `here` (rows p*b .. p*b+b-1 of the activation), the masked cells (and heads)
+    mixed with the source run's. One batched call when every point takes one cell per prompt."""
+    out = activation.clone()
+    view = out.view(masks.shape[0], b, *out.shape[1:])
+    if heads is None and bool((masks[here].sum(-1) == 1).all()):
+        cols = masks[here].float().argmax(-1)  # [point, prompt]
+        rows = torch.arange(b, device=out.device).expand_as(cols)
+        mixed = module(here, view[here[:, None], rows, cols], source[rows, cols], bases)
+        view[here[:, None], rows, cols] = mixed
+        return out
+    for p in here.tolist():
+        rows, cols = masks[p].nonzero(as_tuple=True)
+        cells, src = view[p, rows, cols], source[rows, cols]
+        point = torch.tensor([p], device=out.device)
+        if heads is None:
+            view[p, rows, cols] = module(point, cells[None], src[None], bases)[0]
+        else:
+            chosen = heads[p].nonzero().squeeze(1)
+            mixed = module(point, cells[:, chosen].flatten(1)[None], src[:, chosen].flatten(1)[None], bases)[0]
+            cells = cells.clone()
+            cells[:, chosen] = mixed.view(len(rows), len(chosen), -1)
+            view[p, rows, cols] = cells
+    return out
 
 
 # saving and loading learned interventions ------------------------------------------------------------
