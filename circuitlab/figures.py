@@ -257,7 +257,26 @@ def das_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
         if len(bars):
             plot, w, h = head_group_bars(bars, f"{experiment}: {group.replace('_', '-')} head groups", y_label="IIA")
             written += save(plot, out_dir, f"iia_heads_{group}", w, h)
+    weights_csv = Path(out_dir).parent / "rotation_weights.csv"
+    if weights_csv.exists():
+        written += rotation_weight_histograms(pd.read_csv(weights_csv), out_dir, experiment)
     return written
+
+
+def rotation_weight_histograms(weights: pd.DataFrame, out_dir: Path, experiment: str) -> list[Path]:
+    """Histograms of the learned basis entries, one panel per head: heads that matter carry large weights."""
+    df = weights.copy()
+    df["panel"] = "layer " + df["layer"].astype(str) + " · head " + df["head"].astype(str)
+    df["panel"] = pd.Categorical(df["panel"], categories=list(dict.fromkeys(df["panel"])), ordered=True)
+    plot = (
+        p9.ggplot(df, p9.aes("weight"))
+        + p9.geom_histogram(bins=30, fill="#3f007d")
+        + p9.facet_wrap("~panel")
+        + p9.labs(x="learned weight", y="count", title=f"{experiment}: DAS weights on the attention value output, by head")
+        + p9.theme_minimal()
+    )
+    n = df["panel"].nunique()
+    return save(plot, out_dir, "rotation_weights", min(16, 3 * min(n, 4) + 1), 2.5 * -(-n // 4) + 1)
 
 
 def render_run(run_dir: Path) -> list[Path]:

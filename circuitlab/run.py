@@ -327,7 +327,9 @@ def run_das(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     tensors = {"iia": result.iia, "loss": result.loss, "locations": [das.location_key(loc) for loc in plan.locations]}
     extra = {"intervention": hp.intervention, "n_train_pairs": plan.train_pairs.n_pairs}
     files = {} if hp.intervention == "vanilla" else {"interventions.pt": das.interventions_file(plan.locations, result, training)}
-    return MethodOutput(rows, tensors, {}, {}, extra=extra, tensor_files=files)
+    weights = das.head_weights_frame(plan.locations, result, model.cfg.n_heads, model.cfg.d_head)
+    tables = {"rotation_weights.csv": weights} if len(weights) else {}
+    return MethodOutput(rows, tensors, {}, {}, tables, extra, files)
 
 
 RUNNERS = {

@@ -132,3 +132,13 @@ def test_run_writes_iia_and_reloads_interventions(tmp_path):
     loaded = read_results(tmp_path / "loaded")
     torch.testing.assert_close(torch.tensor(loaded[loaded["metric"] == "iia"]["value"].values), torch.tensor(iia.values))
     assert (tmp_path / "trained" / "figures" / "iia_heatmap.png").exists()
+
+
+def test_head_weights_split_the_basis_by_head(toy_model):
+    from circuitlab.methods.das import DASResult, head_weights_frame
+
+    basis = torch.arange(64 * 2, dtype=torch.float32).view(64, 2)
+    result = DASResult([Location("z", 1, "END", None, "", None)], torch.zeros(1), torch.zeros(1), [{"basis": basis}])
+    frame = head_weights_frame(result.locations, result, n_heads=4, d_head=16)
+    assert len(frame) == 128 and sorted(set(frame["head"])) == [0, 1, 2, 3]
+    assert frame[frame["head"] == 2]["weight"].tolist() == basis[32:48].flatten().tolist()

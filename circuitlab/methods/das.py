@@ -17,6 +17,7 @@ together, one parameter set each, in one batch.
 
 from __future__ import annotations
 
+import math
 import zlib
 from dataclasses import dataclass
 from functools import partial
@@ -287,6 +288,26 @@ def _intervene(activation: Tensor, hook, module: _Interventions, bases: Tensor, 
             cells[:, chosen] = mixed.view(len(rows), len(chosen), -1)
             view[p, rows, cols] = cells
     return out
+
+
+def head_weights_frame(locations: list[Location], result: DASResult, n_heads: int, d_head: int) -> "pd.DataFrame":
+    """Seed 000's "DAS learned weights map to head importance": for interventions on several heads' concatenated
+    value outputs (z), each learned basis entry with the head its row belongs to (Boundless DAS: the rotation's
+    columns inside the learned boundary)."""
+    import pandas as pd
+
+    rows = []
+    for loc, state in zip(locations, result.states):
+        if loc.stream != "z" or "basis" not in state or (loc.heads is not None and len(loc.heads) < 2):
+            continue
+        heads = list(loc.heads) if loc.heads is not None else list(range(n_heads))
+        basis = state["basis"]
+        if "boundary" in state:
+            basis = basis[:, : max(1, math.ceil(float(state["boundary"]) * basis.shape[0]))]
+        for i, head in enumerate(heads):
+            block = basis[i * d_head : (i + 1) * d_head].flatten().tolist()
+            rows += [{"layer": loc.layer, "position": str(loc.positions), "head": head, "weight": w} for w in block]
+    return pd.DataFrame(rows, columns=["layer", "position", "head", "weight"])
 
 
 # saving and loading learned interventions ------------------------------------------------------------
