@@ -146,12 +146,10 @@ class PathPatchingConfig(MethodConfig):
 
 
 @dataclass
-class DASConfig(MethodConfig):
-    """Interchange interventions (`intervention`: vanilla, das, boundless) trained on the task's train split and
-    scored by IIA on its test split; defaults are seed 000's. `load`: a run dir (or its interventions.pt) whose
-    learned interventions are evaluated without training."""
+class DASTraining:
+    """Interchange-intervention hyperparameters; the defaults are seed 000's (pyvene steps its LinearLR once per
+    batch with total_iters = epochs, hence `lr_decay_steps`; `seed` is the notebook's 42)."""
 
-    name: str = "das"
     intervention: str = "das"
     low_rank_dimension: int = 1
     batch_size: int = 20
@@ -163,6 +161,16 @@ class DASConfig(MethodConfig):
     boundary_penalty: float = 2.0
     temperature_start: float = 50.0
     temperature_end: float = 0.1
+    seed: int = 42
+
+
+@dataclass
+class DASConfig(MethodConfig, DASTraining):
+    """Interchange interventions (`intervention`: vanilla, das, boundless) trained on the task's train split and
+    scored by IIA on its test split. `load`: a run dir (or its interventions.pt) whose learned interventions are
+    evaluated without training."""
+
+    name: str = "das"
     load: Optional[str] = None
 
 

@@ -6,6 +6,7 @@ are checked against real prompt lengths), and only then the model weights are lo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import re
@@ -312,8 +313,7 @@ def run_das(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     """Train (or load) an intervention per location; IIA on the test split, the training loss, the learned
     parameters in interventions.pt (reloaded by `method.load`)."""
     hp = cfg.method
-    training = das.Training(hp.intervention, hp.low_rank_dimension, hp.batch_size, hp.epochs, hp.lr, hp.lr_end_factor,
-                            hp.lr_decay_steps, hp.boundary_lr, hp.boundary_penalty, hp.temperature_start, hp.temperature_end, cfg.seed)
+    training = das.Training(**{f.name: hp[f.name] for f in dataclasses.fields(das.Training)})
     saved = das.load_interventions(hp.load, plan.locations, training) if hp.load else None
     result = das.das_sweep(model, plan.train_pairs, plan.pairs, plan.locations, training, cfg.progress, saved)
     rows = []

@@ -30,31 +30,13 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
+from circuitlab.config import DASTraining as Training
 from circuitlab.errors import ConfigError
 from circuitlab.locations import STREAMS, Location, head_mask, position_mask
 from circuitlab.methods.activation_patching import final_position_logits, fused_gelu, patch_sweep
 from circuitlab.tasks.base import PromptPairs
 
 INTERVENTIONS = ("vanilla", "das", "boundless")
-
-
-@dataclass(frozen=True)
-class Training:
-    """Hyperparameters; the defaults are the seed's (pyvene steps its LinearLR once per batch, with
-    total_iters = epochs, hence `lr_decay_steps`)."""
-
-    intervention: str = "das"
-    low_rank_dimension: int = 1
-    batch_size: int = 20
-    epochs: int = 10
-    lr: float = 0.01
-    lr_end_factor: float = 0.1
-    lr_decay_steps: int = 10
-    boundary_lr: float = 0.5
-    boundary_penalty: float = 2.0
-    temperature_start: float = 50.0
-    temperature_end: float = 0.1
-    seed: int = 42
 
 
 @dataclass
