@@ -139,6 +139,10 @@ def prepare(cfg: DictConfig) -> Plan:
         check_das_widths(cfg, shape, locations)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, bos, tokenizer.pad_token_id or bos, cfg.seed, "train")
+        raw = [loc.positions for loc in locations if not isinstance(loc.positions, str)]
+        if raw and not (train_pairs.same_length and pairs.same_length and train_pairs.width == pairs.width):
+            raise ConfigError("sweep.positions", raw[0], "named positions (IO, S1, S2, END): train and test prompts differ in length, "
+                              "so a raw index means different tokens")
     return Plan(shape, pairs, locations, tracked_tokens(cfg, tokenizer, pairs), tokenizer, receivers, train_pairs)
 
 

@@ -55,6 +55,7 @@ BAD_RUNS = {
     "source letters the base lacks": ([DAS, "task.source_patterns=[CDD]"], "task.source_patterns=CDD"),
     "das without counterfactual task": ([DAS, "task=ioi"], "IOITaskConfig"),
     "das without counterfactual task, plain": (["method=das", "sweep.positions=[END]"], "task=ioi"),
+    "raw das positions over different lengths": ([DAS, "sweep.positions=[3]"], "sweep.positions=3"),
     "unknown intervention": ([DAS, "method.intervention=magic"], "method.intervention=magic"),
     "load missing": ([DAS, "method.load=/nonexistent/run"], "method.load=/nonexistent/run"),
     "answers not tokens of the model": (["+experiment=addition_path_to_logits", "task.nmax=99"], "no prompt pairs left"),
