@@ -142,3 +142,17 @@ def test_head_weights_split_the_basis_by_head(toy_model):
     frame = head_weights_frame(result.locations, result, n_heads=4, d_head=16)
     assert len(frame) == 128 and sorted(set(frame["head"])) == [0, 1, 2, 3]
     assert frame[frame["head"] == 2]["weight"].tolist() == basis[32:48].flatten().tolist()
+
+
+@pytest.mark.parametrize("intervention", ["das", "boundless"])
+def test_position_sets_and_head_groups_train_and_match_vanilla_at_full_rank(toy_model, intervention):
+    """Locations with several cells per prompt (every position) or several heads go through the general path; a
+    full-rank DAS basis swaps everything, so it must equal the vanilla swap there."""
+    train, test = counterfactual_splits(toy_model)
+    locations = [Location("z", 1, "END", (0, 2), "", None), Location("z", 1, "all", (1, 3), "", None)]
+    result = das_sweep(toy_model, train, test, locations, Training(intervention=intervention, epochs=2), progress=False)
+    assert ((result.iia >= 0) & (result.iia <= 1)).all() and torch.isfinite(result.loss).all()
+    full = [{"basis": torch.eye(32)} for _ in locations]
+    swapped = das_sweep(toy_model, train, test, locations, Training(intervention="das", low_rank_dimension=32), progress=False, saved=full)
+    vanilla = das_sweep(toy_model, train, test, locations, Training(intervention="vanilla"), progress=False)
+    torch.testing.assert_close(swapped.iia, vanilla.iia)
