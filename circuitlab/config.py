@@ -146,6 +146,18 @@ class PathPatchingConfig(MethodConfig):
 
 
 @dataclass
+class DirectAttributionConfig(MethodConfig):
+    """Logit lens and direct logit attribution (seed 001) of the logit difference at the final position.
+    `analyses`: any of logit_lens, layers (per-layer decomposition), heads (per-head attribution); `prompts`:
+    clean or corrupted; `incl_mid`: the logit lens also reads the stream between attention and MLP."""
+
+    name: str = "direct_attribution"
+    analyses: list[str] = field(default_factory=lambda: ["logit_lens", "layers", "heads"])
+    prompts: str = "clean"
+    incl_mid: bool = True
+
+
+@dataclass
 class DASTraining:
     """Interchange-intervention hyperparameters; the defaults are seed 000's (pyvene steps its LinearLR once per
     batch with total_iters = epochs, hence `lr_decay_steps`; `seed` is the notebook's 42)."""
@@ -217,5 +229,6 @@ def register_configs() -> None:
     cs.store(group="method", name="base_attribution_patching", node=AttributionPatchingConfig)
     cs.store(group="method", name="base_path_patching", node=PathPatchingConfig)
     cs.store(group="method", name="base_das", node=DASConfig)
+    cs.store(group="method", name="base_direct_attribution", node=DirectAttributionConfig)
     cs.store(group="task", name="base_ioi_counterfactual", node=IOICounterfactualTaskConfig)
     cs.store(group="sweep", name="base_sweep", node=SweepConfig)

@@ -30,14 +30,15 @@ from circuitlab.locations import (
     resolve_layers,
     resolve_positions,
 )
-from circuitlab.methods import activation_patching, attention, attribution_patching, das, path_patching
+from circuitlab.methods import activation_patching, attention, attribution_patching, das, direct_attribution, path_patching
 from circuitlab.metrics import METRICS
 from circuitlab.models import loading
 from circuitlab.tasks import TASKS
 from circuitlab.tasks.base import PromptPairs, single_token_id
 
 log = logging.getLogger("circuitlab")
-METHODS = ("activation_patching", "attribution_patching", "path_patching", "das")
+METHODS = ("activation_patching", "attribution_patching", "path_patching", "das", "direct_attribution")
+ANALYSES = ("logit_lens", "layers", "heads")
 PATTERN_PROMPTS = ("corrupted", "clean")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -78,6 +79,12 @@ def validate_static(cfg: DictConfig) -> None:
             raise ConfigError("method.low_rank_dimension", cfg.method.low_rank_dimension, "a positive integer")
         if cfg.method.load and not Path(cfg.method.load).exists():
             raise ConfigError("method.load", cfg.method.load, "an existing run dir or interventions.pt")
+    if cfg.method.name == "direct_attribution":
+        for analysis in cfg.method.analyses:
+            if analysis not in ANALYSES:
+                raise ConfigError("method.analyses", analysis, ANALYSES)
+        if cfg.method.prompts not in PATTERN_PROMPTS:
+            raise ConfigError("method.prompts", cfg.method.prompts, PATTERN_PROMPTS)
     if cfg.method.name == "path_patching" and cfg.method.pattern_prompts not in PATTERN_PROMPTS:
         raise ConfigError("method.pattern_prompts", cfg.method.pattern_prompts, PATTERN_PROMPTS)
     for metric in cfg.method.get("metrics", []):
@@ -230,7 +237,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "files": ["results.csv", "results.pt", "dataset.pt", *output.tables, *output.tensor_files, *[str(Path(f).relative_to(run_dir)) for f in figures]],
     }
     rs.write_json(run_dir / "manifest.json", manifest)
-    if "logit_diff" in output.clean:
+    if "logit_diff" in output.clean and "logit_diff" in output.corrupted:
         log.info("clean logit diff %.3f | corrupted %.3f", output.clean["logit_diff"], output.corrupted["logit_diff"])
     log.info("results: %s", run_dir)
     if figures:
@@ -336,11 +343,33 @@ def run_das(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     return MethodOutput(rows, tensors, {}, {}, tables, extra, files)
 
 
+def run_direct_attribution(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    """Logit lens, per-layer and per-head direct attribution at the final position; the manifest records how
+    far the per-layer decomposition is from the measured logit difference (the seed's sanity check)."""
+    result = direct_attribution.direct_attribution(model, plan.pairs, cfg.method.prompts, cfg.method.incl_mid)
+    analyses = set(cfg.method.analyses)
+    common = {"experiment": cfg.name, "method": cfg.method.name, "heads": "", "group": "", "position": "END", "position_label": "END", "receiver": ""}
+    rows = []
+    if "logit_lens" in analyses:
+        rows += [{**common, "stream": s, "layer": l, "head": None, "metric": "logit_lens", "value": v} for s, l, v in result.lens]
+    for name, layer, head, value in result.components:
+        wanted = "layers" if name in direct_attribution.LAYER_COMPONENTS else "heads"
+        if wanted in analyses:
+            rows.append({**common, "stream": name, "layer": layer, "head": head, "heads": "" if head is None else str(head), "metric": "dla", "value": value})
+    log.info("logit diff %.4f | per-layer decomposition + constant differs by %.2e", result.logit_diff, result.decomposition_error)
+    measured = {"logit_diff": result.logit_diff}
+    extra = {"prompts": cfg.method.prompts, "measured_logit_diff": result.logit_diff, "constant": result.constant,
+             "decomposition_error": result.decomposition_error}
+    clean, corrupted = (measured, {}) if cfg.method.prompts == "clean" else ({}, measured)
+    return MethodOutput(rows, {"lens": torch.tensor([v for _, _, v in result.lens])}, clean, corrupted, extra=extra)
+
+
 RUNNERS = {
     "activation_patching": run_activation_patching,
     "attribution_patching": run_attribution_patching,
     "path_patching": run_path_patching,
     "das": run_das,
+    "direct_attribution": run_direct_attribution,
 }
 
 

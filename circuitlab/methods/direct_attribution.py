@@ -1,0 +1,92 @@
+"""Logit lens and direct logit attribution (seed 001) of the logit difference at each prompt's final position.
+
+The final residual stream is a sum of components (embeddings, each attention layer's heads and output bias, each
+MLP). Through the final norm, with its scale taken from the real run (frozen, so the map is linear), each
+component's dot product with the logit-difference direction W_U[:, answer] - W_U[:, wrong] is its direct
+contribution; with the norm's bias and the unembedding bias they sum to the measured logit difference exactly.
+The logit lens reads the accumulated residual stream after each layer (and, with `incl_mid`, after each
+attention) through the same frozen norm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from circuitlab.tasks.base import PromptPairs
+
+
+LAYER_COMPONENTS = ("embed", "pos_embed", "attn_out", "mlp_out")  # they sum to the final residual stream
+HEAD_COMPONENTS = ("head", "attn_bias")  # a layer's heads and output bias sum to its attn_out
+
+
+@dataclass
+class DirectAttribution:
+    """Mean over prompts of each quantity, in logit-difference units."""
+
+    logit_diff: float  # measured
+    lens: list[tuple[str, int, float]]  # (stream, layer, value): accumulated residual through the final norm, + constant
+    components: list[tuple[str, int, int | None, float]]  # (component, layer, head, value)
+    constant: float  # the final norm's bias and the unembedding bias along the direction
+
+    @property
+    def decomposition_error(self) -> float:
+        """|embeddings + attention and MLP outputs of every layer + constant - measured logit diff|."""
+        total = sum(v for name, _, _, v in self.components if name in LAYER_COMPONENTS) + self.constant
+        return abs(total - self.logit_diff)
+
+
+def direct_attribution(model: HookedTransformer, pairs: PromptPairs, prompts: str = "clean", incl_mid: bool = True) -> DirectAttribution:
+    """Logit lens, per-layer decomposition and per-head attribution for the `prompts` (clean or corrupted)."""
+    tokens = (pairs.clean_tokens if prompts == "clean" else pairs.corrupted_tokens).to(model.cfg.device)
+    n_layers, rows = model.cfg.n_layers, torch.arange(pairs.n_pairs, device=tokens.device)
+    final = pairs.final_positions.to(tokens.device)
+    with torch.no_grad():
+        logits, cache = model.run_with_cache(tokens)
+        answer, wrong = pairs.answer_tokens.to(tokens.device), pairs.wrong_tokens.to(tokens.device)
+        measured = (logits[rows, final, answer] - logits[rows, final, wrong]).mean().item()
+        direction = (model.W_U[:, answer] - model.W_U[:, wrong]).T  # [batch, d_model]
+        at_end = lambda name: cache[name][rows, final]  # noqa: E731
+        scale = at_end("ln_final.hook_scale") if "ln_final.hook_scale" in cache.cache_dict else None
+
+        centre = model.cfg.normalization_type in ("LN", "LNPre")
+
+        def read(component: Float[Tensor, "batch d_model"]) -> float:
+            """A component's direct contribution, through the frozen final norm."""
+            if scale is not None:
+                component = ((component - component.mean(-1, keepdim=True)) if centre else component) / scale
+            weight = getattr(getattr(model, "ln_final", None), "w", None)
+            if weight is not None:
+                component = component * weight
+            return (component * direction).sum(-1).mean().item()
+
+        lens = []
+        mids = incl_mid and not model.cfg.attn_only and not model.cfg.parallel_attn_mlp
+        for layer in range(n_layers):
+            lens.append(("resid_pre", layer, read(at_end(f"blocks.{layer}.hook_resid_pre"))))
+            if mids:
+                lens.append(("resid_mid", layer, read(at_end(f"blocks.{layer}.hook_resid_mid"))))
+        lens.append(("resid_post", n_layers - 1, read(at_end(f"blocks.{n_layers - 1}.hook_resid_post"))))
+
+        components = [("embed", 0, None, read(at_end("hook_embed")))]
+        if "hook_pos_embed" in cache.cache_dict:
+            components.append(("pos_embed", 0, None, read(at_end("hook_pos_embed"))))
+        for layer in range(n_layers):
+            attn = model.blocks[layer].attn
+            z = at_end(f"blocks.{layer}.attn.hook_z")  # [batch, head, d_head]
+            heads = torch.einsum("bhd,hdm->bhm", z, attn.W_O)
+            components.append(("attn_out", layer, None, read(at_end(f"blocks.{layer}.hook_attn_out"))))
+            components += [("head", layer, h, read(heads[:, h])) for h in range(model.cfg.n_heads)]
+            components.append(("attn_bias", layer, None, read(attn.b_O.expand_as(heads[:, 0]))))
+            if not model.cfg.attn_only:
+                components.append(("mlp_out", layer, None, read(at_end(f"blocks.{layer}.hook_mlp_out"))))
+        bias = getattr(getattr(model, "ln_final", None), "b", None)
+        constant = (model.b_U[answer] - model.b_U[wrong]).mean().item()
+        if bias is not None:
+            constant += (bias * direction).sum(-1).mean().item()
+    lens = [(stream, layer, value + constant) for stream, layer, value in lens]  # the last point is the measured value
+    return DirectAttribution(measured, lens, components, constant)
