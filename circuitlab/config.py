@@ -146,6 +146,17 @@ class PathPatchingConfig(MethodConfig):
 
 
 @dataclass
+class AblationConfig(MethodConfig):
+    """Ablations (seed 004): each location of the clean run replaced by `scale` x its resampled (from the
+    corrupted prompt), mean (over the clean prompts) or zero value, for every scale in `scales`."""
+
+    name: str = "ablation"
+    mode: str = "resample"
+    scales: list[Any] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
+    metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
+
+
+@dataclass
 class DirectAttributionConfig(MethodConfig):
     """Logit lens and direct logit attribution (seed 001) of the logit difference at the final position.
     `analyses`: any of logit_lens, layers (per-layer decomposition), heads (per-head attribution); `prompts`:
@@ -230,5 +241,6 @@ def register_configs() -> None:
     cs.store(group="method", name="base_path_patching", node=PathPatchingConfig)
     cs.store(group="method", name="base_das", node=DASConfig)
     cs.store(group="method", name="base_direct_attribution", node=DirectAttributionConfig)
+    cs.store(group="method", name="base_ablation", node=AblationConfig)
     cs.store(group="task", name="base_ioi_counterfactual", node=IOICounterfactualTaskConfig)
     cs.store(group="sweep", name="base_sweep", node=SweepConfig)

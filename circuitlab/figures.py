@@ -279,6 +279,26 @@ def rotation_weight_histograms(weights: pd.DataFrame, out_dir: Path, experiment:
     return save(plot, out_dir, "rotation_weights", min(16, 3 * min(n, 4) + 1), 2.5 * -(-n // 4) + 1)
 
 
+@renderer("ablation")
+def ablation_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Seed 004's picture: the effect of ablating each node against the scale of the patched value, one line
+    per node."""
+    experiment = results["experiment"].iloc[0]
+    df = results[results["metric"] == "effect"].copy()
+    heads = df["heads"].fillna("")
+    df["node"] = [f"{stream} {layer}" + (f".{h}" if h else "") for stream, layer, h in zip(df["stream"], df["layer"], heads)]
+    df["node"] = pd.Categorical(df["node"], categories=list(dict.fromkeys(df["node"])), ordered=True)
+    plot = (
+        p9.ggplot(df, p9.aes("scale", "value", color="node"))
+        + p9.geom_hline(yintercept=0, color="grey")
+        + p9.geom_line()
+        + p9.geom_point(size=1.5)
+        + p9.labs(x="scale of the patched value", y="effect on the logit difference", title=f"{experiment}: ablation effect against scale")
+        + p9.theme_minimal()
+    )
+    return save(plot, out_dir, "ablation_scales", 8, 4.5)
+
+
 @renderer("direct_attribution")
 def direct_attribution_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Seed 001's pictures: the logit lens (accumulated residual stream) and the per-layer decomposition as

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-CSV_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "group", "position", "position_label", "receiver", "metric", "value"]
+CSV_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "group", "position", "position_label", "receiver", "scale", "metric", "value"]
 PACKAGES = ("circuitlab", "torch", "transformer-lens", "transformers", "hydra-core", "pandas", "plotnine", "numpy")
 
 
@@ -64,10 +64,15 @@ def tidy_frame(rows: list[dict]) -> pd.DataFrame:
 
 def read_results(run_dir: Path) -> pd.DataFrame:
     dtypes = {"head": "Int64", "heads": "string", "group": "string", "position": "string", "receiver": "string"}
+    # (scale: read as text, then numbers below, so that an empty cell is NaN)
     frame = pd.read_csv(Path(run_dir) / "results.csv", dtype=dtypes, keep_default_na=False, na_values={"head": [""]})
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")  # "nan" (e.g. no training loss) stays NaN
+    if "scale" in frame.columns:
+        frame["scale"] = pd.to_numeric(frame["scale"], errors="coerce")
     if "receiver" not in frame.columns and "metric" in frame.columns:  # runs from before path patching
         frame.insert(frame.columns.get_loc("metric"), "receiver", pd.Series([""] * len(frame), dtype="string"))
+    if "scale" not in frame.columns and "metric" in frame.columns:  # runs from before ablations
+        frame.insert(frame.columns.get_loc("metric"), "scale", float("nan"))
     return frame
 
 

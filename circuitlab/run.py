@@ -30,14 +30,14 @@ from circuitlab.locations import (
     resolve_layers,
     resolve_positions,
 )
-from circuitlab.methods import activation_patching, attention, attribution_patching, das, direct_attribution, path_patching
+from circuitlab.methods import ablation, activation_patching, attention, attribution_patching, das, direct_attribution, path_patching
 from circuitlab.metrics import METRICS
 from circuitlab.models import loading
 from circuitlab.tasks import TASKS
 from circuitlab.tasks.base import PromptPairs, single_token_id
 
 log = logging.getLogger("circuitlab")
-METHODS = ("activation_patching", "attribution_patching", "path_patching", "das", "direct_attribution")
+METHODS = ("activation_patching", "attribution_patching", "path_patching", "das", "direct_attribution", "ablation")
 ANALYSES = ("logit_lens", "layers", "heads")
 PATTERN_PROMPTS = ("corrupted", "clean")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -79,6 +79,10 @@ def validate_static(cfg: DictConfig) -> None:
             raise ConfigError("method.low_rank_dimension", cfg.method.low_rank_dimension, "a positive integer")
         if cfg.method.load and not Path(cfg.method.load).exists():
             raise ConfigError("method.load", cfg.method.load, "an existing run dir or interventions.pt")
+    if cfg.method.name == "ablation":
+        if cfg.method.mode not in ablation.MODES:
+            raise ConfigError("method.mode", cfg.method.mode, ablation.MODES)
+        ablation.check_scales(_plain(cfg.method.scales))
     if cfg.method.name == "direct_attribution":
         for analysis in cfg.method.analyses:
             if analysis not in ANALYSES:
@@ -364,12 +368,32 @@ def run_direct_attribution(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     return MethodOutput(rows, {"lens": torch.tensor([v for _, _, v in result.lens])}, clean, corrupted, extra=extra)
 
 
+def run_ablation(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    """One ablation sweep per scale; `effect` = (clean - ablated) / (clean - corrupted) of the logit difference."""
+    scales = ablation.check_scales(_plain(cfg.method.scales))
+    results = ablation.ablate(model, plan.pairs, plan.locations, cfg.method.mode, scales, cfg.memory_budget_mb, cfg.progress,
+                              tuple(cfg.method.metrics), plan.tracked)
+    corrupted = ablation.corrupted_logit_diff(model, plan.pairs)
+    rows = []
+    for scale, result in results.items():
+        clean = result.clean_logit_diff
+        values = {**result.metrics, "effect": (clean - result.logit_diff) / (clean - corrupted)}
+        for i, loc in enumerate(plan.locations):
+            common = {**location_columns(cfg, loc, plan.pairs), "scale": scale}
+            rows += [{**common, "metric": name, "value": float(v[i])} for name, v in values.items()]
+    first = next(iter(results.values()))
+    extra = {"mode": cfg.method.mode, "scales": scales}
+    return MethodOutput(rows, {f"effect/scale={s}": (r.clean_logit_diff - r.logit_diff) / (r.clean_logit_diff - corrupted) for s, r in results.items()},
+                        first.clean, {"logit_diff": corrupted}, extra=extra)
+
+
 RUNNERS = {
     "activation_patching": run_activation_patching,
     "attribution_patching": run_attribution_patching,
     "path_patching": run_path_patching,
     "das": run_das,
     "direct_attribution": run_direct_attribution,
+    "ablation": run_ablation,
 }
 
 

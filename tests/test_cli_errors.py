@@ -58,6 +58,8 @@ BAD_RUNS = {
     "raw das positions over different lengths": ([DAS, "sweep.positions=[3]"], "sweep.positions=3"),
     "unknown intervention": ([DAS, "method.intervention=magic"], "method.intervention=magic"),
     "load missing": ([DAS, "method.load=/nonexistent/run"], "method.load=/nonexistent/run"),
+    "scales not numbers": (["+experiment=toy_resample_scales", "method.scales=[0,half]"], "method.scales=half"),
+    "unknown ablation mode": (["+experiment=toy_resample_scales", "method.mode=shuffle"], "method.mode=shuffle"),
     "unknown analysis": (["+experiment=ioi_dla", "method.analyses=[heads,circuits]"], "method.analyses=circuits"),
     "attribution prompts": (["+experiment=ioi_dla", "method.prompts=both"], "method.prompts=both"),
     "answers not tokens of the model": (["+experiment=addition_path_to_logits", "task.nmax=99"], "no prompt pairs left"),

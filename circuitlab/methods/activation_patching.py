@@ -138,8 +138,10 @@ def patch_sweep(
     progress: bool = True,
     metrics: tuple[str, ...] = ("logit_diff",),
     tracked: dict[str, int] | None = None,
+    source_transform=None,
 ) -> PatchingResult:
-    """Patch every location and return each metric per location."""
+    """Patch every location and return each metric per location. `source_transform(activation)` replaces the
+    source run's activation before patching (ablations: scaled, averaged or zeroed values)."""
     if direction not in DIRECTIONS:
         raise ConfigError("method.direction", direction, DIRECTIONS)
     metrics = tuple(dict.fromkeys(("logit_diff", *metrics)))
@@ -157,7 +159,8 @@ def patch_sweep(
             base_hooks |= base_hooks_after_attention(loc.layer, loc.stream)
     needs_result = any(STREAMS[loc.stream].needs_attn_result for loc in locations)
 
-    unchanged_before = first_difference(pairs)
+    # identical prompts give identical activations before their first difference, unless the source is transformed
+    unchanged_before = first_difference(pairs) if source_transform is None else 0
     with torch.no_grad(), attn_result_enabled(model, needs_result), fused_gelu(model):
         # stop after the last block: only the final positions are unembedded
         n_layers = model.cfg.n_layers
@@ -193,7 +196,7 @@ def patch_sweep(
             for chunk_part, start in plan_chunks(starts, chunk, pairs.n_pairs, pairs.width, overhead_rows(device)):
                 part = [active[k] for k in chunk_part]
                 logits = _patched_final_logits(
-                    model, layer, start, spec, base_cache, source_cache[spec.hook_name(layer)],
+                    model, layer, start, spec, base_cache, _source(source_cache[spec.hook_name(layer)], source_transform),
                     pos_masks[part].to(device), None if heads is None else heads[part].to(device), final_pos,
                     pairs.same_length,
                 )
@@ -202,6 +205,10 @@ def patch_sweep(
         bar.close()
     as_floats = lambda d: {k: float(v[0]) for k, v in d.items()}  # noqa: E731
     return PatchingResult(locations, results, as_floats(baselines["clean"]), as_floats(baselines["corrupted"]))
+
+
+def _source(activation: Tensor, transform) -> Tensor:
+    return activation if transform is None else transform(activation)
 
 
 def overhead_rows(device) -> int:
