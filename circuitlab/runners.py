@@ -1,0 +1,253 @@
+"""One runner per method: (cfg, plan, model) -> MethodOutput (tidy rows, tensors, extra tables, baselines)."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from omegaconf import DictConfig
+
+from circuitlab.locations import Location, heads_value, position_label, position_value
+from circuitlab.methods import ablation, activation_patching, attention, attribution_patching, das, direct_attribution, path_patching
+from circuitlab.plan import Plan, _plain
+from circuitlab.tasks.base import PromptPairs
+
+log = logging.getLogger("circuitlab")
+
+@dataclass
+class MethodOutput:
+    """What a method hands back for writing: tidy rows, tensors, extra CSV tables by file name, the
+    unpatched baselines and extra manifest entries."""
+
+    rows: list[dict]
+    tensors: dict
+    clean: dict[str, float]
+    corrupted: dict[str, float]
+    tables: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+    tensor_files: dict = field(default_factory=dict)
+
+
+def _sweeper(cfg: DictConfig, plan: Plan, model):
+    return lambda locs: activation_patching.patch_sweep(  # noqa: E731
+        model, plan.pairs, locs, cfg.method.direction, cfg.memory_budget_mb, cfg.progress, tuple(cfg.method.metrics), plan.tracked,
+    )
+
+
+def _swept_locations(cfg: DictConfig, plan: Plan, sweep) -> list[Location]:
+    if cfg.sweep.heads == "cumulative" and not cfg.sweep.get("head_order"):
+        return ranked_cumulative(plan.locations, sweep, plan.shape.n_heads)
+    return plan.locations
+
+
+def run_activation_patching(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    sweep = _sweeper(cfg, plan, model)
+    result = sweep(_swept_locations(cfg, plan, sweep))
+    return MethodOutput(patching_rows(cfg, result, plan.pairs), patching_tensors(result, plan.pairs), result.clean, result.corrupted)
+
+
+def run_attribution_patching(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    """Attribution estimates, with exact patching beside them when `compare_exact`."""
+    sweep = _sweeper(cfg, plan, model)
+    locations = _swept_locations(cfg, plan, sweep)
+    estimates, clean_ld, corrupted_ld = attribution_patching.attribute(model, plan.pairs, locations, cfg.method.direction)
+    exact = sweep(locations) if cfg.method.compare_exact else None
+    rows = attribution_rows(cfg, locations, estimates, clean_ld - corrupted_ld, exact, plan.pairs)
+    tensors = patching_tensors(exact, plan.pairs) if exact is not None else {}
+    tensors["attribution"] = estimates
+    extra = {"correlation_with_exact": correlations(locations, estimates, exact.logit_diff)} if exact is not None else {}
+    clean, corrupted = (exact.clean, exact.corrupted) if exact is not None else ({"logit_diff": clean_ld}, {"logit_diff": corrupted_ld})
+    return MethodOutput(rows, tensors, clean, corrupted, extra=extra)
+
+
+def run_path_patching(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    """Every sender into the receivers; `logit_diff_variation` is the seed's (patched - corrupted) /
+    (corrupted - clean); heads above the thresholds are listed; attention patterns of chosen heads."""
+    spec = _plain(cfg.method.receiver_positions)
+    result = path_patching.path_patch(
+        model, plan.pairs, plan.locations, list(plan.receivers), tuple(spec) if isinstance(spec, list) else spec,
+        cfg.memory_budget_mb, cfg.progress, tuple(cfg.method.metrics), plan.tracked,
+    )
+    variation = -result.normalized
+    result.metrics["logit_diff_variation"] = variation
+    receiver = " + ".join(r.label for r in plan.receivers)
+    rows = [{**row, "receiver": receiver} for row in patching_rows(cfg, result, plan.pairs)]
+    important = path_patching.important_senders(plan.locations, variation, list(cfg.method.thresholds))
+    for line in path_patching.describe_important(important, list(cfg.method.thresholds)):
+        log.info(line)
+    heads = attention.resolve_heads(_plain(cfg.method.pattern_heads), plan.shape.n_layers, plan.shape.n_heads)
+    if heads is None:
+        heads = path_patching.top_heads(plan.locations, variation, cfg.method.thresholds[0] if cfg.method.thresholds else 0.0)
+    tables = {"important_heads.csv": important}
+    tensors = patching_tensors(result, plan.pairs)
+    if heads:
+        tokens = plan.pairs.corrupted_tokens if cfg.method.pattern_prompts == "corrupted" else plan.pairs.clean_tokens
+        patterns, n_prompts = attention.mean_patterns(model, tokens, plan.pairs.lengths, heads)
+        labels = plan.tokenizer.convert_ids_to_tokens(tokens[0, : patterns.shape[-1]].tolist())
+        tables["attention_patterns.csv"] = attention.patterns_frame(patterns, heads, labels, cfg.method.pattern_prompts, n_prompts)
+        tensors.update(attention_patterns=patterns, attention_heads=[f"{l}.{h}" for l, h in heads])
+    return MethodOutput(rows, tensors, result.clean, result.corrupted, tables, {"receivers": [r.label for r in plan.receivers]})
+
+
+def run_das(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    """Train (or load) an intervention per location; IIA on the test split, the training loss, the learned
+    parameters in interventions.pt (reloaded by `method.load`)."""
+    hp = cfg.method
+    training = das.Training(**{f.name: hp[f.name] for f in dataclasses.fields(das.Training)})
+    saved = das.load_interventions(hp.load, plan.locations, training) if hp.load else None
+    result = das.das_sweep(model, plan.train_pairs, plan.pairs, plan.locations, training, cfg.progress, saved)
+    rows = []
+    for i, loc in enumerate(plan.locations):
+        values = {"iia": float(result.iia[i]), "loss": float(result.loss[i])}
+        if "boundary" in result.states[i]:
+            values["boundary"] = float(result.states[i]["boundary"])
+        rows += [{**location_columns(cfg, loc, plan.pairs), "metric": k, "value": v} for k, v in values.items()]
+    log.info("IIA: %s", ", ".join(f"{loc.stream} L{loc.layer} {position_label(loc.positions, plan.pairs.first_prompt_tokens)}"
+                                   f"{'' if loc.heads is None else ' h' + heads_value(loc.heads)} {v:.2f}" for loc, v in zip(plan.locations, result.iia.tolist())))
+    tensors = {"iia": result.iia, "loss": result.loss, "locations": [das.location_key(loc) for loc in plan.locations]}
+    extra = {"intervention": hp.intervention, "n_train_pairs": plan.train_pairs.n_pairs}
+    files = {} if hp.intervention == "vanilla" else {"interventions.pt": das.interventions_file(plan.locations, result, training)}
+    weights = das.head_weights_frame(plan.locations, result, model.cfg.n_heads, model.cfg.d_head)
+    tables = {"rotation_weights.csv": weights} if len(weights) else {}
+    return MethodOutput(rows, tensors, {}, {}, tables, extra, files)
+
+
+def run_direct_attribution(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    """Logit lens, per-layer and per-head direct attribution at the final position; the manifest records how
+    far the per-layer decomposition is from the measured logit difference (the seed's sanity check)."""
+    result = direct_attribution.direct_attribution(model, plan.pairs, cfg.method.prompts, cfg.method.incl_mid)
+    analyses = set(cfg.method.analyses)
+    common = {"experiment": cfg.name, "method": cfg.method.name, "heads": "", "group": "", "position": "END", "position_label": "END", "receiver": ""}
+    rows = []
+    if "logit_lens" in analyses:
+        rows += [{**common, "stream": s, "layer": l, "head": None, "metric": "logit_lens", "value": v} for s, l, v in result.lens]
+    for name, layer, head, value in result.components:
+        wanted = "layers" if name in direct_attribution.LAYER_COMPONENTS else "heads"
+        if wanted in analyses:
+            rows.append({**common, "stream": name, "layer": layer, "head": head, "heads": "" if head is None else str(head), "metric": "dla", "value": value})
+    log.info("logit diff %.4f | per-layer decomposition + constant differs by %.2e", result.logit_diff, result.decomposition_error)
+    measured = {"logit_diff": result.logit_diff}
+    extra = {"prompts": cfg.method.prompts, "measured_logit_diff": result.logit_diff, "constant": result.constant,
+             "decomposition_error": result.decomposition_error}
+    clean, corrupted = (measured, {}) if cfg.method.prompts == "clean" else ({}, measured)
+    return MethodOutput(rows, {"lens": torch.tensor([v for _, _, v in result.lens])}, clean, corrupted, extra=extra)
+
+
+def run_ablation(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
+    """One ablation sweep per scale; `effect` = (clean - ablated) / (clean - corrupted) of the logit difference."""
+    scales = ablation.check_scales(_plain(cfg.method.scales))
+    results = ablation.ablate(model, plan.pairs, plan.locations, cfg.method.mode, scales, cfg.memory_budget_mb, cfg.progress,
+                              tuple(cfg.method.metrics), plan.tracked)
+    corrupted = ablation.corrupted_logit_diff(model, plan.pairs)
+    rows = []
+    for scale, result in results.items():
+        clean = result.clean_logit_diff
+        values = {**result.metrics, "effect": (clean - result.logit_diff) / (clean - corrupted)}
+        for i, loc in enumerate(plan.locations):
+            common = {**location_columns(cfg, loc, plan.pairs), "scale": scale}
+            rows += [{**common, "metric": name, "value": float(v[i])} for name, v in values.items()]
+    first = next(iter(results.values()))
+    extra = {"mode": cfg.method.mode, "scales": scales}
+    return MethodOutput(rows, {f"effect/scale={s}": (r.clean_logit_diff - r.logit_diff) / (r.clean_logit_diff - corrupted) for s, r in results.items()},
+                        first.clean, {"logit_diff": corrupted}, extra=extra)
+
+
+RUNNERS = {
+    "activation_patching": run_activation_patching,
+    "attribution_patching": run_attribution_patching,
+    "path_patching": run_path_patching,
+    "das": run_das,
+    "direct_attribution": run_direct_attribution,
+    "ablation": run_ablation,
+}
+
+
+def ranked_cumulative(locations: list[Location], sweep, n_heads: int) -> list[Location]:
+    """Cumulative head groups in computed order: per (stream, layer, positions), heads ranked by the metric
+    each one alone reaches (largest first)."""
+    singles = list(dict.fromkeys(Location(l.stream, l.layer, l.positions, (h,), "", h) for l in locations for h in range(n_heads)))
+    effect = dict(zip(singles, sweep(singles).logit_diff.tolist()))
+    out = []
+    for key in dict.fromkeys((l.stream, l.layer, l.positions) for l in locations):
+        ranked = sorted(range(n_heads), key=lambda h: -effect[Location(*key, (h,), "", h)])
+        out += [Location(*key, tuple(ranked[: i + 1]), "cumulative", h) for i, h in enumerate(ranked)]
+    return out
+
+
+def correlations(locations: list[Location], estimates, exact) -> dict[str, float]:
+    """Pearson correlation of attribution and exact patching, per stream and over all locations."""
+    out = {}
+    for stream in dict.fromkeys(loc.stream for loc in locations):
+        index = [i for i, loc in enumerate(locations) if loc.stream == stream]
+        out[stream] = attribution_patching.pearson(estimates[index], exact[index])
+    out["all"] = attribution_patching.pearson(estimates, exact)
+    return out
+
+
+def location_columns(cfg: DictConfig, location: Location, pairs: PromptPairs) -> dict:
+    return {
+        "experiment": cfg.name,
+        "method": cfg.method.name,
+        "stream": location.stream,
+        "layer": location.layer,
+        "head": location.head,
+        "heads": heads_value(location.heads),
+        "group": location.group,
+        "position": position_value(location.positions),
+        "position_label": position_label(location.positions, pairs.first_prompt_tokens),
+    }
+
+
+def attribution_rows(cfg, locations, estimates, clean_minus_corrupted: float, exact, pairs: PromptPairs) -> list[dict]:
+    """`attribution` (estimated change of the logit difference) and its normalised form; with the exact
+    run, `exact_change` (patched minus base logit difference) and `exact_normalized` beside them."""
+    base = exact.corrupted_logit_diff if exact is not None and cfg.method.direction == "denoising" else None
+    if exact is not None and base is None:
+        base = exact.clean_logit_diff
+    rows = []
+    for i, location in enumerate(locations):
+        common = location_columns(cfg, location, pairs)
+        values = {"attribution": float(estimates[i]), "attribution_normalized": float(estimates[i]) / clean_minus_corrupted}
+        if exact is not None:
+            change = float(exact.logit_diff[i]) - base
+            values.update(exact_change=change, exact_normalized=change / clean_minus_corrupted)
+        rows += [{**common, "metric": name, "value": value} for name, value in values.items()]
+    return rows
+
+
+def patching_rows(cfg: DictConfig, result: activation_patching.PatchingResult, pairs: PromptPairs) -> list[dict]:
+    values = {**result.metrics, "logit_diff_normalized": result.normalized}
+    order = ["logit_diff", "logit_diff_normalized", *[m for m in result.metrics if m != "logit_diff"]]
+    rows = []
+    for i, location in enumerate(result.locations):
+        common = location_columns(cfg, location, pairs)
+        rows += [{**common, "metric": name, "value": float(values[name][i])} for name in order]
+    return rows
+
+
+def patching_tensors(result: activation_patching.PatchingResult, pairs: PromptPairs) -> dict:
+    """`<stream>/<metric>`: Tensor[layer, head point, position] (no head axis for streams patched whole), in
+    sweep order, plus the axes' labels and the baselines."""
+    layers = sorted({loc.layer for loc in result.locations})
+    positions = list(dict.fromkeys(loc.positions for loc in result.locations))
+    out: dict[str, object] = {
+        "layers": torch.tensor(layers),
+        "position_labels": [position_label(p, pairs.first_prompt_tokens) for p in positions],
+        "clean_logit_diff": torch.tensor(result.clean_logit_diff),
+        "corrupted_logit_diff": torch.tensor(result.corrupted_logit_diff),
+    }
+    values = {**result.metrics, "logit_diff_normalized": result.normalized}
+    for stream in dict.fromkeys(loc.stream for loc in result.locations):
+        mine = [(i, loc) for i, loc in enumerate(result.locations) if loc.stream == stream]
+        head_points = list(dict.fromkeys((loc.heads, loc.group, loc.head) for _, loc in mine))
+        with_heads = head_points != [(None, "", None)]
+        if with_heads:
+            out[f"{stream}/head_points"] = [f"{group}:{head}:{heads_value(heads)}" for heads, group, head in head_points]
+        for metric, tensor in values.items():
+            grid = torch.full((len(layers), len(head_points), len(positions)), float("nan"))
+            for i, loc in mine:
+                grid[layers.index(loc.layer), head_points.index((loc.heads, loc.group, loc.head)), positions.index(loc.positions)] = float(tensor[i])
+            out[f"{stream}/{metric}"] = grid if with_heads else grid[:, 0]
+    return out
