@@ -116,7 +116,7 @@ def prepare(cfg: DictConfig) -> Plan:
         attention.resolve_heads(_plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
     train_pairs = None
     if cfg.method.name == "das":
-        check_das_widths(cfg, shape, locations)
+        das.check_locations(locations, das.training_from(cfg.method), shape.n_heads, shape.d_model // shape.n_heads, shape.d_model)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, bos, tokenizer.pad_token_id or bos, cfg.seed, "train")
         raw = [loc.positions for loc in locations if not isinstance(loc.positions, str)]
@@ -124,18 +124,6 @@ def prepare(cfg: DictConfig) -> Plan:
             raise ConfigError("sweep.positions", raw[0], "named positions (IO, S1, S2, END): train and test prompts differ in length, "
                               "so a raw index means different tokens")
     return Plan(shape, pairs, locations, tracked_tokens(cfg, tokenizer, pairs), tokenizer, receivers, train_pairs)
-
-
-def check_das_widths(cfg: DictConfig, shape: loading.ModelShape, locations: list[Location]) -> None:
-    """A DAS subspace cannot be wider than its location (MLP widths are checked once the model is loaded)."""
-    k = cfg.method.low_rank_dimension
-    if cfg.method.intervention != "das":
-        return
-    for loc in locations:
-        heads = get_stream(loc.stream).has_heads
-        width = (len(loc.heads) if loc.heads else shape.n_heads) * (shape.d_model // shape.n_heads) if heads else shape.d_model
-        if loc.stream != "mlp_post" and k > width:
-            raise ConfigError("method.low_rank_dimension", k, f"1..{width} (the width of {loc.stream} at layer {loc.layer})")
 
 
 def plan_receivers(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPairs) -> tuple[path_patching.Receiver, ...]:

@@ -69,10 +69,9 @@ def read_results(run_dir: Path) -> pd.DataFrame:
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")  # "nan" (e.g. no training loss) stays NaN
     if "scale" in frame.columns:
         frame["scale"] = pd.to_numeric(frame["scale"], errors="coerce")
-    if "receiver" not in frame.columns and "metric" in frame.columns:  # runs from before path patching
-        frame.insert(frame.columns.get_loc("metric"), "receiver", pd.Series([""] * len(frame), dtype="string"))
-    if "scale" not in frame.columns and "metric" in frame.columns:  # runs from before ablations
-        frame.insert(frame.columns.get_loc("metric"), "scale", float("nan"))
+    for column, empty, dtype in (("receiver", "", "string"), ("scale", float("nan"), "float64")):  # newer than some runs
+        if column not in frame.columns and "metric" in frame.columns:
+            frame.insert(frame.columns.get_loc("metric"), column, pd.Series([empty] * len(frame), dtype=dtype))
     return frame
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -95,7 +94,7 @@ def run_das(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     """Train (or load) an intervention per location; IIA on the test split, the training loss, the learned
     parameters in interventions.pt (reloaded by `method.load`)."""
     hp = cfg.method
-    training = das.Training(**{f.name: hp[f.name] for f in dataclasses.fields(das.Training)})
+    training = das.training_from(hp)
     saved = das.load_interventions(hp.load, plan.locations, training) if hp.load else None
     result = das.das_sweep(model, plan.train_pairs, plan.pairs, plan.locations, training, cfg.progress, saved)
     rows = []
@@ -140,18 +139,17 @@ def run_ablation(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     scales = ablation.check_scales(_plain(cfg.method.scales))
     results = ablation.ablate(model, plan.pairs, plan.locations, cfg.method.mode, scales, cfg.memory_budget_mb, cfg.progress,
                               tuple(cfg.method.metrics), plan.tracked)
-    corrupted = ablation.corrupted_logit_diff(model, plan.pairs)
+    corrupted = ablation.reference_corrupted(model, plan.pairs, cfg.method.mode, results)
+    effects = {scale: (r.clean_logit_diff - r.logit_diff) / (r.clean_logit_diff - corrupted) for scale, r in results.items()}
     rows = []
     for scale, result in results.items():
-        clean = result.clean_logit_diff
-        values = {**result.metrics, "effect": (clean - result.logit_diff) / (clean - corrupted)}
+        values = {**result.metrics, "effect": effects[scale]}
         for i, loc in enumerate(plan.locations):
             common = {**location_columns(cfg, loc, plan.pairs), "scale": scale}
             rows += [{**common, "metric": name, "value": float(v[i])} for name, v in values.items()]
     first = next(iter(results.values()))
     extra = {"mode": cfg.method.mode, "scales": scales}
-    return MethodOutput(rows, {f"effect/scale={s}": (r.clean_logit_diff - r.logit_diff) / (r.clean_logit_diff - corrupted) for s, r in results.items()},
-                        first.clean, {"logit_diff": corrupted}, extra=extra)
+    return MethodOutput(rows, {f"effect/scale={s}": e for s, e in effects.items()}, first.clean, {"logit_diff": corrupted}, extra=extra)
 
 
 RUNNERS = {

@@ -65,6 +65,14 @@ def _clean_as_source(pairs: PromptPairs) -> PromptPairs:
     return replace(pairs, corrupted_tokens=pairs.clean_tokens)
 
 
+def reference_corrupted(model: HookedTransformer, pairs: PromptPairs, mode: str, results: dict[float, PatchingResult]) -> float:
+    """The corrupted run's logit difference: already measured as the sweeps' source run, except for mean
+    ablation, whose source run is the clean prompts."""
+    if mode == "mean":
+        return corrupted_logit_diff(model, pairs)
+    return next(iter(results.values())).corrupted_logit_diff
+
+
 def corrupted_logit_diff(model: HookedTransformer, pairs: PromptPairs) -> float:
     """The corrupted prompts' mean logit difference (the effect's reference point)."""
     from circuitlab.metrics import logit_diff

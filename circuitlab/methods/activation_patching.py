@@ -110,6 +110,18 @@ def final_position_logits(
     return torch.addmm(model.unembed.b_U, last[:, 0], model.unembed.W_U)
 
 
+def frozen_prefix(cache, layer: int, start: int, repeats: int, rows: Tensor | None = None) -> TransformerLensKeyValueCacheEntry | None:
+    """A cached run's keys and values of positions < `start` at `layer` (of the prompts `rows`), repeated for
+    `repeats` points, as a frozen KV-cache entry: forwards over positions >= start attend to them. None when
+    start is 0."""
+    if start == 0:
+        return None
+    keys, values = (cache[f"blocks.{layer}.attn.hook_{kv}"] for kv in "kv")
+    if rows is not None:
+        keys, values = keys[rows], values[rows]
+    return TransformerLensKeyValueCacheEntry(keys[:, :start].repeat(repeats, 1, 1, 1), values[:, :start].repeat(repeats, 1, 1, 1), frozen=True)
+
+
 def memory_budget(device, configured_mb: int | None) -> int:
     """The activation budget of one forward in MiB: the configured value, else half the free memory of a CUDA
     device, else 1024."""
@@ -287,8 +299,7 @@ def _patched_final_logits(
         for index in range(first, model.cfg.n_layers):
             if index == last and index > layer and same_length and resid.shape[1] > 1:
                 return final_position_logits(model, _last_block_final_row(model, resid, prefix(index, "k"), prefix(index, "v")), torch.zeros_like(final_pos).repeat(n_points))
-            entry = TransformerLensKeyValueCacheEntry(prefix(index, "k"), prefix(index, "v"), frozen=True) if start > 0 else None
-            resid = model.blocks[index](resid, past_kv_cache_entry=entry)
+            resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(base_cache, index, start, n_points))
     return final_position_logits(model, resid, (final_pos - start).repeat(n_points))
 
 

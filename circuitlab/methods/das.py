@@ -17,6 +17,7 @@ together, one parameter set each, in one batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from dataclasses import dataclass
@@ -28,12 +29,11 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from circuitlab.config import DASTraining as Training
 from circuitlab.errors import ConfigError
 from circuitlab.locations import STREAMS, Location, head_mask, position_mask
-from circuitlab.methods.activation_patching import final_position_logits, fused_gelu, patch_sweep
+from circuitlab.methods.activation_patching import final_position_logits, frozen_prefix, fused_gelu, patch_sweep
 from circuitlab.tasks.base import PromptPairs
 
 INTERVENTIONS = ("vanilla", "das", "boundless")
@@ -50,20 +50,32 @@ class DASResult:
     states: list[dict[str, Tensor]]
 
 
-def location_width(model: HookedTransformer, loc: Location) -> int:
-    """The length of the vector an intervention at `loc` rotates."""
-    cfg = model.cfg
+def training_from(method_cfg) -> Training:
+    """The hyperparameters out of the `method` config group."""
+    return Training(**{f.name: method_cfg[f.name] for f in dataclasses.fields(Training)})
+
+
+def location_width(loc: Location, n_heads: int, d_head: int, d_model: int, d_mlp: int | None = None) -> int | None:
+    """The length of the vector an intervention at `loc` rotates (None for mlp_post while d_mlp is unknown)."""
     if STREAMS[loc.stream].has_heads:
-        return (len(loc.heads) if loc.heads is not None else cfg.n_heads) * cfg.d_head
-    return cfg.d_mlp if loc.stream == "mlp_post" else cfg.d_model
+        return (len(loc.heads) if loc.heads is not None else n_heads) * d_head
+    return d_mlp if loc.stream == "mlp_post" else d_model
 
 
-def check_locations(model: HookedTransformer, locations: list[Location], training: Training) -> None:
+def model_dims(model: HookedTransformer) -> tuple[int, int, int, int]:
+    """(n_heads, d_head, d_model, d_mlp), the arguments `location_width` takes after `loc`."""
+    cfg = model.cfg
+    return cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_mlp
+
+
+def check_locations(locations: list[Location], training: Training, n_heads: int, d_head: int, d_model: int, d_mlp: int | None = None) -> None:
+    """Vector streams only, and a DAS subspace no wider than its location; run before the weights load (d_mlp
+    unknown: MLP widths are checked again after loading) and after."""
     for loc in locations:
         if loc.stream == "pattern":
             raise ConfigError("sweep.streams", "pattern", "a stream of vectors (pattern holds attention weights)")
-        width = location_width(model, loc)
-        if training.intervention == "das" and training.low_rank_dimension > width:
+        width = location_width(loc, n_heads, d_head, d_model, d_mlp)
+        if training.intervention == "das" and width is not None and training.low_rank_dimension > width:
             raise ConfigError("method.low_rank_dimension", training.low_rank_dimension, f"1..{width} (the width of {loc.stream} at layer {loc.layer})")
 
 
@@ -126,7 +138,8 @@ def das_sweep(
     saved: list[dict[str, Tensor]] | None = None,
 ) -> DASResult:
     """Train (or, with `saved`, load) an intervention per location and measure IIA on `test`."""
-    check_locations(model, locations, training)
+    dims = model_dims(model)
+    check_locations(locations, training, *dims)
     if training.intervention == "vanilla":
         iia = patch_sweep(model, test, locations, "denoising", progress=progress, metrics=("accuracy",)).metrics["accuracy"]
         return DASResult(locations, iia, torch.full((len(locations),), float("nan")), [{} for _ in locations])
@@ -137,9 +150,9 @@ def das_sweep(
     bar = tqdm(total=len(locations), desc=f"{training.intervention} training", unit="location", disable=not progress)
     with fused_gelu(model):
         train_run, test_run = _CachedRuns(model, train, locations), _CachedRuns(model, test, locations)
-        keys = dict.fromkeys((loc.stream, location_width(model, loc)) for loc in locations)
-        for stream, width in keys:  # every layer of a stream trains in one batch
-            group = [i for i, loc in enumerate(locations) if (loc.stream, location_width(model, loc)) == (stream, width)]
+        keys = [(loc.stream, location_width(loc, *dims)) for loc in locations]
+        for stream, width in dict.fromkeys(keys):  # every layer of a stream trains in one batch
+            group = [i for i, key in enumerate(keys) if key == (stream, width)]
             points = [locations[i] for i in group]
             seeds = [training.seed + zlib.crc32(location_key(locations[i]).encode()) for i in group]
             module = _Interventions(seeds, width, training, None if saved is None else [saved[i] for i in group]).to(model.cfg.device)
@@ -207,7 +220,6 @@ class _CachedRuns:
         first = min(layers)
         base_hooks = {f"blocks.{l}.hook_resid_pre" for l in layers}
         base_hooks |= {f"blocks.{l}.attn.hook_{kv}" for l in range(first, model.cfg.n_layers) for kv in "kv"}
-        base_hooks |= {STREAMS[loc.stream].hook_name(loc.layer) for loc in locations}
         source_hooks = {STREAMS[loc.stream].hook_name(loc.layer) for loc in locations}
         with torch.no_grad():
             _, self.base = model.run_with_cache(pairs.corrupted_tokens.to(device), names_filter=lambda n: n in base_hooks, stop_at_layer=model.cfg.n_layers)
@@ -237,11 +249,7 @@ class _CachedRuns:
         resid = self.base[f"blocks.{first}.hook_resid_pre"][batch_dev, start:].repeat(n, 1, 1)
         with model.hooks(fwd_hooks=hooks):
             for index in range(first, model.cfg.n_layers):
-                entry = None
-                if start > 0:
-                    prefix = lambda kv: self.base[f"blocks.{index}.attn.hook_{kv}"][batch_dev, :start].repeat(n, 1, 1, 1)  # noqa: E731
-                    entry = TransformerLensKeyValueCacheEntry(prefix("k"), prefix("v"), frozen=True)
-                resid = model.blocks[index](resid, past_kv_cache_entry=entry)
+                resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(self.base, index, start, n, batch_dev))
         logits = final_position_logits(model, resid, (self.final_pos[batch_dev] - start).repeat(n))
         return logits.view(n, b, -1)
 

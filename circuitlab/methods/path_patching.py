@@ -26,7 +26,6 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from circuitlab.errors import CircuitlabError, ConfigError
@@ -34,8 +33,9 @@ from circuitlab.locations import STREAMS, Location, get_stream, head_mask, posit
 from circuitlab.methods.activation_patching import (
     PatchingResult,
     final_position_logits,
+    frozen_prefix,
     fused_gelu,
-    memory_budget,
+    points_per_chunk,
 )
 from circuitlab.metrics import point_metrics
 from circuitlab.tasks.base import PromptPairs
@@ -220,11 +220,8 @@ class _PathPatching:
         return self._rows_of(self.base[f"blocks.{block}.hook_resid_pre"])
 
     def senders_per_chunk(self, configured_mb: int | None) -> int:
-        """Senders per batch within the memory budget (run 2 dominates: full blocks over the suffix)."""
-        cfg, pairs = self.model.cfg, self.pairs
-        width = pairs.width - self.start
-        floats = pairs.n_pairs * width * (6 * cfg.d_model + 2 * cfg.d_mlp + 3 * cfg.n_heads * pairs.width) + pairs.n_pairs * cfg.d_vocab_out
-        return max(1, int(memory_budget(self.device, configured_mb) * 2**20 // (floats * 4)))
+        """Senders per batch within the memory budget (run 2 dominates: full blocks, as for patching points)."""
+        return points_per_chunk(self.model, self.pairs.n_pairs, self.pairs.width, configured_mb)
 
     # run 1 -----------------------------------------------------------------------------------------
 
@@ -335,11 +332,7 @@ class _PathPatching:
             for index in range(self.run2_block, self.n_layers):
                 for receiver in (r for r in self.receivers if r.head is None and r.block == index):
                     resid = replace(resid, receiver)
-                entry = None
-                if start > 0:
-                    prefix = lambda kv: self.base[f"blocks.{index}.attn.hook_{kv}"][:, :start].repeat(n_senders, 1, 1, 1)  # noqa: E731
-                    entry = TransformerLensKeyValueCacheEntry(prefix("k"), prefix("v"), frozen=True)
-                resid = model.blocks[index](resid, past_kv_cache_entry=entry)
+                resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(self.base, index, start, n_senders))
         for receiver in (r for r in self.receivers if r.block == self.n_layers):
             resid = replace(resid, receiver)
         return final_position_logits(model, resid, final_pos - start)

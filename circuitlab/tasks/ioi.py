@@ -102,6 +102,22 @@ def tokenize_pieces(tokenizer: Tokenizer, pieces: list[str], bos_id: int) -> tup
     return ids, starts
 
 
+def encode_pair(tokenizer: Tokenizer, prompt: IOIPrompt, other_slots: dict[str, str], bos_id: int):
+    """Token ids of `prompt` and of its template filled with `other_slots` (a corruption, or a counterfactual
+    source), the prompt's named positions and both texts; None when the two do not align token for token."""
+    template = TEMPLATES[prompt.template]
+    pieces, slot_piece = render(template, prompt.fillers())
+    other_pieces, _ = render(template, other_slots)
+    ids, starts = tokenize_pieces(tokenizer, pieces, bos_id)
+    other_ids, other_starts = tokenize_pieces(tokenizer, other_pieces, bos_id)
+    if len(ids) != len(other_ids) or starts != other_starts:
+        return None
+    first, second = starts[slot_piece["N1"]], starts[slot_piece["N2"]]
+    io_pos, s1_pos = (first, second) if prompt.pattern == "ABB" else (second, first)
+    named = dict(zip(POSITION_LABELS, (io_pos, s1_pos, starts[slot_piece["S"]], len(ids) - 1)))
+    return ids, other_ids, named, "".join(pieces), "".join(other_pieces)
+
+
 def split_lists(split: str, templates: list[str]) -> tuple[list[str], list[str], list[str], list[str]]:
     """Names, places, objects and templates of a split. Train and test are disjoint in names, places and
     objects (first / second half, as pyvene does); with several templates, the last quarter (at least one)
@@ -197,28 +213,23 @@ def tokenize_prompts(
         if answer is None or wrong is None or third is None:
             dropped["names not single tokens"] += 1
             continue
-        template = TEMPLATES[prompt.template]
-        pieces, slot_piece = render(template, prompt.fillers())
-        bad_pieces, _ = render(template, prompt.fillers(corruption))
-        clean_ids, starts = tokenize_pieces(tokenizer, pieces, bos_id)
-        bad_ids, bad_starts = tokenize_pieces(tokenizer, bad_pieces, bos_id)
-        if len(clean_ids) != len(bad_ids) or starts != bad_starts:
+        encoded = encode_pair(tokenizer, prompt, prompt.fillers(corruption), bos_id)
+        if encoded is None:
             dropped["clean/corrupted lengths differ"] += 1
             continue
+        clean_ids, bad_ids, named, clean_text, bad_text = encoded
         if fixed_length is not None and len(clean_ids) != fixed_length:
             dropped["not fixed_length"] += 1
             continue
-        first, second = starts[slot_piece["N1"]], starts[slot_piece["N2"]]
-        io_pos, s1_pos = (first, second) if prompt.pattern == "ABB" else (second, first)
-        for label, pos in zip(POSITION_LABELS, (io_pos, s1_pos, starts[slot_piece["S"]], len(clean_ids) - 1)):
-            positions[label].append(pos)
+        for label in POSITION_LABELS:
+            positions[label].append(named[label])
         clean_rows.append(clean_ids)
         corrupt_rows.append(bad_ids)
         answers.append(answer)
         wrongs.append(wrong)
         lengths.append(len(clean_ids))
-        clean_texts.append("".join(pieces))
-        corrupt_texts.append("".join(bad_pieces))
+        clean_texts.append(clean_text)
+        corrupt_texts.append(bad_text)
     require_pairs(len(clean_rows), dropped)
     return PromptPairs(
         clean_tokens=pad_right(clean_rows, pad_id),

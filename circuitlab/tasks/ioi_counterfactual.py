@@ -22,7 +22,7 @@ import torch
 
 from circuitlab.errors import ConfigError
 from circuitlab.tasks.base import PromptPairs, Tokenizer, pad_right, require_pairs, single_token_id
-from circuitlab.tasks.ioi import NAMES, OBJECTS, PLACES, POSITION_LABELS, TEMPLATES, IOIPrompt, render, tokenize_pieces
+from circuitlab.tasks.ioi import NAMES, OBJECTS, PLACES, POSITION_LABELS, TEMPLATES, IOIPrompt, encode_pair
 
 VARIABLES = ("position", "name")
 BASE_PATTERNS = ("ABB", "BAB")
@@ -124,18 +124,14 @@ def tokenize_counterfactuals(quads, tokenizer: Tokenizer, bos_id: int, pad_id: i
         if None in ids:
             dropped["names not single tokens"] += 1
             continue
-        base_pieces, slot_piece = render(TEMPLATES[base.template], base.fillers())
-        source_pieces, _ = render(TEMPLATES[source.template], source.fillers())
-        base_ids, starts = tokenize_pieces(tokenizer, base_pieces, bos_id)
-        source_ids, source_starts = tokenize_pieces(tokenizer, source_pieces, bos_id)
-        if len(base_ids) != len(source_ids) or starts != source_starts:
+        encoded = encode_pair(tokenizer, base, source.fillers(), bos_id)  # base and source share the template
+        if encoded is None:
             dropped["base/source lengths differ"] += 1
             continue
-        first, second = starts[slot_piece["N1"]], starts[slot_piece["N2"]]
-        io_pos, s1_pos = (first, second) if base.pattern == "ABB" else (second, first)
-        for key, pos in zip(POSITION_LABELS, (io_pos, s1_pos, starts[slot_piece["S"]], len(base_ids) - 1)):
-            positions[key].append(pos)
-        for key, value in zip(rows, (base_ids, source_ids, ids[4], ids[5], len(base_ids), "".join(base_pieces), "".join(source_pieces))):
+        base_ids, source_ids, named, base_text, source_text = encoded
+        for key in POSITION_LABELS:
+            positions[key].append(named[key])
+        for key, value in zip(rows, (base_ids, source_ids, ids[4], ids[5], len(base_ids), base_text, source_text)):
             rows[key].append(value)
     require_pairs(len(rows["base"]), dropped)
     return PromptPairs(
