@@ -17,7 +17,9 @@ from omegaconf import MISSING
 @dataclass
 class ModelConfig:
     """`source`: embedded (a toy model shipped in the repo), pretrained (a TransformerLens name) or local
-    (a Hugging Face GPT-2-family checkpoint dir). The flags are TransformerLens' weight processing options."""
+    (a Hugging Face GPT-2-family checkpoint dir, or an InterpBench-style dir: ll_model_cfg.json / .yaml and
+    ll_model.pth or model.safetensors). The flags are TransformerLens' weight processing options (GPT-2 dirs and
+    pretrained names). `allow_pickle`: read an InterpBench `ll_model_cfg.pkl` (unpickling runs code)."""
 
     source: str = "embedded"
     name: str = "toy-ioi"
@@ -28,6 +30,7 @@ class ModelConfig:
     center_unembed: bool = True
     fold_value_biases: bool = True
     refactor_factored_attn_matrices: bool = False
+    allow_pickle: bool = False
 
 
 @dataclass
@@ -101,6 +104,15 @@ class IOICounterfactualTaskConfig(TaskConfig):
 
 
 @dataclass
+class RepeatFirstTaskConfig(TaskConfig):
+    """"a c f a" -> yes / no, the known-circuit model's task; see `circuitlab/tasks/repeat_first.py`."""
+
+    name: str = "repeat_first"
+    length: int = 4
+    track: list[str] = field(default_factory=list)
+
+
+@dataclass
 class MethodConfig:
     name: str = MISSING
 
@@ -148,11 +160,15 @@ class PathPatchingConfig(MethodConfig):
 @dataclass
 class AblationConfig(MethodConfig):
     """Ablations (seed 004): each location of the clean run replaced by `scale` x its resampled (from the
-    corrupted prompt), mean (over the clean prompts) or zero value, for every scale in `scales`."""
+    corrupted prompt), mean (over the clean prompts) or zero value, for every scale in `scales`; or the PCA
+    modes pca_<self|resample>_<top|orthogonal> with `k` components per node and position. `circuit`: nodes
+    (head.L.H, mlp.L, attn.L) that mark locations in / out and give the faithfulness of ablating all others."""
 
     name: str = "ablation"
     mode: str = "resample"
     scales: list[Any] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
+    k: int = 2
+    circuit: Optional[list[str]] = None
     metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
 
 
@@ -243,4 +259,5 @@ def register_configs() -> None:
     cs.store(group="method", name="base_direct_attribution", node=DirectAttributionConfig)
     cs.store(group="method", name="base_ablation", node=AblationConfig)
     cs.store(group="task", name="base_ioi_counterfactual", node=IOICounterfactualTaskConfig)
+    cs.store(group="task", name="base_repeat_first", node=RepeatFirstTaskConfig)
     cs.store(group="sweep", name="base_sweep", node=SweepConfig)

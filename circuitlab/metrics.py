@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-METRICS = ("logit_diff", "accuracy", "kl", "prob")
+METRICS = ("logit_diff", "accuracy", "kl", "prob", "output_change")
+NUMERIC_ATOL = 1e-3
 
 
 def logit_diff(
@@ -32,24 +33,42 @@ def point_metrics(
     answer: Int[Tensor, " batch"],
     wrong: Int[Tensor, " batch"],
     names: tuple[str, ...],
-    clean_log_probs: Float[Tensor, "batch vocab"] | None = None,
+    clean_logits: Float[Tensor, "batch vocab"] | None = None,
     tracked: dict[str, int] | None = None,
+    labels_differ: Bool[Tensor, " batch"] | None = None,
 ) -> dict[str, Float[Tensor, " point"]]:
     """Each requested metric, averaged over prompts: logit_diff, accuracy (argmax == answer), kl
-    (KL(clean || patched) of the next-token distribution) and prob (P(token) of each tracked token, as
-    `prob:<token>`)."""
+    (KL(clean || patched) of the next-token distribution), prob (P(token) of each tracked token, as
+    `prob:<token>`) and output_change (InterpBench's causal effect, see `output_changed`)."""
     out: dict[str, Tensor] = {}
     logits = final_logits.float()
     if "logit_diff" in names:
         out["logit_diff"] = logit_diff(logits, answer, wrong).mean(-1)
     if "accuracy" in names:
         out["accuracy"] = (logits.argmax(-1) == answer).float().mean(-1)
+    if "output_change" in names:
+        out["output_change"] = output_changed(logits, clean_logits.float(), labels_differ)
     if "kl" in names or "prob" in names:
         log_probs = torch.log_softmax(logits, dim=-1)
         if "kl" in names:
-            clean = clean_log_probs.float()
+            clean = torch.log_softmax(clean_logits.float(), dim=-1)
             out["kl"] = (clean.exp() * (clean - log_probs)).sum(-1).mean(-1)
         if "prob" in names:
             for label, token in (tracked or {}).items():
                 out[f"prob:{label}"] = log_probs[..., token].exp().mean(-1)
     return out
+
+
+def output_changed(
+    logits: Float[Tensor, "... batch vocab"], clean_logits: Float[Tensor, "batch vocab"], labels_differ: Bool[Tensor, " batch"],
+    atol: float = NUMERIC_ATOL,
+) -> Float[Tensor, "..."]:
+    """InterpBench's causal effect: among the pairs whose clean and corrupted labels differ, the fraction whose
+    output changes from the clean run's: the argmax token, or for a numeric output (vocab of 1) a change
+    larger than `atol`."""
+    if logits.shape[-1] == 1:
+        changed = (logits[..., 0] - clean_logits[..., 0]).abs() > atol
+    else:
+        changed = logits.argmax(-1) != clean_logits.argmax(-1)
+    differ = labels_differ.to(logits.device)
+    return (changed & differ).float().sum(-1) / differ.sum().clamp(min=1)

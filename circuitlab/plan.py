@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from circuitlab import circuits
 from circuitlab.errors import CircuitlabError, ConfigError
 from circuitlab.locations import Location, enumerate_locations, get_stream, resolve_layers, resolve_positions
 from circuitlab.methods import ablation, activation_patching, attention, das, path_patching
@@ -52,6 +53,7 @@ def validate_static(cfg: DictConfig) -> None:
         if cfg.method.mode not in ablation.MODES:
             raise ConfigError("method.mode", cfg.method.mode, ablation.MODES)
         ablation.check_scales(_plain(cfg.method.scales))
+        ablation.check_pca(cfg.method.mode, cfg.method.k, [], {})
     if cfg.method.name == "direct_attribution":
         for analysis in cfg.method.analyses:
             if analysis not in ANALYSES:
@@ -114,6 +116,11 @@ def prepare(cfg: DictConfig) -> Plan:
         receivers = plan_receivers(cfg, shape, pairs)
         locations = path_patching.check_senders(locations, list(receivers), cfg.method.begin_layer)
         attention.resolve_heads(_plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
+    if cfg.method.name == "ablation":
+        plan_ablation(cfg, shape, locations)
+    if "output_change" in cfg.method.get("metrics", []) and pairs.labels_differ is None:
+        raise ConfigError("method.metrics", "output_change", "other metrics for this task (output_change needs labels for the corrupted "
+                          "prompts: task=repeat_first, or task=pairs with 'corrupted_answer' on every line)")
     train_pairs = None
     if cfg.method.name == "das":
         das.check_locations(locations, das.training_from(cfg.method), shape.n_heads, shape.d_model // shape.n_heads, shape.d_model)
@@ -124,6 +131,14 @@ def prepare(cfg: DictConfig) -> Plan:
             raise ConfigError("sweep.positions", raw[0], "named positions (IO, S1, S2, END): train and test prompts differ in length, "
                               "so a raw index means different tokens")
     return Plan(shape, pairs, locations, tracked_tokens(cfg, tokenizer, pairs), tokenizer, receivers, train_pairs)
+
+
+def plan_ablation(cfg: DictConfig, shape: loading.ModelShape, locations: list[Location]) -> None:
+    """The circuit's nodes exist; k is no wider than any swept stream (checked again on the loaded model)."""
+    circuits.parse_circuit(_plain(cfg.method.circuit), shape.n_layers, shape.n_heads)
+    by_stream = {"q": shape.d_head, "k": shape.d_head, "v": shape.d_head, "z": shape.d_head, "mlp_post": shape.d_mlp}
+    widths = {loc.stream: by_stream.get(get_stream(loc.stream).name, shape.d_model) for loc in locations}
+    ablation.check_pca(cfg.method.mode, cfg.method.k, locations, widths)
 
 
 def plan_receivers(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPairs) -> tuple[path_patching.Receiver, ...]:

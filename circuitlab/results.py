@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-CSV_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "group", "position", "position_label", "receiver", "scale", "metric", "value"]
+CSV_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "group", "position", "position_label", "receiver", "scale", "in_circuit", "metric", "value"]
 PACKAGES = ("circuitlab", "torch", "transformer-lens", "transformers", "hydra-core", "pandas", "plotnine", "numpy")
 
 
@@ -63,13 +63,15 @@ def tidy_frame(rows: list[dict]) -> pd.DataFrame:
 
 
 def read_results(run_dir: Path) -> pd.DataFrame:
-    dtypes = {"head": "Int64", "heads": "string", "group": "string", "position": "string", "receiver": "string"}
+    dtypes = {"head": "Int64", "heads": "string", "group": "string", "position": "string", "receiver": "string", "in_circuit": "string"}
     # (scale: read as text, then numbers below, so that an empty cell is NaN)
     frame = pd.read_csv(Path(run_dir) / "results.csv", dtype=dtypes, keep_default_na=False, na_values={"head": [""]})
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")  # "nan" (e.g. no training loss) stays NaN
     if "scale" in frame.columns:
         frame["scale"] = pd.to_numeric(frame["scale"], errors="coerce")
-    for column, empty, dtype in (("receiver", "", "string"), ("scale", float("nan"), "float64")):  # newer than some runs
+    if "in_circuit" in frame.columns:
+        frame["in_circuit"] = frame["in_circuit"].map({"True": True, "False": False}).astype("boolean")
+    for column, empty, dtype in (("receiver", "", "string"), ("scale", float("nan"), "float64"), ("in_circuit", None, "boolean")):  # newer than some runs
         if column not in frame.columns and "metric" in frame.columns:
             frame.insert(frame.columns.get_loc("metric"), column, pd.Series([empty] * len(frame), dtype=dtype))
     return frame

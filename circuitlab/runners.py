@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from omegaconf import DictConfig
 
+from circuitlab import circuits
 from circuitlab.locations import Location, heads_value, position_label, position_value
 from circuitlab.methods import ablation, activation_patching, attention, attribution_patching, das, direct_attribution, path_patching
 from circuitlab.plan import Plan, _plain
@@ -135,21 +136,61 @@ def run_direct_attribution(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
 
 
 def run_ablation(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
-    """One ablation sweep per scale; `effect` = (clean - ablated) / (clean - corrupted) of the logit difference."""
-    scales = ablation.check_scales(_plain(cfg.method.scales))
-    results = ablation.ablate(model, plan.pairs, plan.locations, cfg.method.mode, scales, cfg.memory_budget_mb, cfg.progress,
-                              tuple(cfg.method.metrics), plan.tracked)
-    corrupted = ablation.reference_corrupted(model, plan.pairs, cfg.method.mode, results)
+    """One ablation sweep per scale; `effect` = (clean - ablated) / (clean - corrupted) of the logit difference.
+    With a declared circuit, rows say whether their node is in it, and `faithfulness.csv` gives the share of the
+    clean logit difference kept when every swept location outside the circuit is ablated at once."""
+    mode, scales, metrics = cfg.method.mode, ablation.check_scales(_plain(cfg.method.scales)), tuple(cfg.method.metrics)
+    circuit = circuits.parse_circuit(_plain(cfg.method.circuit), model.cfg.n_layers, model.cfg.n_heads)
+    fitted = ablation.fit(model, plan.pairs, plan.locations, mode, cfg.method.k)
+    results = ablation.ablate(model, plan.pairs, plan.locations, mode, scales, cfg.memory_budget_mb, cfg.progress, metrics,
+                              plan.tracked, fitted=fitted)
+    corrupted = ablation.reference_corrupted(model, plan.pairs, mode, results)
+    first = next(iter(results.values()))
     effects = {scale: (r.clean_logit_diff - r.logit_diff) / (r.clean_logit_diff - corrupted) for scale, r in results.items()}
+    marks = [circuits.in_circuit(loc, circuit, model.cfg.n_heads) for loc in plan.locations]
     rows = []
     for scale, result in results.items():
         values = {**result.metrics, "effect": effects[scale]}
         for i, loc in enumerate(plan.locations):
-            common = {**location_columns(cfg, loc, plan.pairs), "scale": scale}
+            common = {**location_columns(cfg, loc, plan.pairs), "scale": scale, "in_circuit": marks[i]}
             rows += [{**common, "metric": name, "value": float(v[i])} for name, v in values.items()]
-    first = next(iter(results.values()))
-    extra = {"mode": cfg.method.mode, "scales": scales}
-    return MethodOutput(rows, {f"effect/scale={s}": e for s, e in effects.items()}, first.clean, {"logit_diff": corrupted}, extra=extra)
+    extra, tables = {"mode": mode, "scales": scales}, {}
+    if mode in ablation.PCA_MODES:
+        extra["k"] = cfg.method.k
+    if circuit is not None:
+        outside = [loc for loc, mark in zip(plan.locations, marks) if mark is False]
+        table = faithfulness_table(model, plan, outside, mode, scales, fitted, first.clean_logit_diff, corrupted, metrics)
+        tables["faithfulness.csv"] = table
+        extra.update(circuit=sorted(circuit), faithfulness={float(r["scale"]): float(r["faithfulness"]) for _, r in table.iterrows()})
+        for _, r in table.iterrows():
+            log.info("faithfulness at scale %g (%d locations outside the circuit ablated): %.3f", r["scale"], r["n_ablated"], r["faithfulness"])
+    return MethodOutput(rows, {f"effect/scale={s}": e for s, e in effects.items()}, first.clean, {"logit_diff": corrupted},
+                        tables=tables, extra=extra)
+
+
+def faithfulness_table(model, plan: Plan, outside: list[Location], mode: str, scales: list[float], fitted, clean_ld: float,
+                       corrupted_ld: float, metrics: tuple[str, ...]):
+    """Per scale: the logit difference with every location outside the circuit ablated together, and
+    faithfulness = (that - corrupted) / (clean - corrupted) (1: the circuit alone keeps the clean behaviour)."""
+    import pandas as pd
+
+    from circuitlab.metrics import output_changed
+
+    rows = []
+    clean_logits = None
+    for scale in scales:
+        if outside:
+            transform = ablation.make_transform(mode, scale, *fitted)
+            logits = ablation.ablate_together(model, plan.pairs, outside, transform, mode in ablation.SELF_SOURCED)
+            ld = ablation.mean_logit_diff(logits, plan.pairs)
+        else:
+            logits, ld = None, clean_ld
+        row = {"scale": scale, "n_ablated": len(outside), "logit_diff": ld, "faithfulness": (ld - corrupted_ld) / (clean_ld - corrupted_ld)}
+        if "output_change" in metrics and logits is not None:
+            clean_logits = clean_logits if clean_logits is not None else ablation.ablate_together(model, plan.pairs, [], None, True)
+            row["output_change"] = float(output_changed(logits, clean_logits, plan.pairs.labels_differ))
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 RUNNERS = {

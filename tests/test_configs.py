@@ -44,3 +44,4 @@ def test_preset_runs_end_to_end(preset, tmp_path):
 
     manifest = run_experiment(cli.compose_config([f"+experiment={preset}", "progress=false"]), tmp_path)
     assert (tmp_path / "results.csv").is_file() and manifest["files"]
+    assert any(f.startswith("figures/") and f.endswith(".png") for f in manifest["files"]), manifest["files"]

@@ -65,3 +65,36 @@ def test_yaml_config(tmp_path):
     (tmp_path / "ll_model_cfg.yaml").write_text(yaml.safe_dump(config))
     tokens = torch.randint(0, 12, (2, 8))
     torch.testing.assert_close(load_checkpoint(tmp_path)(tokens), model(tokens))
+
+
+def test_checkpoint_dir_runs_as_a_local_model(tmp_path, monkeypatch, capsys):
+    """model=local on an InterpBench-style dir without a tokenizer: prompts as token ids; a pickled config is
+    refused in one line unless model.allow_pickle=true."""
+    import json
+
+    from circuitlab import cli
+    from circuitlab.results import read_results
+
+    checkpoint = tmp_path / "case"
+    save_checkpoint(tiny_model(), checkpoint)
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"clean": "3 4 5 3", "corrupted": "3 4 5 6", "answer": "7", "wrong": "8"},
+        {"clean": "1 2 9 1", "corrupted": "1 2 9 2", "answer": "7", "wrong": "8"},
+    ]) + "\n")
+    monkeypatch.chdir(tmp_path)
+    common = ["run", "model=local", f"model.path={checkpoint}", "task=pairs", f"task.path={tmp_path / 'pairs.jsonl'}",
+              "sweep=named_positions", "sweep.positions=[END]", "results_dir=out", "progress=false", "figures=false"]
+    cli.main(common)
+    frame = read_results(next((tmp_path / "out").rglob("results.csv")).parent)
+    assert set(frame["layer"]) == {0, 1} and frame["value"].notna().all()
+
+    config = read_config(checkpoint)
+    (checkpoint / "ll_model_cfg.json").unlink()
+    with open(checkpoint / "ll_model_cfg.pkl", "wb") as f:
+        pickle.dump(config, f)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(common)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "model.allow_pickle=false" in err
+    cli.main([*common, "model.allow_pickle=true"])

@@ -1,8 +1,15 @@
-"""Ablations (seed 004): every location of the clean run replaced by `scale x` a resampled, mean or zero value.
+"""Ablations (seed 004): every location of the clean run replaced by `scale x` a resampled, mean or zero value,
+or ablated along principal directions.
 
 - resample: the value from the corrupted prompt of the same pair;
 - mean: the mean over the clean prompts (per position);
-- zero: zero (every scale gives the same).
+- zero: zero (every scale gives the same);
+- pca_<self|resample>_<top|orthogonal>: the seed's four PCA modes. Principal components are fitted per node
+  (hook, and head for per-head streams) and per position on the task's activations (clean and corrupted
+  prompts); P projects on the top `k`. With x the clean value and y the source (x itself for `self`, the
+  corrupted prompt's value for `resample`):
+      top:        x - P x + scale * P y            (only the top-k subspace changes)
+      orthogonal: P x + scale * (y - P y)          (only its orthogonal complement changes)
 The forward machinery is activation patching's (noising: base = clean prompts), with the source transformed.
 The effect of a location is 1 - (ablated - corrupted) / (clean - corrupted) of the logit difference: 0 when the
 ablation changes nothing, 1 when it moves the logit difference all the way to the corrupted run's.
@@ -10,18 +17,22 @@ ablation changes nothing, 1 when it moves the logit difference all the way to th
 
 from __future__ import annotations
 
-from functools import partial
+from dataclasses import replace
 
 import torch
+from jaxtyping import Bool, Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from circuitlab.errors import ConfigError
-from circuitlab.locations import Location
-from circuitlab.methods.activation_patching import PatchingResult, patch_sweep
+from circuitlab.locations import STREAMS, Location, cell_mask, head_mask, position_mask
+from circuitlab.methods.activation_patching import PatchingResult, attn_result_enabled, patch_sweep
+from circuitlab.metrics import logit_diff
 from circuitlab.tasks.base import PromptPairs
 
-MODES = ("resample", "mean", "zero")
+PCA_MODES = ("pca_self_top", "pca_self_orthogonal", "pca_resample_top", "pca_resample_orthogonal")
+MODES = ("resample", "mean", "zero", *PCA_MODES)
+SELF_SOURCED = ("mean", "pca_self_top", "pca_self_orthogonal")  # their source run is the clean prompts
 
 
 def check_scales(scales) -> list[float]:
@@ -34,51 +45,158 @@ def check_scales(scales) -> list[float]:
     return [float(s) for s in scales]
 
 
-def _scaled(activation: Tensor, scale: float, mode: str) -> Tensor:
-    if mode == "zero":
-        return torch.zeros_like(activation)
-    if mode == "mean":
-        activation = activation.mean(0, keepdim=True).expand_as(activation)
-    return scale * activation
+def check_pca(mode: str, k: int, locations: list[Location], widths: dict[str, int | None]) -> None:
+    """PCA modes need a positive k no larger than each swept stream's width (None: not known yet)."""
+    if mode not in PCA_MODES:
+        return
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError("method.k", k, "a positive integer (principal components per node)")
+    for loc in locations:
+        if STREAMS[loc.stream].name == "pattern":
+            raise ConfigError("sweep.streams", loc.stream, "streams other than pattern (PCA modes fit vectors per position)")
+        width = widths.get(loc.stream)
+        if width is not None and k > width:
+            raise ConfigError("method.k", k, f"1..{width} (stream {loc.stream} is {width} wide per node)")
+
+
+# --- PCA ---------------------------------------------------------------------------------------------------
+
+def principal_components(
+    acts: Float[Tensor, "sample pos *head d"], k: int, valid: Bool[Tensor, "sample pos"]
+) -> Float[Tensor, "pos *head k d"]:
+    """Top-k principal directions (orthonormal rows) per position (and head), from the valid samples at each
+    position, mean-centred. Where a position has fewer than k distinct samples the missing rows are zero."""
+    n_pos, d = acts.shape[1], acts.shape[-1]
+    out = torch.zeros(n_pos, *acts.shape[2:-1], k, d, dtype=acts.dtype, device=acts.device)
+    for p in range(n_pos):
+        x = acts[valid[:, p], p].float()  # sample *head d
+        if x.shape[0] < 2:
+            continue
+        x = (x - x.mean(0, keepdim=True)).movedim(0, -2)  # *head sample d
+        _, _, vh = torch.linalg.svd(x, full_matrices=False)
+        top = vh[..., :k, :]
+        out[p, ..., : top.shape[-2], :] = top.to(acts.dtype)
+    return out
+
+
+def project(x: Float[Tensor, "batch pos *head d"], components: Float[Tensor, "pos *head k d"]) -> Float[Tensor, "batch pos *head d"]:
+    """P x: the part of x in the span of the components (per position and head)."""
+    coefficients = x.unsqueeze(-2) @ components.transpose(-1, -2)  # batch pos *head 1 k
+    return (coefficients @ components).squeeze(-2)
+
+
+def pca_ablated(base: Tensor, source: Tensor, components: Tensor, scale: float, subspace: str) -> Tensor:
+    """The seed's PCA ablation of `base`: the chosen subspace replaced by `scale` x the source's part in it."""
+    if subspace == "top":
+        return base - project(base, components) + scale * project(source, components)
+    return project(base, components) + scale * (source - project(source, components))
+
+
+# --- sweeps ------------------------------------------------------------------------------------------------
+
+def make_transform(mode: str, scale: float, clean: dict[str, Tensor] | None = None, components: dict[str, Tensor] | None = None):
+    """(source activation, hook name) -> the value patched in."""
+    def transform(activation: Tensor, hook_name: str) -> Tensor:
+        if mode == "zero":
+            return torch.zeros_like(activation)
+        if mode == "mean":
+            return scale * activation.mean(0, keepdim=True).expand_as(activation)
+        if mode in PCA_MODES:
+            _, source, subspace = mode.split("_")
+            base = activation if source == "self" else clean[hook_name]
+            return pca_ablated(base, activation, components[hook_name], scale, subspace)
+        return scale * activation
+
+    return transform
+
+
+def fit_components(model: HookedTransformer, pairs: PromptPairs, locations: list[Location], mode: str, k: int) -> tuple[dict, dict]:
+    """The clean activations at the swept hooks and their top-k principal components (clean and corrupted
+    prompts together, padding excluded)."""
+    hooks = {loc.hook_name for loc in locations}
+    clean = _activations(model, pairs.clean_tokens, hooks)
+    corrupted = _activations(model, pairs.corrupted_tokens, hooks)
+    valid = torch.arange(pairs.width)[None] < pairs.lengths[:, None]
+    valid = torch.cat([valid, valid]).to(model.cfg.device)
+    widths = {loc.stream: clean[loc.hook_name].shape[-1] for loc in locations}
+    check_pca(mode, k, locations, widths)
+    return clean, {h: principal_components(torch.cat([clean[h], corrupted[h]]), k, valid) for h in hooks}
+
+
+def _activations(model: HookedTransformer, tokens: Tensor, hooks: set[str]) -> dict[str, Tensor]:
+    needs_result = any(h.endswith("attn.hook_result") for h in hooks)
+    with torch.no_grad(), attn_result_enabled(model, needs_result):
+        _, cache = model.run_with_cache(tokens.to(model.cfg.device), names_filter=lambda n: n in hooks)
+    return {h: cache[h] for h in hooks}
+
+
+def fit(model: HookedTransformer, pairs: PromptPairs, locations: list[Location], mode: str, k: int) -> tuple[dict | None, dict | None]:
+    """What a mode needs besides the source run: for PCA modes the clean activations and the components."""
+    return fit_components(model, pairs, locations, mode, k) if mode in PCA_MODES else (None, None)
 
 
 def ablate(
     model: HookedTransformer, pairs: PromptPairs, locations: list[Location], mode: str, scales: list[float],
     memory_budget_mb: int | None = None, progress: bool = True, metrics: tuple[str, ...] = ("logit_diff",), tracked=None,
+    k: int = 2, fitted: tuple[dict | None, dict | None] | None = None,
 ) -> dict[float, PatchingResult]:
     """One ablation sweep per scale."""
     if mode not in MODES:
         raise ConfigError("method.mode", mode, MODES)
-    source_pairs = pairs if mode != "mean" else _clean_as_source(pairs)
-    out = {}
-    for scale in scales:
-        transform = partial(_scaled, scale=scale, mode=mode)
-        out[scale] = patch_sweep(model, source_pairs, locations, "noising", memory_budget_mb, progress, metrics, tracked, transform)
-    return out
+    clean, components = fitted if fitted is not None else fit(model, pairs, locations, mode, k)
+    source_pairs = clean_as_source(pairs) if mode in SELF_SOURCED else pairs
+    return {
+        scale: patch_sweep(model, source_pairs, locations, "noising", memory_budget_mb, progress, metrics, tracked,
+                           make_transform(mode, scale, clean, components))
+        for scale in scales
+    }
 
 
-def _clean_as_source(pairs: PromptPairs) -> PromptPairs:
-    """Mean ablation averages the clean prompts' own activations: run them as the source too (the sweep's
-    corrupted baseline then reads as the clean one: `corrupted_logit_diff` gives the real one)."""
-    from dataclasses import replace
-
+def clean_as_source(pairs: PromptPairs) -> PromptPairs:
+    """Mean and self-patching ablations transform the clean prompts' own activations: run them as the source
+    (the sweep's corrupted baseline then reads as the clean one: `corrupted_logit_diff` gives the real one)."""
     return replace(pairs, corrupted_tokens=pairs.clean_tokens)
 
 
+def ablate_together(model: HookedTransformer, pairs: PromptPairs, locations: list[Location], transform, self_sourced: bool) -> Float[Tensor, "batch vocab"]:
+    """Final-position logits of the clean prompts with every location ablated at once (one forward)."""
+    device = model.cfg.device
+    masks: dict[str, Tensor] = {}
+    for loc in locations:
+        stream = STREAMS[loc.stream]
+        positions = position_mask([loc.positions], pairs.width, pairs.named_positions, pairs.n_pairs)[0]
+        heads = head_mask([loc.heads], model.cfg.n_heads).expand(pairs.n_pairs, -1) if stream.has_heads else None
+        ndim = 4 if stream.has_heads else 3
+        mask = cell_mask(stream, positions, heads, ndim).to(device)
+        masks[loc.hook_name] = masks[loc.hook_name] | mask if loc.hook_name in masks else mask
+    tokens = pairs.clean_tokens.to(device)
+    needs_result = any(h.endswith("attn.hook_result") for h in masks)
+    with torch.no_grad(), attn_result_enabled(model, needs_result):
+        source = _activations(model, tokens if self_sourced else pairs.corrupted_tokens, set(masks))
+
+        def patch(activation: Tensor, hook) -> Tensor:
+            return torch.where(masks[hook.name], transform(source[hook.name], hook.name), activation)
+
+        logits = model.run_with_hooks(tokens, fwd_hooks=[(name, patch) for name in masks])
+    return logits[torch.arange(pairs.n_pairs, device=device), pairs.final_positions.to(device)]
+
+
+def mean_logit_diff(final_logits: Tensor, pairs: PromptPairs) -> float:
+    device = final_logits.device
+    return logit_diff(final_logits, pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)).mean().item()
+
+
 def reference_corrupted(model: HookedTransformer, pairs: PromptPairs, mode: str, results: dict[float, PatchingResult]) -> float:
-    """The corrupted run's logit difference: already measured as the sweeps' source run, except for mean
-    ablation, whose source run is the clean prompts."""
-    if mode == "mean":
+    """The corrupted run's logit difference: already measured as the sweeps' source run, except for the
+    self-sourced modes, whose source run is the clean prompts."""
+    if mode in SELF_SOURCED:
         return corrupted_logit_diff(model, pairs)
     return next(iter(results.values())).corrupted_logit_diff
 
 
 def corrupted_logit_diff(model: HookedTransformer, pairs: PromptPairs) -> float:
     """The corrupted prompts' mean logit difference (the effect's reference point)."""
-    from circuitlab.metrics import logit_diff
-
     with torch.no_grad():
         logits = model(pairs.corrupted_tokens.to(model.cfg.device))
     rows = torch.arange(pairs.n_pairs, device=logits.device)
-    final = logits[rows, pairs.final_positions.to(logits.device)]
-    return logit_diff(final, pairs.answer_tokens.to(logits.device), pairs.wrong_tokens.to(logits.device)).mean().item()
+    return mean_logit_diff(logits[rows, pairs.final_positions.to(logits.device)], pairs)

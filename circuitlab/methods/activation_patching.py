@@ -152,7 +152,7 @@ def patch_sweep(
     tracked: dict[str, int] | None = None,
     source_transform=None,
 ) -> PatchingResult:
-    """Patch every location and return each metric per location. `source_transform(activation)` replaces the
+    """Patch every location and return each metric per location. `source_transform(activation, hook_name)` replaces the
     source run's activation before patching (ablations: scaled, averaged or zeroed values)."""
     if direction not in DIRECTIONS:
         raise ConfigError("method.direction", direction, DIRECTIONS)
@@ -181,8 +181,7 @@ def patch_sweep(
         clean_final, corrupted_final = (final_position_logits(model, r, final_pos) for r in (base_resid, source_resid))
         if direction == "denoising":
             clean_final, corrupted_final = corrupted_final, clean_final
-        clean_log_probs = torch.log_softmax(clean_final.float(), dim=-1)
-        score = lambda logits: point_metrics(logits, answer, wrong, metrics, clean_log_probs, tracked)  # noqa: E731
+        score = lambda logits: point_metrics(logits, answer, wrong, metrics, clean_final, tracked, pairs.labels_differ)  # noqa: E731
         baselines = {"clean": score(clean_final[None]), "corrupted": score(corrupted_final[None])}
 
         chunk = points_per_chunk(model, pairs.n_pairs, pairs.width, memory_budget_mb)
@@ -208,7 +207,7 @@ def patch_sweep(
             for chunk_part, start in plan_chunks(starts, chunk, pairs.n_pairs, pairs.width, overhead_rows(device)):
                 part = [active[k] for k in chunk_part]
                 logits = _patched_final_logits(
-                    model, layer, start, spec, base_cache, _source(source_cache[spec.hook_name(layer)], source_transform),
+                    model, layer, start, spec, base_cache, _source(source_cache, spec.hook_name(layer), source_transform),
                     pos_masks[part].to(device), None if heads is None else heads[part].to(device), final_pos,
                     pairs.same_length,
                 )
@@ -219,8 +218,8 @@ def patch_sweep(
     return PatchingResult(locations, results, as_floats(baselines["clean"]), as_floats(baselines["corrupted"]))
 
 
-def _source(activation: Tensor, transform) -> Tensor:
-    return activation if transform is None else transform(activation)
+def _source(cache, hook_name: str, transform) -> Tensor:
+    return cache[hook_name] if transform is None else transform(cache[hook_name], hook_name)
 
 
 def overhead_rows(device) -> int:

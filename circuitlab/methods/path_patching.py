@@ -140,8 +140,7 @@ def path_patch(
     with torch.no_grad(), ungrouped_kv(model), fused_gelu(model):
         run = _PathPatching(model, pairs, [senders[i] for i in order], receivers, receiver_positions)
         answer, wrong = pairs.answer_tokens.to(run.device), pairs.wrong_tokens.to(run.device)
-        clean_log_probs = torch.log_softmax(run.source_final.float(), dim=-1)
-        score = lambda logits: point_metrics(logits, answer, wrong, metrics, clean_log_probs, tracked)  # noqa: E731
+        score = lambda logits: point_metrics(logits, answer, wrong, metrics, run.source_final, tracked, pairs.labels_differ)  # noqa: E731
         clean, corrupted = score(run.source_final[None]), score(run.base_final[None])
         results: dict[str, Tensor] = {}
         chunk = run.senders_per_chunk(memory_budget_mb)

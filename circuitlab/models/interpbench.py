@@ -20,6 +20,36 @@ PICKLED_CONFIG = "ll_model_cfg.pkl"
 WEIGHT_FILES = ("ll_model.pth", "model.safetensors")
 
 
+
+def is_checkpoint(directory: Path) -> bool:
+    """Whether `directory` is laid out as an InterpBench checkpoint (it holds one of the config files)."""
+    return any((Path(directory) / name).is_file() for name in (*CONFIG_FILES, PICKLED_CONFIG))
+
+
+def require_weights(directory: Path) -> None:
+    if not any((Path(directory) / name).is_file() for name in WEIGHT_FILES):
+        raise ConfigError("model.path", str(directory), f"a dir holding {' or '.join(WEIGHT_FILES)} beside its config")
+
+
+class IdTokenizer:
+    """For checkpoints without a tokenizer (InterpBench ships none): text is space-separated token ids
+    ("0 3 5"), the BOS token is id 0 and tokens print as their ids."""
+
+    bos_token_id = eos_token_id = pad_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        try:
+            return {"input_ids": [int(word) for word in text.split()]}
+        except ValueError:
+            raise ConfigError("task", repr(text), "space-separated token ids (this model has no tokenizer)") from None
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [str(int(i)) for i in ids]
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return int(token)
+
+
 def read_config(directory: Path, allow_pickle: bool = False) -> dict:
     """The TransformerLens config dict of a checkpoint dir."""
     directory = Path(directory)
@@ -65,7 +95,14 @@ def load_checkpoint(directory: Path, allow_pickle: bool = False, device: str = "
     config = {k: v for k, v in read_config(directory, allow_pickle).items() if k in HookedTransformerConfig.__dataclass_fields__}
     config["device"] = device
     model = HookedTransformer(HookedTransformerConfig(**_plain_values(config)))
-    model.load_state_dict(read_state_dict(directory))
+    try:
+        missing, unexpected = model.load_state_dict(read_state_dict(directory), strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ConfigError("model.path", str(directory), "weights that match the config", hint=str(err).splitlines()[-1].strip()[:160]) from None
+    missing = [k for k in missing if not k.endswith((".mask", ".IGNORE"))]  # buffers rebuilt from the config
+    if missing or unexpected:
+        raise ConfigError("model.path", str(directory), "weights that match the config",
+                          hint=f"missing {missing[:3]}, unexpected {unexpected[:3]}")
     model.eval()
     return model
 

@@ -1,4 +1,5 @@
-"""Model loading: embedded toy models, local GPT-2-family checkpoints, and TransformerLens pretrained names.
+"""Model loading: embedded toy models, local GPT-2-family or InterpBench-style checkpoints, and TransformerLens
+pretrained names.
 
 Every loader returns a HookedTransformer in eval mode with gradients off. Loads are memoised per process, so
 a multirun over tasks or sweeps reuses the model.
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.models import hf_gpt2
+from circuitlab.models import hf_gpt2, interpbench
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 SOURCES = ("embedded", "pretrained", "local")
@@ -23,7 +24,9 @@ PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold
 
 
 def embedded_models() -> list[str]:
-    return sorted(p.name for p in EMBEDDED_DIR.iterdir() if (p / "config.json").exists()) if EMBEDDED_DIR.exists() else []
+    if not EMBEDDED_DIR.exists():
+        return []
+    return sorted(p.name for p in EMBEDDED_DIR.iterdir() if (p / "config.json").exists() or interpbench.is_checkpoint(p))
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class ModelShape:
     n_heads: int
     d_model: int
     n_ctx: int
+    d_head: int | None = None
+    d_mlp: int | None = None
 
 
 def resolve_device(name: str) -> str:
@@ -59,8 +64,11 @@ def checkpoint_dir(model_cfg) -> Path:
     if not path.is_dir():
         raise CircuitlabError(
             f"model.path={model_cfg.path}: no such directory (expected a Hugging Face GPT-2-family checkpoint dir: "
-            "config.json, model.safetensors or pytorch_model.bin, tokenizer files)"
+            "config.json, model.safetensors or pytorch_model.bin, tokenizer files; or an InterpBench-style dir)"
         )
+    if interpbench.is_checkpoint(path):
+        interpbench.require_weights(path)
+        return path
     if not (path / "config.json").is_file():
         raise CircuitlabError(f"model.path={model_cfg.path}: no config.json there (expected a Hugging Face GPT-2-family checkpoint dir)")
     weights = [w for w in ("model.safetensors", "pytorch_model.bin") if (path / w).is_file()]
@@ -90,7 +98,9 @@ def validate_model_config(model_cfg) -> None:
     if model_cfg.source == "pretrained":
         official_name(model_cfg.name)
     else:
-        checkpoint_dir(model_cfg)
+        directory = checkpoint_dir(model_cfg)
+        if interpbench.is_checkpoint(directory):
+            interpbench.read_config(directory, bool(getattr(model_cfg, "allow_pickle", False)))
 
 
 def model_shape(model_cfg) -> ModelShape:
@@ -100,9 +110,13 @@ def model_shape(model_cfg) -> ModelShape:
 
         ensure_hub_or_cache(model_cfg.name)
         cfg = get_pretrained_model_config(official_name(model_cfg.name))
-        return ModelShape(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx)
-    hf = hf_gpt2.read_hf_config(checkpoint_dir(model_cfg))
-    return ModelShape(hf["n_layer"], hf["n_head"], hf["n_embd"], hf["n_positions"])
+        return ModelShape(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx, cfg.d_head, cfg.d_mlp)
+    directory = checkpoint_dir(model_cfg)
+    if interpbench.is_checkpoint(directory):
+        tl = interpbench.read_config(directory, bool(getattr(model_cfg, "allow_pickle", False)))
+        return ModelShape(tl["n_layers"], tl["n_heads"], tl["d_model"], tl["n_ctx"], tl.get("d_head"), tl.get("d_mlp"))
+    hf = hf_gpt2.read_hf_config(directory)
+    return ModelShape(hf["n_layer"], hf["n_head"], hf["n_embd"], hf["n_positions"], hf["n_embd"] // hf["n_head"], hf.get("n_inner") or 4 * hf["n_embd"])
 
 
 def load_tokenizer(model_cfg):
@@ -114,7 +128,10 @@ def load_tokenizer(model_cfg):
         ensure_hub_or_cache(model_cfg.name)
         tokenizer_name = get_pretrained_model_config(official_name(model_cfg.name)).tokenizer_name
         return AutoTokenizer.from_pretrained(tokenizer_name)
-    return hf_gpt2.load_tokenizer(checkpoint_dir(model_cfg))
+    directory = checkpoint_dir(model_cfg)
+    if interpbench.is_checkpoint(directory) and not (directory / "tokenizer.json").is_file():
+        return interpbench.IdTokenizer()
+    return hf_gpt2.load_tokenizer(directory)
 
 
 def ensure_hub_or_cache(name: str) -> None:
@@ -149,12 +166,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 def load_model(model_cfg, device: str = "cpu"):
     """Load (or reuse) the model described by the `model` config group on `device`."""
     processing = tuple((flag, bool(getattr(model_cfg, flag))) for flag in PROCESSING_FLAGS)
-    key = (model_cfg.source, model_cfg.name, str(model_cfg.path or ""), processing, resolve_device(device), model_cfg.dtype)
+    allow_pickle = bool(getattr(model_cfg, "allow_pickle", False))
+    key = (model_cfg.source, model_cfg.name, str(model_cfg.path or ""), processing, resolve_device(device), model_cfg.dtype, allow_pickle)
     return _load_cached(*key)
 
 
 @lru_cache(maxsize=4)
-def _load_cached(source: str, name: str, path: str, processing: tuple, device: str, dtype: str):
+def _load_cached(source: str, name: str, path: str, processing: tuple, device: str, dtype: str, allow_pickle: bool = False):
     from types import SimpleNamespace
 
     torch_dtype = DTYPES[dtype]
@@ -166,7 +184,11 @@ def _load_cached(source: str, name: str, path: str, processing: tuple, device: s
         model = HookedTransformer.from_pretrained(name, device=device, dtype=torch_dtype, **flags)
     else:
         directory = checkpoint_dir(SimpleNamespace(source=source, name=name, path=path))
-        model = hf_gpt2.load_gpt2_dir(directory, device=device, dtype=torch_dtype, processing=flags)
+        if interpbench.is_checkpoint(directory):
+            model = interpbench.load_checkpoint(directory, allow_pickle, device)
+            model = model if torch_dtype == torch.float32 else model.to(torch_dtype)
+        else:
+            model = hf_gpt2.load_gpt2_dir(directory, device=device, dtype=torch_dtype, processing=flags)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from circuitlab.errors import CircuitlabError
@@ -24,6 +24,7 @@ class Tokenizer(Protocol):
 class PromptPairs:
     """Clean / corrupted prompts, token-aligned pair by pair, right-padded to one width.
 
+    `corrupted_answer_tokens` (optional) labels the corrupted prompts, for InterpBench's output-change metric.
     `lengths[b]` counts the real tokens of pair b (BOS included); its final position is `lengths[b] - 1`.
     A clean prompt and its corrupted twin always have the same length, so every position index means the
     same slot in both. `named_positions` maps labels such as IO, S1, S2, END to one index per pair.
@@ -40,6 +41,7 @@ class PromptPairs:
     first_prompt_tokens: list[str]
     dropped: dict[str, int] = field(default_factory=dict)
     track: tuple[str, ...] = ()
+    corrupted_answer_tokens: Int[Tensor, " batch"] | None = None
 
     @property
     def n_pairs(self) -> int:
@@ -52,6 +54,14 @@ class PromptPairs:
     @property
     def same_length(self) -> bool:
         return bool((self.lengths == self.lengths[0]).all())
+
+    @property
+    def labels_differ(self) -> Bool[Tensor, " batch"] | None:
+        """Pairs whose clean and corrupted prompts have different labels (None when the task gives no label
+        for the corrupted prompt)."""
+        if self.corrupted_answer_tokens is None:
+            return None
+        return self.answer_tokens != self.corrupted_answer_tokens
 
     @property
     def final_positions(self) -> Int[Tensor, " batch"]:
@@ -69,6 +79,7 @@ class PromptPairs:
             "first_prompt_tokens": list(self.first_prompt_tokens),
             "clean_texts": list(self.clean_texts),
             "corrupted_texts": list(self.corrupted_texts),
+            **({} if self.corrupted_answer_tokens is None else {"corrupted_answer_tokens": self.corrupted_answer_tokens}),
         }
 
 

@@ -4,7 +4,8 @@ One JSON object per line:
     {"clean": "When Mary and John went to the store, John gave a drink to",
      "corrupted": "When Mary and John went to the store, Anna gave a drink to",
      "answer": " Mary", "wrong": " John", "track": [" Anna"]}
-`track` is optional; its tokens join `task.track` for `method.metrics=[prob]`. The clean and corrupted prompts
+`corrupted_answer` is optional: the corrupted prompt's own label, for `method.metrics=[output_change]` (given on
+every line or none). `track` is optional; its tokens join `task.track` for `method.metrics=[prob]`. The clean and corrupted prompts
 of a line must have the same number of tokens; answer, wrong and tracked strings must be one token each.
 Named positions: END (each prompt's last token).
 """
@@ -49,6 +50,8 @@ def read_lines(path: Path) -> list[dict]:
         missing = [k for k in REQUIRED if not isinstance(record.get(k), str)]
         if missing:
             raise CircuitlabError(f"task.path={path}: line {number} lacks field {missing[0]!r} (required: {', '.join(REQUIRED)}; optional: track)")
+        if "corrupted_answer" in record and not isinstance(record["corrupted_answer"], str):
+            raise CircuitlabError(f"task.path={path}: line {number}: 'corrupted_answer' must be a string")
         track = record.get("track", [])
         if not isinstance(track, list) or not all(isinstance(t, str) for t in track):
             raise CircuitlabError(f"task.path={path}: line {number}: 'track' must be a list of strings")
@@ -62,7 +65,7 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
     """The first `task.n_prompts` pairs of the file, tokenised (BOS first)."""
     path = Path(cfg.path).expanduser()
     records = read_lines(path)[: cfg.n_prompts]
-    clean_rows, corrupt_rows, answers, wrongs, tracked = [], [], [], [], []
+    clean_rows, corrupt_rows, answers, wrongs, corrupted_answers, tracked = [], [], [], [], [], []
     for record in records:
         where = f"task.path={path}: line {record['line']}"
         clean = [bos_id] + encode(tokenizer, record["clean"])
@@ -70,7 +73,7 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
         if len(clean) != len(corrupted):
             raise CircuitlabError(f"{where}: clean and corrupted prompts have {len(clean)} and {len(corrupted)} tokens; they must match")
         ids = {}
-        for key in ("answer", "wrong"):
+        for key in [k for k in ("answer", "wrong", "corrupted_answer") if k in record]:
             ids[key] = single_token_id(tokenizer, record[key])
             if ids[key] is None:
                 raise CircuitlabError(f"{where}: {key} {record[key]!r} is not a single token for this model")
@@ -82,6 +85,7 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
         corrupt_rows.append(corrupted)
         answers.append(ids["answer"])
         wrongs.append(ids["wrong"])
+        corrupted_answers.append(ids.get("corrupted_answer"))
     lengths = torch.tensor([len(r) for r in clean_rows], dtype=torch.int64)
     return PromptPairs(
         clean_tokens=pad_right(clean_rows, pad_id),
@@ -94,4 +98,5 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
         corrupted_texts=[r["corrupted"] for r in records],
         first_prompt_tokens=tokenizer.convert_ids_to_tokens(clean_rows[0]),
         track=tuple(dict.fromkeys(tracked)),
+        corrupted_answer_tokens=None if None in corrupted_answers else torch.tensor(corrupted_answers, dtype=torch.int64),
     )

@@ -1,0 +1,58 @@
+"""Does the last symbol repeat the first? ("a c f a" -> yes): the task of the `known-circuit` model.
+
+Clean prompts end with their first symbol (answer "yes"); each corrupted twin ends with a different symbol
+(its label is "no"), so every pair's labels differ and InterpBench's output-change metric applies. The
+middle symbols are drawn at random. Named positions: FIRST (the first symbol), END.
+"""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from circuitlab.errors import CircuitlabError, ConfigError
+from circuitlab.tasks.base import PromptPairs, Tokenizer, encode, pad_right, single_token_id
+
+SYMBOLS = ("a", "b", "c", "d", "e", "f")
+POSITION_LABELS = ("FIRST", "END")
+MAX_LENGTH = 7
+
+
+def validate_config(cfg) -> None:
+    if cfg.n_prompts < 1:
+        raise ConfigError("task.n_prompts", cfg.n_prompts, "a positive integer")
+    if not 2 <= cfg.length <= MAX_LENGTH:
+        raise ConfigError("task.length", cfg.length, f"2..{MAX_LENGTH} (symbols per prompt)")
+
+
+def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) -> PromptPairs:
+    """`cfg.n_prompts` seeded pairs of `cfg.length` symbols."""
+    ids = {word: single_token_id(tokenizer, word) for word in (*SYMBOLS, "yes", "no")}
+    missing = [word for word, i in ids.items() if i is None]
+    if missing:
+        raise CircuitlabError(f"task=repeat_first: {missing[0]!r} is not one token for this model (use model=known-circuit)")
+    rng = random.Random(seed)
+    clean_texts, corrupted_texts = [], []
+    for _ in range(cfg.n_prompts):
+        first = rng.choice(SYMBOLS)
+        middle = [rng.choice(SYMBOLS) for _ in range(cfg.length - 2)]
+        last = rng.choice([s for s in SYMBOLS if s != first])
+        clean_texts.append(" ".join([first, *middle, first]))
+        corrupted_texts.append(" ".join([first, *middle, last]))
+    clean = [[bos_id] + encode(tokenizer, t) for t in clean_texts]
+    corrupted = [[bos_id] + encode(tokenizer, t) for t in corrupted_texts]
+    n = len(clean)
+    lengths = torch.full((n,), cfg.length + 1, dtype=torch.int64)
+    return PromptPairs(
+        clean_tokens=pad_right(clean, pad_id),
+        corrupted_tokens=pad_right(corrupted, pad_id),
+        answer_tokens=torch.full((n,), ids["yes"], dtype=torch.int64),
+        wrong_tokens=torch.full((n,), ids["no"], dtype=torch.int64),
+        lengths=lengths,
+        named_positions={"FIRST": torch.ones(n, dtype=torch.int64), "END": lengths - 1},
+        clean_texts=clean_texts,
+        corrupted_texts=corrupted_texts,
+        first_prompt_tokens=tokenizer.convert_ids_to_tokens(clean[0]),
+        corrupted_answer_tokens=torch.full((n,), ids["no"], dtype=torch.int64),
+    )
