@@ -22,6 +22,7 @@ commands:
                          (any Hydra override; -m for multirun; --cfg job to print the config)
   figures [DIR ...]      redraw the figures of every run under DIR (default: results/) from its CSV
   train-toy task=ioi     retrain an embedded toy model by its recipe [out=DIR] [steps=N]
+  merge DIR... --out OUT combine the shard dirs of one sweep (sweep.num_shards=N) into one run dir
   list [WHAT]            list streams, models, tasks, experiments (default: all)
 """
 
@@ -35,11 +36,33 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+LAUNCHER_PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+                    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher"}
+LAUNCHER_NEEDS = {"local_gpus": "joblib", "slurm": "submitit_slurm"}
+
+
+def launcher_options() -> list[str]:
+    return sorted({"basic", *LAUNCHER_PLUGINS, *(p.stem for p in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml"))})
+
+
+def check_launcher(value: str) -> None:
+    """A known launcher whose Hydra plugin is installed."""
+    import importlib.util
+
+    if value not in launcher_options():
+        raise ConfigError("hydra/launcher", value, launcher_options())
+    plugin = LAUNCHER_PLUGINS.get(LAUNCHER_NEEDS.get(value, value))
+    if plugin and importlib.util.find_spec(plugin) is None:
+        raise ConfigError("hydra/launcher", value, "basic (the Hydra plugin it needs is not installed: pip install 'circuitlab[cluster]')")
+
+
 def check_group_choices(overrides: list[str]) -> None:
-    """Unknown names in `model=`, `task=`, `+experiment=`, ... become one line naming the options."""
+    """Unknown names in `model=`, `task=`, `+experiment=`, `hydra/launcher=` ... become one line naming the options."""
     for override in overrides:
         key, sep, value = override.partition("=")
         key = key.lstrip("+~")
+        if key == "hydra/launcher" and sep:
+            check_launcher(value)
         if sep and key in GROUPS and value and not any(c in value for c in ",()[]{}$"):
             if value not in group_options(key):
                 raise ConfigError(key, value, group_options(key))
@@ -50,8 +73,11 @@ def preflight(overrides: list[str]):
     from circuitlab.run import prepare
 
     check_group_choices(overrides)
+    from circuitlab.resume import check_resumable
+
     cfg = compose_config([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
     prepare(cfg)
+    check_resumable(cfg, Path(cfg.run.dir))
     return cfg
 
 
@@ -164,6 +190,23 @@ def train_toy_command(args: list[str]) -> None:
         print(f"to ship it: cp {out}/* {shipped}/  (recipe: {RECIPES[name]})")
 
 
+def merge_command(args: list[str]) -> None:
+    if "--out" not in args or args.index("--out") == len(args) - 1:
+        raise ConfigError("merge", " ".join(args) or "(nothing)", "DIR... --out OUT")
+    at = args.index("--out")
+    out, dirs = args[at + 1], args[:at] + args[at + 2:]
+    if not dirs:
+        raise ConfigError("merge", " ".join(args), "DIR... --out OUT (one or more shard dirs)")
+    import logging
+
+    from circuitlab.merge import merge_shards
+
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
+    manifest = merge_shards([Path(d) for d in dirs], Path(out))
+    chunks = manifest["chunks"]
+    print(f"merged {len(dirs)} shards into {out}: {chunks['chunks_loaded']} chunks loaded, {chunks['chunks_computed']} computed")
+
+
 def list_command(args: list[str]) -> None:
     what = args[0] if args else "all"
     choices = ("streams", "models", "tasks", "experiments", "all")
@@ -191,7 +234,7 @@ def list_command(args: list[str]) -> None:
             print(f"  {name:<28} {about}")
 
 
-COMMANDS = {"run": run_command, "figures": figures_command, "train-toy": train_toy_command, "list": list_command}
+COMMANDS = {"run": run_command, "figures": figures_command, "train-toy": train_toy_command, "merge": merge_command, "list": list_command}
 
 
 def main(argv: list[str] | None = None) -> None:

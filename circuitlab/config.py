@@ -219,13 +219,25 @@ class SweepConfig:
     list of indices, lists of indices (patched together), named positions (IO, S1, S2, END) and `all` (every
     position at once). `heads` (streams with heads): null (the whole stream; each head for `head_*` names),
     each, all, leave_one_out, cumulative (in `head_order`, or ranked by each head's own effect), a list of
-    heads, or a list of lists of heads."""
+    heads, or a list of lists of heads. `shard` / `num_shards`: compute only every num_shards-th point,
+    starting at `shard` (combine the shard dirs with `circuitlab merge`)."""
 
     streams: list[str] = field(default_factory=lambda: ["resid_pre"])
     layers: Any = "all"
     positions: Any = "every"
     heads: Any = None
     head_order: Optional[list[int]] = None
+    shard: int = 0
+    num_shards: int = 1
+
+
+@dataclass
+class RunOptions:
+    """`dir`: the run directory (name one to rerun into it). `resume`: null = reuse the dir's finished chunks when
+    its stored config matches (a different config is refused); true = the same, saying so; false = start over."""
+
+    dir: str = "${results_dir}/${name}/${now:%Y-%m-%d_%H-%M-%S}"
+    resume: Optional[bool] = None
 
 
 @dataclass
@@ -237,6 +249,7 @@ class RunConfig:
     progress: bool = True
     memory_budget_mb: Optional[int] = None
     figures: bool = True
+    run: RunOptions = field(default_factory=RunOptions)
     model: ModelConfig = MISSING
     task: TaskConfig = MISSING
     method: MethodConfig = MISSING
@@ -244,7 +257,14 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    """Store each schema under the name its YAML files extend (`base_<group>...`)."""
+    """Store each schema under the name its YAML files extend (`base_<group>...`), and register the resolver the
+    local_gpus launcher sizes itself with."""
+    from omegaconf import OmegaConf
+
+    from circuitlab.devices import gpu_count
+
+    if not OmegaConf.has_resolver("circuitlab_gpu_count"):
+        OmegaConf.register_new_resolver("circuitlab_gpu_count", gpu_count)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConfig)
     cs.store(group="model", name="base_model", node=ModelConfig)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, open_dict
 
 from circuitlab.cli import CONFIG_DIR
 from circuitlab.config import register_configs
@@ -18,10 +19,22 @@ register_configs()
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name="config", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
+    from circuitlab.devices import claimed_gpu
+    from circuitlab.results import write_sweep_index
     from circuitlab.run import run_experiment
 
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    one_gpu_per_job = hydra_cfg.runtime.choices.get("hydra/launcher") == "local_gpus"
     try:
-        run_experiment(cfg, Path(HydraConfig.get().runtime.output_dir))
+        with claimed_gpu(Path(hydra_cfg.sweep.dir), enabled=multirun and one_gpu_per_job and cfg.device in ("auto", "cuda")) as gpu:
+            if gpu is not None:
+                with open_dict(cfg):
+                    cfg.device = gpu
+            run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
     except CircuitlabError as err:
         print(f"circuitlab: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+    finally:
+        if multirun:
+            write_sweep_index(Path(hydra_cfg.sweep.dir))

@@ -67,10 +67,35 @@ def validate_static(cfg: DictConfig) -> None:
             raise ConfigError("method.metrics", metric, METRICS)
     if "prob" in cfg.method.get("metrics", []) and not cfg.task.get("track") and cfg.task.name != "pairs":
         raise ConfigError("task.track", "[]", "one or more tokens, e.g. task.track=[' Mary'], for method.metrics=[prob]")
+    check_shard(cfg)
     if not cfg.sweep.streams:
         raise ConfigError("sweep.streams", "[]", "one or more stream names")
     for stream in cfg.sweep.streams:
         get_stream(stream)
+
+
+UNSHARDABLE = ("das", "direct_attribution")
+
+
+def check_shard(cfg: DictConfig) -> None:
+    """0 <= shard < num_shards, and a method whose points are computed independently."""
+    n, i = cfg.sweep.get("num_shards", 1), cfg.sweep.get("shard", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError("sweep.num_shards", n, "a positive integer")
+    if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
+        raise ConfigError("sweep.shard", i, f"0..{n - 1} (sweep.num_shards={n})")
+    if n > 1 and cfg.method.name in UNSHARDABLE:
+        raise ConfigError("sweep.num_shards", n, f"1 for method={cfg.method.name} (sharding splits activation, attribution and "
+                          "path patching and ablation sweeps)")
+    if n > 1 and cfg.sweep.heads == "cumulative" and not cfg.sweep.get("head_order"):
+        raise ConfigError("sweep.num_shards", n, "1 for sweep.heads=cumulative ranked by the heads' own effects (give sweep.head_order to shard it)")
+
+
+def shard_of(locations: list[Location], shard: int, num_shards: int) -> list[Location]:
+    """Every num_shards-th point from `shard` on (interleaved, so shards get similar work)."""
+    if num_shards > len(locations):
+        raise ConfigError("sweep.num_shards", num_shards, f"1..{len(locations)} (the sweep has {len(locations)} points)")
+    return locations[shard::num_shards]
 
 
 def build_pairs(cfg: DictConfig, tokenizer) -> PromptPairs:
@@ -118,6 +143,7 @@ def prepare(cfg: DictConfig) -> Plan:
         attention.resolve_heads(_plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
     if cfg.method.name == "ablation":
         plan_ablation(cfg, shape, locations)
+    locations = shard_of(locations, cfg.sweep.get("shard", 0), cfg.sweep.get("num_shards", 1))
     if "output_change" in cfg.method.get("metrics", []) and pairs.labels_differ is None:
         raise ConfigError("method.metrics", "output_change", "other metrics for this task (output_change needs labels for the corrupted "
                           "prompts: task=repeat_first, or task=pairs with 'corrupted_answer' on every line)")

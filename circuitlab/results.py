@@ -108,3 +108,45 @@ def find_run_dirs(roots: list[Path]) -> list[Path]:
             found.append(root)
         found.extend(p.parent for p in sorted(root.rglob("results.csv")) if p.parent != root)
     return sorted(set(found))
+
+
+def sweep_index(sweep_dir: Path) -> pd.DataFrame:
+    """One row per job dir of a multirun: its overrides, experiment, shape, baselines and status."""
+    rows = []
+    for job in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")), key=_job_order):
+        manifest_path, overrides_path = job / "manifest.json", job / ".hydra" / "overrides.yaml"
+        if not manifest_path.is_file() and not (job / "run_config.json").is_file():
+            continue
+        overrides = [ln[2:].strip() for ln in overrides_path.read_text().splitlines() if ln.startswith("- ")] if overrides_path.is_file() else []
+        row = {"job": job.name, "run_dir": str(job), "overrides": " ".join(overrides), "status": "unfinished"}
+        if manifest_path.is_file():
+            manifest = json.loads(manifest_path.read_text())
+            baselines = manifest.get("baselines", {})
+            row.update(
+                status="done",
+                experiment=manifest.get("experiment"),
+                method=manifest.get("config", {}).get("method", {}).get("name"),
+                model=manifest.get("config", {}).get("model", {}).get("name"),
+                n_sweep_points=manifest.get("n_sweep_points"),
+                shard=manifest.get("shard", {}).get("index"),
+                num_shards=manifest.get("shard", {}).get("num_shards"),
+                clean_logit_diff=baselines.get("clean", {}).get("logit_diff"),
+                corrupted_logit_diff=baselines.get("corrupted", {}).get("logit_diff"),
+                sweep_seconds=manifest.get("wall_time_seconds", {}).get("sweep"),
+            )
+        rows.append(row)
+    columns = ["job", "status", "overrides", "experiment", "method", "model", "n_sweep_points", "shard", "num_shards",
+               "clean_logit_diff", "corrupted_logit_diff", "sweep_seconds", "run_dir"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _job_order(path: Path):
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
+
+
+def write_sweep_index(sweep_dir: Path) -> Path:
+    """(Re)write `index.csv` of a multirun dir from its job dirs (each job rewrites it when it finishes, so the last
+    one to finish leaves the complete index)."""
+    path = Path(sweep_dir) / "index.csv"
+    write_csv(path, sweep_index(sweep_dir))
+    return path

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from circuitlab import chunks, resume
 from circuitlab import results as rs
 from circuitlab.models import loading
 from circuitlab.plan import prepare
@@ -53,9 +54,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "device %s | model %s (%d layers) | %d prompt pairs | %d sweep points",
         device, cfg.model.name, shape.n_layers, pairs.n_pairs, len(locations),
     )
+    store = resume.open_store(cfg, run_dir)
     with timer("load_model"):
         model = loading.load_model(cfg.model, device=device)
-    with timer("sweep"):
+    with timer("sweep"), chunks.active(store):
         output = RUNNERS[cfg.method.name](cfg, plan, model)
     with timer("write_results"):
         rs.write_csv(run_dir / "results.csv", rs.tidy_frame(output.rows))
@@ -80,12 +82,14 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "n_prompt_pairs": pairs.n_pairs,
         "dropped_prompt_pairs": pairs.dropped,
         "n_sweep_points": len(locations),
+        "shard": {"index": cfg.sweep.get("shard", 0), "num_shards": cfg.sweep.get("num_shards", 1)},
+        "chunks": store.summary(),
         "baselines": {"clean": output.clean, "corrupted": output.corrupted},
         **output.extra,
         "versions": rs.package_versions(),
         "git_commit": rs.git_commit(Path(__file__).parent),
         "wall_time_seconds": timer.seconds,
-        "files": ["results.csv", "results.pt", "dataset.pt", *output.tables, *output.tensor_files, *[str(Path(f).relative_to(run_dir)) for f in figures]],
+        "files": ["results.csv", "results.pt", "dataset.pt", resume.CONFIG_FILE, *output.tables, *output.tensor_files, *[str(Path(f).relative_to(run_dir)) for f in figures]],
     }
     rs.write_json(run_dir / "manifest.json", manifest)
     if "logit_diff" in output.clean and "logit_diff" in output.corrupted:

@@ -14,6 +14,16 @@ from circuitlab.tasks import ioi
 torch.set_grad_enabled(False)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` are skipped where CUDA is not visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def toy_model():
     return loading.load_model(ModelConfig(source="embedded", name="toy-ioi"), device="cpu")

@@ -84,8 +84,8 @@ def test_checkpoint_dir_runs_as_a_local_model(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     common = ["run", "model=local", f"model.path={checkpoint}", "task=pairs", f"task.path={tmp_path / 'pairs.jsonl'}",
               "sweep=named_positions", "sweep.positions=[END]", "results_dir=out", "progress=false", "figures=false"]
-    cli.main(common)
-    frame = read_results(next((tmp_path / "out").rglob("results.csv")).parent)
+    cli.main([*common, "run.dir=out/json"])
+    frame = read_results(tmp_path / "out" / "json")
     assert set(frame["layer"]) == {0, 1} and frame["value"].notna().all()
 
     config = read_config(checkpoint)
@@ -93,8 +93,9 @@ def test_checkpoint_dir_runs_as_a_local_model(tmp_path, monkeypatch, capsys):
     with open(checkpoint / "ll_model_cfg.pkl", "wb") as f:
         pickle.dump(config, f)
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(common)
+        cli.main([*common, "run.dir=out/refused"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.allow_pickle=false" in err
-    cli.main([*common, "model.allow_pickle=true"])
+    cli.main([*common, "model.allow_pickle=true", "run.dir=out/pickled"])
+    assert (tmp_path / "out" / "pickled" / "results.csv").is_file()

@@ -24,6 +24,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from circuitlab import chunks
 from circuitlab.errors import ConfigError
 from circuitlab.locations import STREAMS, Location, cell_mask, head_mask, position_mask
 from circuitlab.methods.activation_patching import PatchingResult, attn_result_enabled, patch_sweep
@@ -145,11 +146,12 @@ def ablate(
         raise ConfigError("method.mode", mode, MODES)
     clean, components = fitted if fitted is not None else fit(model, pairs, locations, mode, k)
     source_pairs = clean_as_source(pairs) if mode in SELF_SOURCED else pairs
-    return {
-        scale: patch_sweep(model, source_pairs, locations, "noising", memory_budget_mb, progress, metrics, tracked,
-                           make_transform(mode, scale, clean, components))
-        for scale in scales
-    }
+    results = {}
+    for scale in scales:
+        with chunks.scope(f"ablation:{mode}:k={k}:scale={scale!r}"):
+            results[scale] = patch_sweep(model, source_pairs, locations, "noising", memory_budget_mb, progress, metrics, tracked,
+                                         make_transform(mode, scale, clean, components))
+    return results
 
 
 def clean_as_source(pairs: PromptPairs) -> PromptPairs:

@@ -14,6 +14,7 @@ denoising: base = corrupted prompts, source = clean prompts. noising: base = cle
 from __future__ import annotations
 
 import itertools
+import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,10 +26,13 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
+from circuitlab import chunks
 from circuitlab.errors import ConfigError
 from circuitlab.locations import STREAMS, Location, cell_mask, head_mask, position_mask
 from circuitlab.metrics import normalized_recovery, point_metrics
 from circuitlab.tasks.base import PromptPairs
+
+log = logging.getLogger("circuitlab")
 
 DIRECTIONS = ("denoising", "noising")
 
@@ -185,6 +189,7 @@ def patch_sweep(
         baselines = {"clean": score(clean_final[None]), "corrupted": score(corrupted_final[None])}
 
         chunk = points_per_chunk(model, pairs.n_pairs, pairs.width, memory_budget_mb)
+        call = f"patch:{direction}:{','.join(metrics)}" + (":transformed" if source_transform is not None else "")
         results: dict[str, Tensor] = {}
 
         def store(values_by_metric: dict[str, Tensor], indices: list[int]) -> None:
@@ -204,14 +209,19 @@ def patch_sweep(
             store(baselines["corrupted" if direction == "denoising" else "clean"], [group[j] for j in no_ops])
             bar.update(len(no_ops))
             starts = first_patched_position(pos_masks[active], model).tolist()
+            source = _source(source_cache, spec.hook_name(layer), source_transform)
             for chunk_part, start in plan_chunks(starts, chunk, pairs.n_pairs, pairs.width, overhead_rows(device)):
                 part = [active[k] for k in chunk_part]
-                logits = _patched_final_logits(
-                    model, layer, start, spec, base_cache, _source(source_cache, spec.hook_name(layer), source_transform),
-                    pos_masks[part].to(device), None if heads is None else heads[part].to(device), final_pos,
-                    pairs.same_length,
-                )
-                store(score(logits.view(len(part), pairs.n_pairs, -1)), [group[j] for j in part])
+
+                def compute(points: list[int], start: int = start) -> dict[str, Tensor]:
+                    logits = _patched_final_logits(
+                        model, layer, start, spec, base_cache, source, pos_masks[points].to(device),
+                        None if heads is None else heads[points].to(device), final_pos, pairs.same_length,
+                    )
+                    return score(logits.view(len(points), pairs.n_pairs, -1))
+
+                keys = chunks.point_keys(call, [locations[group[j]] for j in part])
+                store(chunks.compute_or_load(keys, lambda part=part: halving_on_oom(compute, part)), [group[j] for j in part])
                 bar.update(len(part))
         bar.close()
     as_floats = lambda d: {k: float(v[0]) for k, v in d.items()}  # noqa: E731
@@ -220,6 +230,21 @@ def patch_sweep(
 
 def _source(cache, hook_name: str, transform) -> Tensor:
     return cache[hook_name] if transform is None else transform(cache[hook_name], hook_name)
+
+
+def halving_on_oom(compute, points: list[int]) -> dict[str, Tensor]:
+    """`compute(points)`, split in halves (recursively, logged) when the device runs out of memory."""
+    try:
+        return compute(points)
+    except torch.cuda.OutOfMemoryError:
+        if len(points) == 1:
+            raise
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        log.warning("out of memory on a chunk of %d sweep points: halving it and going on", len(points))
+        half = len(points) // 2
+        first, second = halving_on_oom(compute, points[:half]), halving_on_oom(compute, points[half:])
+        return {name: torch.cat([first[name], second[name]]) for name in first}
 
 
 def overhead_rows(device) -> int:

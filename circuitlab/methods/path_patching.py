@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
+from circuitlab import chunks
 from circuitlab.errors import CircuitlabError, ConfigError
 from circuitlab.locations import STREAMS, Location, get_stream, head_mask, position_mask
 from circuitlab.methods.activation_patching import (
@@ -35,6 +36,7 @@ from circuitlab.methods.activation_patching import (
     final_position_logits,
     frozen_prefix,
     fused_gelu,
+    halving_on_oom,
     points_per_chunk,
 )
 from circuitlab.metrics import point_metrics
@@ -145,10 +147,17 @@ def path_patch(
         results: dict[str, Tensor] = {}
         chunk = run.senders_per_chunk(memory_budget_mb)
         bar = tqdm(total=len(senders), desc="path patching", unit="sender", disable=not progress)
+        call = f"path:{','.join(map(repr, receivers))}:{receiver_positions!r}:{','.join(metrics)}"
+
+        def compute(indices: list[int]) -> dict[str, Tensor]:
+            logits = run.second_run(run.first_run(indices), len(indices))
+            return score(logits.view(len(indices), pairs.n_pairs, -1))
+
         for begin in range(0, len(senders), chunk):
             indices = list(range(begin, min(begin + chunk, len(senders))))
-            logits = run.second_run(run.first_run(indices), len(indices))
-            for name, values in score(logits.view(len(indices), pairs.n_pairs, -1)).items():
+            keys = chunks.point_keys(call, [senders[order[i]] for i in indices])
+            values_by_metric = chunks.compute_or_load(keys, lambda indices=indices: halving_on_oom(compute, indices))
+            for name, values in values_by_metric.items():
                 results.setdefault(name, torch.empty(len(senders)))[[order[i] for i in indices]] = values.cpu()
             bar.update(len(indices))
         bar.close()

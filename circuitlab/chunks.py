@@ -1,0 +1,113 @@
+"""Finished chunks of a sweep, persisted the moment they complete, so that a rerun into the same run dir
+(resume) or a merge of shard dirs loads them instead of computing them again.
+
+Values are stored per sweep point under a key that names the point and the call it belongs to (method,
+direction, metrics, scope such as an ablation scale); a chunk planned in a later run is skipped when every one
+of its points is stored, whichever run or shard stored it. One file per computed chunk in `<run dir>/chunks/`,
+written atomically (a killed process leaves no partial file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger("circuitlab")
+
+# testing hook: SIGKILL this process right after it has stored this many chunks (a crash at a known point)
+KILL_AFTER_ENV = "CIRCUITLAB_KILL_AFTER_CHUNKS"
+
+
+class ChunkStore:
+    """Per-point metric values of finished chunks, on disk under `directory` (None: in memory only)."""
+
+    def __init__(self, directory: Path | None):
+        self.directory = None if directory is None else Path(directory)
+        self.values: dict[str, dict[str, float]] = {}
+        self.loaded_files = self.computed = self.skipped = 0
+        if self.directory is not None and self.directory.is_dir():
+            from circuitlab.results import load_tensors
+
+            for path in sorted(self.directory.glob("*.pt")):
+                self._remember(load_tensors(path))
+                self.loaded_files += 1
+
+    def _remember(self, chunk: dict) -> None:
+        for i, key in enumerate(chunk["keys"]):
+            self.values[key] = {name: float(values[i]) for name, values in chunk["metrics"].items()}
+
+    def lookup(self, keys: list[str]) -> dict[str, Tensor] | None:
+        """The stored metrics of every point, or None when any point is missing."""
+        if not all(key in self.values for key in keys):
+            return None
+        names = self.values[keys[0]].keys()
+        return {name: torch.tensor([self.values[key][name] for key in keys]) for name in names}
+
+    def save(self, keys: list[str], metrics: dict[str, Tensor]) -> None:
+        chunk = {"keys": list(keys), "metrics": {name: values.detach().float().cpu() for name, values in metrics.items()}}
+        if self.directory is not None:
+            from circuitlab.results import write_tensors
+
+            name = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:20]
+            write_tensors(self.directory / f"{name}.pt", chunk)
+        self._remember(chunk)
+        self.computed += 1
+        kill_after = os.environ.get(KILL_AFTER_ENV)
+        if kill_after and self.computed >= int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def summary(self) -> dict[str, int]:
+        return {"chunk_files_found": self.loaded_files, "chunks_loaded": self.skipped, "chunks_computed": self.computed}
+
+
+_STORE: ContextVar[ChunkStore | None] = ContextVar("circuitlab_chunk_store", default=None)
+_SCOPE: ContextVar[tuple[str, ...]] = ContextVar("circuitlab_chunk_scope", default=())
+
+
+@contextmanager
+def active(store: ChunkStore) -> Iterator[ChunkStore]:
+    """Make `store` the one sweeps persist to while the block runs."""
+    token = _STORE.set(store)
+    try:
+        yield store
+    finally:
+        _STORE.reset(token)
+
+
+@contextmanager
+def scope(name: str) -> Iterator[None]:
+    """Tag the keys of sweeps run inside the block (e.g. one ablation scale)."""
+    token = _SCOPE.set((*_SCOPE.get(), name))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
+def point_keys(call: str, points: list) -> list[str]:
+    """Keys for `points` (their reprs) of one sweep call, in the current scope."""
+    prefix = "|".join((*_SCOPE.get(), call))
+    return [f"{prefix}|{point!r}" for point in points]
+
+
+def compute_or_load(keys: list[str], compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
+    """The chunk's metrics: loaded when every point is stored, else computed and stored."""
+    store = _STORE.get()
+    if store is None:
+        return compute()
+    found = store.lookup(keys)
+    if found is not None:
+        store.skipped += 1
+        return found
+    metrics = compute()
+    store.save(keys, metrics)
+    return metrics
