@@ -28,19 +28,21 @@ def run(overrides: list[str], run_dir: Path) -> dict:
     return run_experiment(cli.compose_config([*overrides, *QUIET, f"run.dir={run_dir}"]), run_dir)
 
 
-def assert_same_run(a: Path, b: Path) -> None:
-    """Same CSV bytes, same tensors, same extra tables."""
-    assert (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
+def assert_same_run(a: Path, b: Path, atol: float = 0.0) -> None:
+    """Same rows, tensors and extra tables; values equal (atol=0: bit for bit)."""
+    fa, fb = pd.read_csv(a / "results.csv"), pd.read_csv(b / "results.csv")
+    pd.testing.assert_frame_equal(fa.drop(columns="value"), fb.drop(columns="value"))
+    assert ((fa["value"] - fb["value"]).abs().max() <= atol) if atol else (a / "results.csv").read_bytes() == (b / "results.csv").read_bytes()
     ta, tb = load_tensors(a / "results.pt"), load_tensors(b / "results.pt")
     assert ta.keys() == tb.keys()
     for key in ta:
         if isinstance(ta[key], torch.Tensor):
-            assert torch.equal(ta[key], tb[key]) or (ta[key].isnan() == tb[key].isnan()).all() and torch.equal(ta[key].nan_to_num(), tb[key].nan_to_num()), key
+            torch.testing.assert_close(ta[key], tb[key], atol=atol, rtol=0, equal_nan=True, msg=key)
         else:
             assert ta[key] == tb[key], key
     for table in ("faithfulness.csv", "important_heads.csv"):
         if (a / table).exists():
-            assert (a / table).read_bytes() == (b / table).read_bytes(), table
+            pd.testing.assert_frame_equal(pd.read_csv(a / table), pd.read_csv(b / table), atol=atol, rtol=0, check_exact=not atol)
 
 
 @pytest.mark.parametrize("preset", [["+experiment=ioi_heads"], ["+experiment=known_circuit_scales"],
@@ -52,7 +54,9 @@ def test_sharded_then_merged_equals_unsharded(tmp_path, preset):
     assert sum(points) == whole["n_sweep_points"] and min(points) > 0
     merged = merge_shards(shards[::-1], tmp_path / "merged")
     assert merged["chunks"]["chunks_computed"] == 0 and merged["chunks"]["chunks_loaded"] > 0
-    assert_same_run(tmp_path / "whole", tmp_path / "merged")
+    # shards batch other points together than the whole run does: values agree to float32 rounding (bit for bit on
+    # these toy models here; 4.6e-06 on a GPT-2-small-shaped model, bench/shards.py)
+    assert_same_run(tmp_path / "whole", tmp_path / "merged", atol=1e-5)
     assert any(f.startswith("figures/") for f in merged["files"])
 
 
