@@ -107,13 +107,20 @@ def load_checkpoint(directory: Path, allow_pickle: bool = False, device: str = "
     return model
 
 
-def save_checkpoint(model: HookedTransformer, directory: Path) -> None:
-    """Write `ll_model_cfg.json` and `ll_model.pth` (the format `load_checkpoint` reads)."""
+def save_checkpoint(model: HookedTransformer, directory: Path, safetensors: bool = False) -> None:
+    """Write `ll_model_cfg.json` and the weights: `ll_model.pth` (InterpBench's format) or `model.safetensors`
+    (without the attention-mask buffers TransformerLens rebuilds)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {k: v for k, v in model.cfg.to_dict().items() if _is_json(v)}
-    (directory / CONFIG_FILES[0]).write_text(json.dumps(config, indent=2) + "\n")
-    torch.save(model.state_dict(), directory / "ll_model.pth")
+    (directory / CONFIG_FILES[0]).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if safetensors:
+        from safetensors.torch import save_file
+
+        weights = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith((".mask", ".IGNORE"))}
+        save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        torch.save(model.state_dict(), directory / "ll_model.pth")
 
 
 def _is_json(value) -> bool:

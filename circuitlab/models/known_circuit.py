@@ -97,29 +97,16 @@ def tokenizer_json() -> str:
 
 def save(directory: Path, seed: int = 0) -> None:
     """The InterpBench layout (TransformerLens config as JSON, safetensors weights) plus tokenizer files."""
-    from safetensors.torch import save_file
-
+    from circuitlab.models.interpbench import save_checkpoint
     from circuitlab.models.toy import SPECIAL_TOKENS
 
-    model = build(seed)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = {k: v for k, v in model.cfg.to_dict().items() if _is_json(v)}
-    (directory / "ll_model_cfg.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    weights = {k: v.contiguous() for k, v in model.state_dict().items() if not (k.endswith("IGNORE") or k.endswith(".mask"))}
-    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    save_checkpoint(build(seed), directory, safetensors=True)
     (directory / "tokenizer.json").write_text(tokenizer_json())
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": N_CTX, **SPECIAL_TOKENS}, indent=2) + "\n")
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": N_CTX, **SPECIAL_TOKENS}
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     (directory / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
     (directory / "circuit.json").write_text(json.dumps({"circuit": list(CIRCUIT), "task": "repeat_first", "seed": seed}, indent=2) + "\n")
-
-
-def _is_json(value) -> bool:
-    try:
-        json.dumps(value)
-        return True
-    except TypeError:
-        return False
 
 
 if __name__ == "__main__":
