@@ -5,6 +5,10 @@ Values are stored per sweep point under a key that names the point and the call 
 direction, metrics, scope such as an ablation scale); a chunk planned in a later run is skipped when every one
 of its points is stored, whichever run or shard stored it. One file per computed chunk in `<run dir>/chunks/`,
 written atomically (a killed process leaves no partial file).
+
+Sharding (`sweep.shard=i sweep.num_shards=n`) hands out whole chunks of the unsharded plan: shard i computes the
+chunks numbered i, i + n, ... in plan order, so each point is computed in the very batch the unsharded run would
+use, and merged shards equal the unsharded run bit for bit.
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ KILL_AFTER_ENV = "CIRCUITLAB_KILL_AFTER_CHUNKS"
 class ChunkStore:
     """Per-point metric values of finished chunks, on disk under `directory` (None: in memory only)."""
 
-    def __init__(self, directory: Path | None):
+    def __init__(self, directory: Path | None, shard: int = 0, num_shards: int = 1):
         self.directory = None if directory is None else Path(directory)
+        self.shard, self.num_shards = shard, num_shards
         self.values: dict[str, dict[str, float]] = {}
-        self.loaded_files = self.computed = self.skipped = 0
+        self.loaded_files = self.computed = self.skipped = self.other_shards = self.planned = 0
         if self.directory is not None and self.directory.is_dir():
             from circuitlab.results import load_tensors
 
@@ -65,8 +70,14 @@ class ChunkStore:
         if kill_after and self.computed >= int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def owns_next(self) -> bool:
+        """Whether the next chunk of the plan is this shard's."""
+        number, self.planned = self.planned, self.planned + 1
+        return number % self.num_shards == self.shard
+
     def summary(self) -> dict[str, int]:
-        return {"chunk_files_found": self.loaded_files, "chunks_loaded": self.skipped, "chunks_computed": self.computed}
+        return {"chunk_files_found": self.loaded_files, "chunks_loaded": self.skipped, "chunks_computed": self.computed,
+                "chunks_left_to_other_shards": self.other_shards}
 
 
 _STORE: ContextVar[ChunkStore | None] = ContextVar("circuitlab_chunk_store", default=None)
@@ -99,15 +110,20 @@ def point_keys(call: str, points: list) -> list[str]:
     return [f"{prefix}|{point!r}" for point in points]
 
 
-def compute_or_load(keys: list[str], compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor]:
-    """The chunk's metrics: loaded when every point is stored, else computed and stored."""
+def compute_or_load(keys: list[str], compute: Callable[[], dict[str, Tensor]]) -> dict[str, Tensor] | None:
+    """The chunk's metrics: loaded when every point is stored, else computed and stored; None when the chunk
+    belongs to another shard."""
     store = _STORE.get()
     if store is None:
         return compute()
+    owned = store.owns_next()
     found = store.lookup(keys)
     if found is not None:
         store.skipped += 1
         return found
+    if not owned:
+        store.other_shards += 1
+        return None
     metrics = compute()
     store.save(keys, metrics)
     return metrics

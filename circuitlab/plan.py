@@ -91,11 +91,10 @@ def check_shard(cfg: DictConfig) -> None:
         raise ConfigError("sweep.num_shards", n, "1 for sweep.heads=cumulative ranked by the heads' own effects (give sweep.head_order to shard it)")
 
 
-def shard_of(locations: list[Location], shard: int, num_shards: int) -> list[Location]:
-    """Every num_shards-th point from `shard` on (interleaved, so shards get similar work)."""
+def check_shard_count(locations: list[Location], num_shards: int) -> None:
+    """Shards take whole chunks of the sweep (see `chunks.py`); more shards than points is a mistake."""
     if num_shards > len(locations):
         raise ConfigError("sweep.num_shards", num_shards, f"1..{len(locations)} (the sweep has {len(locations)} points)")
-    return locations[shard::num_shards]
 
 
 def build_pairs(cfg: DictConfig, tokenizer) -> PromptPairs:
@@ -143,7 +142,7 @@ def prepare(cfg: DictConfig) -> Plan:
         attention.resolve_heads(_plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
     if cfg.method.name == "ablation":
         plan_ablation(cfg, shape, locations)
-    locations = shard_of(locations, cfg.sweep.get("shard", 0), cfg.sweep.get("num_shards", 1))
+    check_shard_count(locations, cfg.sweep.get("num_shards", 1))
     if "output_change" in cfg.method.get("metrics", []) and pairs.labels_differ is None:
         raise ConfigError("method.metrics", "output_change", "other metrics for this task (output_change needs labels for the corrupted "
                           "prompts: task=repeat_first, or task=pairs with 'corrupted_answer' on every line)")

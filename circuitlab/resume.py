@@ -80,7 +80,8 @@ def open_store(cfg: DictConfig, run_dir: Path) -> ChunkStore:
         log.info("run.resume=false: starting %s over", run_dir)
         shutil.rmtree(run_dir / CHUNKS_DIR)
     write_json(run_dir / CONFIG_FILE, resolved(cfg))
-    store = ChunkStore(run_dir / CHUNKS_DIR)
+    sweep = cfg.get("sweep") or {}
+    store = ChunkStore(run_dir / CHUNKS_DIR, sweep.get("shard", 0), sweep.get("num_shards", 1))
     if store.values:
         log.info("resuming %s: %d finished sweep points in %d chunk files", run_dir, len(store.values), store.loaded_files)
     elif resume_flag(cfg):

@@ -190,11 +190,12 @@ def patch_sweep(
 
         chunk = points_per_chunk(model, pairs.n_pairs, pairs.width, memory_budget_mb)
         call = f"patch:{direction}:{','.join(metrics)}" + (":transformed" if source_transform is not None else "")
-        results: dict[str, Tensor] = {}
 
-        def store(values_by_metric: dict[str, Tensor], indices: list[int]) -> None:
-            for name, values in values_by_metric.items():
-                results.setdefault(name, torch.empty(len(locations)))[indices] = values.cpu()
+        results = {name: torch.full((len(locations),), float("nan")) for name in baselines["clean"]}  # NaN: another shard's
+
+        def store(values_by_metric: dict[str, Tensor] | None, indices: list[int]) -> None:
+            for name, values in (values_by_metric or {}).items():
+                results[name][indices] = values.cpu()
 
         bar = tqdm(total=len(locations), desc="patching", unit="point", disable=not progress)
         for (stream, layer), group in itertools.groupby(range(len(locations)), key=lambda i: (locations[i].stream, locations[i].layer)):

@@ -144,7 +144,7 @@ def path_patch(
         answer, wrong = pairs.answer_tokens.to(run.device), pairs.wrong_tokens.to(run.device)
         score = lambda logits: point_metrics(logits, answer, wrong, metrics, run.source_final, tracked, pairs.labels_differ)  # noqa: E731
         clean, corrupted = score(run.source_final[None]), score(run.base_final[None])
-        results: dict[str, Tensor] = {}
+        results = {name: torch.full((len(senders),), float("nan")) for name in clean}
         chunk = run.senders_per_chunk(memory_budget_mb)
         bar = tqdm(total=len(senders), desc="path patching", unit="sender", disable=not progress)
         call = f"path:{','.join(map(repr, receivers))}:{receiver_positions!r}:{','.join(metrics)}"
@@ -157,8 +157,8 @@ def path_patch(
             indices = list(range(begin, min(begin + chunk, len(senders))))
             keys = chunks.point_keys(call, [senders[order[i]] for i in indices])
             values_by_metric = chunks.compute_or_load(keys, lambda indices=indices: halving_on_oom(compute, indices))
-            for name, values in values_by_metric.items():
-                results.setdefault(name, torch.empty(len(senders)))[[order[i] for i in indices]] = values.cpu()
+            for name, values in (values_by_metric or {}).items():  # None: another shard's chunk (stays NaN)
+                results[name][[order[i] for i in indices]] = values.cpu()
             bar.update(len(indices))
         bar.close()
     as_floats = lambda d: {k: float(v[0]) for k, v in d.items()}  # noqa: E731
