@@ -167,3 +167,20 @@ def test_submitit_local_multirun(tmp_path):
     assert sorted(index["status"]) == ["done", "done"]
     frames = [pd.read_csv(tmp_path / d / "results.csv") for d in index["run_dir"]]
     assert all(len(f) for f in frames) and not frames[0]["value"].equals(frames[1]["value"])  # two seeds, two prompt sets
+
+
+def test_local_gpus_jobs_claim_distinct_gpus(tmp_path, monkeypatch):
+    """The slot locks (no GPU needed: CUDA's presence is faked): held slots are skipped, released ones reused."""
+    from circuitlab.devices import claimed_gpu
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with claimed_gpu(tmp_path) as first, claimed_gpu(tmp_path) as second:
+        assert (first, second) == ("cuda:0", "cuda:1")
+        with pytest.raises(RuntimeError, match="every GPU slot"):
+            with claimed_gpu(tmp_path):
+                pass
+    with claimed_gpu(tmp_path) as again:
+        assert again == "cuda:0"
+    with claimed_gpu(tmp_path, enabled=False) as none:
+        assert none is None
