@@ -54,6 +54,8 @@ def validate_static(cfg: DictConfig) -> None:
             raise ConfigError("method.mode", cfg.method.mode, ablation.MODES)
         ablation.check_scales(_plain(cfg.method.scales))
         ablation.check_pca(cfg.method.mode, cfg.method.k, [], {})
+        if cfg.method.resample_from not in ablation.RESAMPLE_FROM:
+            raise ConfigError("method.resample_from", cfg.method.resample_from, ablation.RESAMPLE_FROM)
     if cfg.method.name == "direct_attribution":
         for analysis in cfg.method.analyses:
             if analysis not in ANALYSES:
@@ -142,6 +144,8 @@ def prepare(cfg: DictConfig) -> Plan:
         attention.resolve_heads(_plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
     if cfg.method.name == "ablation":
         plan_ablation(cfg, shape, locations)
+        if cfg.method.resample_from == "dataset":
+            ablation.resampled_from_dataset(pairs, cfg.seed)  # its checks, before the weights load
     check_shard_count(locations, cfg.sweep.get("num_shards", 1))
     if "output_change" in cfg.method.get("metrics", []) and pairs.labels_differ is None:
         raise ConfigError("method.metrics", "output_change", "other metrics for this task (output_change needs labels for the corrupted "

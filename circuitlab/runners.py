@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from omegaconf import DictConfig
@@ -141,10 +141,13 @@ def run_ablation(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     clean logit difference kept when every swept location outside the circuit is ablated at once."""
     mode, scales, metrics = cfg.method.mode, ablation.check_scales(_plain(cfg.method.scales)), tuple(cfg.method.metrics)
     circuit = circuits.parse_circuit(_plain(cfg.method.circuit), model.cfg.n_layers, model.cfg.n_heads)
+    paired = plan.pairs  # the effect's reference stays the paired corrupted run
+    if cfg.method.get("resample_from", "corrupted") == "dataset" and mode not in ablation.SELF_SOURCED + ("zero",):
+        plan = replace(plan, pairs=ablation.resampled_from_dataset(plan.pairs, cfg.seed))
     fitted = ablation.fit(model, plan.pairs, plan.locations, mode, cfg.method.k)
     results = ablation.ablate(model, plan.pairs, plan.locations, mode, scales, cfg.memory_budget_mb, cfg.progress, metrics,
                               plan.tracked, fitted=fitted)
-    corrupted = ablation.reference_corrupted(model, plan.pairs, mode, results)
+    corrupted = ablation.reference_corrupted(model, paired, mode, results, resampled=plan.pairs is not paired)
     first = next(iter(results.values()))
     effects = {scale: (r.clean_logit_diff - r.logit_diff) / (r.clean_logit_diff - corrupted) for scale, r in results.items()}
     marks = [circuits.in_circuit(loc, circuit, model.cfg.n_heads) for loc in plan.locations]

@@ -78,3 +78,31 @@ def test_ablating_together_one_location_equals_the_sweep(shipped):
         swept = ablate(model, pairs, [loc], "resample", [0.5], progress=False)[0.5].logit_diff[0].item()
         together = mean_logit_diff(ablate_together(model, pairs, [loc], make_transform("resample", 0.5), self_sourced=False), pairs)
         assert abs(swept - together) < 1e-4
+
+
+def test_resampling_from_the_dataset(shipped):
+    """resample_from=dataset: sources are other prompts of the task with their own labels; the sweep equals a direct
+    hook with those sources, and head 0.0 (which the corrupted twins leave unchanged) now matters at scale 1."""
+    from circuitlab.methods.ablation import resampled_from_dataset
+    from circuitlab.metrics import logit_diff
+
+    model, pairs = shipped
+    resampled = resampled_from_dataset(pairs, seed=3)
+    assert not (resampled.corrupted_tokens == pairs.clean_tokens).all(1).all()
+    flips = resampled.corrupted_answer_tokens != pairs.answer_tokens
+    assert 0 < flips.sum() < pairs.n_pairs  # some sources are "yes" prompts, some "no"
+    loc = NODES[0]  # head 0.0
+    swept = ablate(model, resampled, [loc], "resample", [1.0], progress=False)[1.0].logit_diff[0].item()
+    _, source = model.run_with_cache(resampled.corrupted_tokens, names_filter=loc.hook_name)
+
+    def hook(act, hook):
+        act = act.clone()
+        act[:, :, 0] = source[loc.hook_name][:, :, 0]
+        return act
+
+    logits = model.run_with_hooks(pairs.clean_tokens, fwd_hooks=[(loc.hook_name, hook)])
+    final = logits[torch.arange(pairs.n_pairs), pairs.final_positions]
+    expected = logit_diff(final, pairs.answer_tokens, pairs.wrong_tokens).mean().item()
+    assert abs(swept - expected) < 1e-4
+    unchanged = ablate(model, pairs, [loc], "resample", [1.0], progress=False)[1.0].logit_diff[0].item()
+    assert swept < unchanged - 5  # another first symbol breaks the match

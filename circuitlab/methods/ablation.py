@@ -34,6 +34,7 @@ from circuitlab.tasks.base import PromptPairs
 PCA_MODES = ("pca_self_top", "pca_self_orthogonal", "pca_resample_top", "pca_resample_orthogonal")
 MODES = ("resample", "mean", "zero", *PCA_MODES)
 SELF_SOURCED = ("mean", "pca_self_top", "pca_self_orthogonal")  # their source run is the clean prompts
+RESAMPLE_FROM = ("corrupted", "dataset")
 
 
 def check_scales(scales) -> list[float]:
@@ -154,6 +155,25 @@ def ablate(
     return results
 
 
+def resampled_from_dataset(pairs: PromptPairs, seed: int) -> PromptPairs:
+    """Each pair's source replaced by another prompt of the task (a clean or corrupted prompt of another pair, drawn
+    with `seed`), with that prompt's label as the corrupted label (InterpBench resamples across the dataset)."""
+    if not pairs.same_length:
+        raise ConfigError("method.resample_from", "dataset", "corrupted (the task's prompts differ in length, so positions "
+                          "of one prompt are not those of another)")
+    n = pairs.n_pairs
+    if n < 2:
+        raise ConfigError("task.n_prompts", n, "2 or more for method.resample_from=dataset")
+    generator = torch.Generator().manual_seed(seed)
+    other = (torch.arange(n) + torch.randint(1, n, (n,), generator=generator)) % n  # never the pair itself
+    corrupted_side = torch.randint(0, 2, (n,), generator=generator).bool()
+    tokens = torch.where(corrupted_side[:, None], pairs.corrupted_tokens[other], pairs.clean_tokens[other])
+    labels = None
+    if pairs.corrupted_answer_tokens is not None:
+        labels = torch.where(corrupted_side, pairs.corrupted_answer_tokens[other], pairs.answer_tokens[other])
+    return replace(pairs, corrupted_tokens=tokens, corrupted_answer_tokens=labels)
+
+
 def clean_as_source(pairs: PromptPairs) -> PromptPairs:
     """Mean and self-patching ablations transform the clean prompts' own activations: run them as the source
     (the sweep's corrupted baseline then reads as the clean one: `corrupted_logit_diff` gives the real one)."""
@@ -188,10 +208,11 @@ def mean_logit_diff(final_logits: Tensor, pairs: PromptPairs) -> float:
     return logit_diff(final_logits, pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)).mean().item()
 
 
-def reference_corrupted(model: HookedTransformer, pairs: PromptPairs, mode: str, results: dict[float, PatchingResult]) -> float:
+def reference_corrupted(model: HookedTransformer, pairs: PromptPairs, mode: str, results: dict[float, PatchingResult],
+                        resampled: bool = False) -> float:
     """The corrupted run's logit difference: already measured as the sweeps' source run, except for the
-    self-sourced modes, whose source run is the clean prompts."""
-    if mode in SELF_SOURCED:
+    self-sourced modes (their source run is the clean prompts) and sources resampled from the dataset."""
+    if mode in SELF_SOURCED or resampled:
         return corrupted_logit_diff(model, pairs)
     return next(iter(results.values())).corrupted_logit_diff
 
