@@ -23,7 +23,7 @@ commands:
   figures [DIR ...]      redraw the figures of every run under DIR (default: results/) from its CSV
   train-toy task=ioi     retrain an embedded toy model by its recipe [out=DIR] [steps=N]
   merge DIR... --out OUT combine the shard dirs of one sweep (sweep.num_shards=N) into one run dir
-  list [WHAT]            list streams, models, tasks, experiments (default: all)
+  list [WHAT]            list streams, models, tasks, launchers, experiments (default: all)
 """
 
 
@@ -209,7 +209,7 @@ def merge_command(args: list[str]) -> None:
 
 def list_command(args: list[str]) -> None:
     what = args[0] if args else "all"
-    choices = ("streams", "models", "tasks", "experiments", "all")
+    choices = ("streams", "models", "tasks", "launchers", "experiments", "all")
     if what not in choices:
         raise ConfigError("list", what, choices)
     if what in ("streams", "all"):
@@ -226,6 +226,8 @@ def list_command(args: list[str]) -> None:
               "a local checkpoint via model=local model.path=DIR")
     if what in ("tasks", "all"):
         print("tasks: " + ", ".join(group_options("task")))
+    if what in ("launchers", "all"):
+        print("launchers (circuitlab run -m hydra/launcher=NAME ...): " + ", ".join(launcher_options()))
     if what in ("experiments", "all"):
         print("experiments (circuitlab run +experiment=NAME):")
         for name in group_options("experiment"):
