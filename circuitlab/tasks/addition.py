@@ -17,10 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import torch
 
 from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.tasks.base import PromptPairs, Tokenizer, encode, pad_right, require_pairs
+from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, encode, require_pairs
 
 SETTINGS = ("normal", "setting1", "setting2")
 NMAX = (9, 99, 999)
@@ -197,18 +196,8 @@ def tokenize(
             f"{len(prompts)} prompts); task.answer_token=last uses the answer's last token (the seed's choice)"
         )
     require_pairs(len(rows["clean"]), dropped)
-    return PromptPairs(
-        clean_tokens=pad_right(rows["clean"], pad_id),
-        corrupted_tokens=pad_right(rows["corrupted"], pad_id),
-        answer_tokens=torch.tensor(rows["answer"], dtype=torch.int64),
-        wrong_tokens=torch.tensor(rows["wrong"], dtype=torch.int64),
-        lengths=torch.tensor([len(r) for r in rows["clean"]], dtype=torch.int64),
-        named_positions={k: torch.tensor(rows[k], dtype=torch.int64) for k in POSITION_LABELS},
-        clean_texts=rows["clean_text"],
-        corrupted_texts=rows["corrupted_text"],
-        first_prompt_tokens=tokenizer.convert_ids_to_tokens(rows["clean"][0]),
-        dropped={k: v for k, v in dropped.items() if v},
-    )
+    return assemble_pairs(tokenizer, pad_id, rows["clean"], rows["corrupted"], rows["answer"], rows["wrong"],
+                          {k: rows[k] for k in POSITION_LABELS}, rows["clean_text"], rows["corrupted_text"], dropped)
 
 
 def _query_positions(tokenizer: Tokenizer, prompt: AdditionPrompt, offset: int) -> tuple[int, int]:

@@ -102,6 +102,44 @@ def pad_right(rows: list[list[int]], pad_id: int) -> Int[Tensor, "batch pos"]:
     return out
 
 
+def assemble_pairs(
+    tokenizer: Tokenizer,
+    pad_id: int,
+    clean: list[list[int]],
+    corrupted: list[list[int]],
+    answers,
+    wrongs,
+    named: dict[str, object],
+    clean_texts: list[str],
+    corrupted_texts: list[str],
+    dropped: dict[str, int] | None = None,
+    first_prompt: list[int] | None = None,
+    **optional,
+) -> PromptPairs:
+    """`PromptPairs` from per-pair lists: token rows (right-padded here; lengths are the clean rows'), answer and
+    wrong ids, named positions (lists or tensors; END defaults to each prompt's last token), the texts, the
+    non-zero drop counts, and `first_prompt` (default: the first clean row) for position labels. `optional`:
+    `track`, `corrupted_answer_tokens` (ids or None)."""
+    lengths = torch.tensor([len(row) for row in clean], dtype=torch.int64)
+    positions = {label: torch.as_tensor(values, dtype=torch.int64) for label, values in named.items()}
+    positions.setdefault("END", lengths - 1)
+    if optional.get("corrupted_answer_tokens") is not None:
+        optional["corrupted_answer_tokens"] = torch.as_tensor(optional["corrupted_answer_tokens"], dtype=torch.int64)
+    return PromptPairs(
+        clean_tokens=pad_right(clean, pad_id),
+        corrupted_tokens=pad_right(corrupted, pad_id),
+        answer_tokens=torch.as_tensor(answers, dtype=torch.int64),
+        wrong_tokens=torch.as_tensor(wrongs, dtype=torch.int64),
+        lengths=lengths,
+        named_positions=positions,
+        clean_texts=list(clean_texts),
+        corrupted_texts=list(corrupted_texts),
+        first_prompt_tokens=tokenizer.convert_ids_to_tokens(first_prompt if first_prompt is not None else clean[0]),
+        dropped={k: v for k, v in (dropped or {}).items() if v},
+        **optional,
+    )
+
+
 def require_pairs(n_kept: int, dropped: dict[str, int], field_name: str = "task") -> None:
     """An empty prompt set after filtering is a user error."""
     if n_kept == 0:

@@ -11,10 +11,9 @@ from __future__ import annotations
 import random
 import re
 
-import torch
 
 from circuitlab.errors import ConfigError
-from circuitlab.tasks.base import PromptPairs, Tokenizer, encode, pad_right, require_pairs, single_token_id
+from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, encode, require_pairs, single_token_id
 
 CAPITALS = {
     "Spain": "Madrid", "Italy": "Rome", "France": "Paris", "Germany": "Berlin", "Japan": "Tokyo",
@@ -92,19 +91,8 @@ def tokenize(prompts: list[tuple[str, str, str]], tokenizer: Tokenizer, bos_id: 
         rows["clean_text"].append(texts[0])
         rows["corrupted_text"].append(texts[1])
     require_pairs(len(rows["clean"]), dropped)
-    lengths = torch.tensor([len(r) for r in rows["clean"]], dtype=torch.int64)
-    return PromptPairs(
-        clean_tokens=pad_right(rows["clean"], pad_id),
-        corrupted_tokens=pad_right(rows["corrupted"], pad_id),
-        answer_tokens=torch.tensor(rows["answer"], dtype=torch.int64),
-        wrong_tokens=torch.tensor(rows["wrong"], dtype=torch.int64),
-        lengths=lengths,
-        named_positions={"COUNTRY": torch.tensor(rows["country"], dtype=torch.int64), "END": lengths - 1},
-        clean_texts=rows["clean_text"],
-        corrupted_texts=rows["corrupted_text"],
-        first_prompt_tokens=tokenizer.convert_ids_to_tokens(rows["clean"][0]),
-        dropped={k: v for k, v in dropped.items() if v},
-    )
+    return assemble_pairs(tokenizer, pad_id, rows["clean"], rows["corrupted"], rows["answer"], rows["wrong"],
+                          {"COUNTRY": rows["country"]}, rows["clean_text"], rows["corrupted_text"], dropped)
 
 
 def vocabulary() -> list[str]:

@@ -13,10 +13,9 @@ import random
 import re
 from dataclasses import dataclass
 
-import torch
 
 from circuitlab.errors import ConfigError
-from circuitlab.tasks.base import PromptPairs, Tokenizer, encode, pad_right, require_pairs, single_token_id
+from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, encode, require_pairs, single_token_id
 
 NAMES = [
     "Mary", "John", "Tom", "James", "Dan", "Sid", "Martin", "Amy", "Paul", "Anna",
@@ -203,7 +202,7 @@ def tokenize_prompts(
 ) -> PromptPairs:
     """Tokenise prompts into PromptPairs, dropping (and counting) pairs a tokenizer cannot align."""
     dropped = {"names not single tokens": 0, "clean/corrupted lengths differ": 0, "not fixed_length": 0}
-    clean_rows, corrupt_rows, answers, wrongs, lengths = [], [], [], [], []
+    clean_rows, corrupt_rows, answers, wrongs = [], [], [], []
     positions: dict[str, list[int]] = {k: [] for k in POSITION_LABELS}
     clean_texts, corrupt_texts = [], []
     for prompt in prompts:
@@ -227,22 +226,10 @@ def tokenize_prompts(
         corrupt_rows.append(bad_ids)
         answers.append(answer)
         wrongs.append(wrong)
-        lengths.append(len(clean_ids))
         clean_texts.append(clean_text)
         corrupt_texts.append(bad_text)
     require_pairs(len(clean_rows), dropped)
-    return PromptPairs(
-        clean_tokens=pad_right(clean_rows, pad_id),
-        corrupted_tokens=pad_right(corrupt_rows, pad_id),
-        answer_tokens=torch.tensor(answers, dtype=torch.int64),
-        wrong_tokens=torch.tensor(wrongs, dtype=torch.int64),
-        lengths=torch.tensor(lengths, dtype=torch.int64),
-        named_positions={k: torch.tensor(v, dtype=torch.int64) for k, v in positions.items()},
-        clean_texts=clean_texts,
-        corrupted_texts=corrupt_texts,
-        first_prompt_tokens=tokenizer.convert_ids_to_tokens(clean_rows[0]),
-        dropped={k: v for k, v in dropped.items() if v},
-    )
+    return assemble_pairs(tokenizer, pad_id, clean_rows, corrupt_rows, answers, wrongs, positions, clean_texts, corrupt_texts, dropped)
 
 
 def vocabulary() -> list[str]:

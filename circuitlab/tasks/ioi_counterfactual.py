@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import random
 
-import torch
 
 from circuitlab.errors import ConfigError
-from circuitlab.tasks.base import PromptPairs, Tokenizer, pad_right, require_pairs, single_token_id
+from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, require_pairs, single_token_id
 from circuitlab.tasks.ioi import NAMES, OBJECTS, PLACES, POSITION_LABELS, TEMPLATES, IOIPrompt, encode_pair
 
 VARIABLES = ("position", "name")
@@ -117,7 +116,7 @@ def tokenize_counterfactuals(quads, tokenizer: Tokenizer, bos_id: int, pad_id: i
     """(base, source, label, wrong) -> PromptPairs (corrupted = base, clean = source); pairs whose names are
     not single tokens or whose base and source differ in length are dropped and counted."""
     dropped = {"names not single tokens": 0, "base/source lengths differ": 0}
-    rows: dict[str, list] = {k: [] for k in ("base", "source", "label", "wrong", "length", "base_text", "source_text")}
+    rows: dict[str, list] = {k: [] for k in ("base", "source", "label", "wrong", "base_text", "source_text")}
     positions: dict[str, list[int]] = {k: [] for k in POSITION_LABELS}
     for base, source, label, wrong in quads:
         ids = [single_token_id(tokenizer, " " + name) for name in (base.io, base.s, source.io, source.s, label, wrong)]
@@ -131,18 +130,8 @@ def tokenize_counterfactuals(quads, tokenizer: Tokenizer, bos_id: int, pad_id: i
         base_ids, source_ids, named, base_text, source_text = encoded
         for key in POSITION_LABELS:
             positions[key].append(named[key])
-        for key, value in zip(rows, (base_ids, source_ids, ids[4], ids[5], len(base_ids), base_text, source_text)):
+        for key, value in zip(rows, (base_ids, source_ids, ids[4], ids[5], base_text, source_text)):
             rows[key].append(value)
     require_pairs(len(rows["base"]), dropped)
-    return PromptPairs(
-        clean_tokens=pad_right(rows["source"], pad_id),
-        corrupted_tokens=pad_right(rows["base"], pad_id),
-        answer_tokens=torch.tensor(rows["label"], dtype=torch.int64),
-        wrong_tokens=torch.tensor(rows["wrong"], dtype=torch.int64),
-        lengths=torch.tensor(rows["length"], dtype=torch.int64),
-        named_positions={k: torch.tensor(v, dtype=torch.int64) for k, v in positions.items()},
-        clean_texts=rows["source_text"],
-        corrupted_texts=rows["base_text"],
-        first_prompt_tokens=tokenizer.convert_ids_to_tokens(rows["base"][0]),
-        dropped={k: v for k, v in dropped.items() if v},
-    )
+    return assemble_pairs(tokenizer, pad_id, rows["source"], rows["base"], rows["label"], rows["wrong"], positions,
+                          rows["source_text"], rows["base_text"], dropped, first_prompt=rows["base"][0])

@@ -15,10 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 
 from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.tasks.base import PromptPairs, Tokenizer, encode, pad_right, single_token_id
+from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, encode, single_token_id
 
 REQUIRED = ("clean", "corrupted", "answer", "wrong")
 POSITION_LABELS = ("END",)
@@ -86,17 +85,7 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
         answers.append(ids["answer"])
         wrongs.append(ids["wrong"])
         corrupted_answers.append(ids.get("corrupted_answer"))
-    lengths = torch.tensor([len(r) for r in clean_rows], dtype=torch.int64)
-    return PromptPairs(
-        clean_tokens=pad_right(clean_rows, pad_id),
-        corrupted_tokens=pad_right(corrupt_rows, pad_id),
-        answer_tokens=torch.tensor(answers, dtype=torch.int64),
-        wrong_tokens=torch.tensor(wrongs, dtype=torch.int64),
-        lengths=lengths,
-        named_positions={"END": lengths - 1},
-        clean_texts=[r["clean"] for r in records],
-        corrupted_texts=[r["corrupted"] for r in records],
-        first_prompt_tokens=tokenizer.convert_ids_to_tokens(clean_rows[0]),
-        track=tuple(dict.fromkeys(tracked)),
-        corrupted_answer_tokens=None if None in corrupted_answers else torch.tensor(corrupted_answers, dtype=torch.int64),
+    return assemble_pairs(
+        tokenizer, pad_id, clean_rows, corrupt_rows, answers, wrongs, {}, [r["clean"] for r in records], [r["corrupted"] for r in records],
+        track=tuple(dict.fromkeys(tracked)), corrupted_answer_tokens=None if None in corrupted_answers else corrupted_answers,
     )

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import random
 
-import torch
 
 from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.tasks.base import PromptPairs, Tokenizer, encode, pad_right, single_token_id
+from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, encode, single_token_id
 
 SYMBOLS = ("a", "b", "c", "d", "e", "f")
 POSITION_LABELS = ("FIRST", "END")
@@ -43,16 +42,5 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
     clean = [[bos_id] + encode(tokenizer, t) for t in clean_texts]
     corrupted = [[bos_id] + encode(tokenizer, t) for t in corrupted_texts]
     n = len(clean)
-    lengths = torch.full((n,), cfg.length + 1, dtype=torch.int64)
-    return PromptPairs(
-        clean_tokens=pad_right(clean, pad_id),
-        corrupted_tokens=pad_right(corrupted, pad_id),
-        answer_tokens=torch.full((n,), ids["yes"], dtype=torch.int64),
-        wrong_tokens=torch.full((n,), ids["no"], dtype=torch.int64),
-        lengths=lengths,
-        named_positions={"FIRST": torch.ones(n, dtype=torch.int64), "END": lengths - 1},
-        clean_texts=clean_texts,
-        corrupted_texts=corrupted_texts,
-        first_prompt_tokens=tokenizer.convert_ids_to_tokens(clean[0]),
-        corrupted_answer_tokens=torch.full((n,), ids["no"], dtype=torch.int64),
-    )
+    return assemble_pairs(tokenizer, pad_id, clean, corrupted, [ids["yes"]] * n, [ids["no"]] * n, {"FIRST": [1] * n},
+                          clean_texts, corrupted_texts, corrupted_answer_tokens=[ids["no"]] * n)
