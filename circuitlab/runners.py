@@ -146,7 +146,7 @@ def run_ablation(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
         plan = replace(plan, pairs=ablation.resampled_from_dataset(plan.pairs, cfg.seed))
     fitted = ablation.fit(model, plan.pairs, plan.locations, mode, cfg.method.k)
     results = ablation.ablate(model, plan.pairs, plan.locations, mode, scales, cfg.memory_budget_mb, cfg.progress, metrics,
-                              plan.tracked, fitted=fitted)
+                              plan.tracked, k=cfg.method.k, fitted=fitted)
     corrupted = ablation.reference_corrupted(model, paired, mode, results, resampled=plan.pairs is not paired)
     first = next(iter(results.values()))
     effects = {scale: (r.clean_logit_diff - r.logit_diff) / (r.clean_logit_diff - corrupted) for scale, r in results.items()}
@@ -190,7 +190,7 @@ def faithfulness_table(model, plan: Plan, outside: list[Location], mode: str, sc
             logits, ld = None, clean_ld
         row = {"scale": scale, "n_ablated": len(outside), "logit_diff": ld, "faithfulness": (ld - corrupted_ld) / (clean_ld - corrupted_ld)}
         if "output_change" in metrics and logits is not None:
-            clean_logits = clean_logits if clean_logits is not None else ablation.ablate_together(model, plan.pairs, [], None, True)
+            clean_logits = clean_logits if clean_logits is not None else ablation.final_logits(model, plan.pairs.clean_tokens, plan.pairs)
             row["output_change"] = float(output_changed(logits, clean_logits, plan.pairs.labels_differ))
         rows.append(row)
     return pd.DataFrame(rows)

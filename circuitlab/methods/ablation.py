@@ -182,30 +182,34 @@ def clean_as_source(pairs: PromptPairs) -> PromptPairs:
 
 def ablate_together(model: HookedTransformer, pairs: PromptPairs, locations: list[Location], transform, self_sourced: bool) -> Float[Tensor, "batch vocab"]:
     """Final-position logits of the clean prompts with every location ablated at once (one forward)."""
-    device = model.cfg.device
     masks: dict[str, Tensor] = {}
     for loc in locations:
         stream = STREAMS[loc.stream]
         positions = position_mask([loc.positions], pairs.width, pairs.named_positions, pairs.n_pairs)[0]
         heads = head_mask([loc.heads], model.cfg.n_heads).expand(pairs.n_pairs, -1) if stream.has_heads else None
         ndim = 4 if stream.has_heads else 3
-        mask = cell_mask(stream, positions, heads, ndim).to(device)
+        mask = cell_mask(stream, positions, heads, ndim).to(model.cfg.device)
         masks[loc.hook_name] = masks[loc.hook_name] | mask if loc.hook_name in masks else mask
-    tokens = pairs.clean_tokens.to(device)
-    needs_result = any(h.endswith("attn.hook_result") for h in masks)
+    source = _activations(model, pairs.clean_tokens if self_sourced else pairs.corrupted_tokens, set(masks))
+
+    def patch(activation: Tensor, hook) -> Tensor:
+        return torch.where(masks[hook.name], transform(source[hook.name], hook.name), activation)
+
+    return final_logits(model, pairs.clean_tokens, pairs, [(name, patch) for name in masks])
+
+
+def final_logits(model: HookedTransformer, tokens: Tensor, pairs: PromptPairs, hooks: list | None = None) -> Float[Tensor, "batch vocab"]:
+    """Logits at each prompt's final position of one forward over `tokens` (with `hooks`, if any)."""
+    hooks = hooks or []
+    needs_result = any(name.endswith("attn.hook_result") for name, _ in hooks)
     with torch.no_grad(), attn_result_enabled(model, needs_result):
-        source = _activations(model, tokens if self_sourced else pairs.corrupted_tokens, set(masks))
-
-        def patch(activation: Tensor, hook) -> Tensor:
-            return torch.where(masks[hook.name], transform(source[hook.name], hook.name), activation)
-
-        logits = model.run_with_hooks(tokens, fwd_hooks=[(name, patch) for name in masks])
-    return logits[torch.arange(pairs.n_pairs, device=device), pairs.final_positions.to(device)]
+        logits = model.run_with_hooks(tokens.to(model.cfg.device), fwd_hooks=hooks)
+    return logits[torch.arange(pairs.n_pairs, device=logits.device), pairs.final_positions.to(logits.device)]
 
 
-def mean_logit_diff(final_logits: Tensor, pairs: PromptPairs) -> float:
-    device = final_logits.device
-    return logit_diff(final_logits, pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)).mean().item()
+def mean_logit_diff(logits: Float[Tensor, "batch vocab"], pairs: PromptPairs) -> float:
+    device = logits.device
+    return logit_diff(logits, pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)).mean().item()
 
 
 def reference_corrupted(model: HookedTransformer, pairs: PromptPairs, mode: str, results: dict[float, PatchingResult],
@@ -219,7 +223,4 @@ def reference_corrupted(model: HookedTransformer, pairs: PromptPairs, mode: str,
 
 def corrupted_logit_diff(model: HookedTransformer, pairs: PromptPairs) -> float:
     """The corrupted prompts' mean logit difference (the effect's reference point)."""
-    with torch.no_grad():
-        logits = model(pairs.corrupted_tokens.to(model.cfg.device))
-    rows = torch.arange(pairs.n_pairs, device=logits.device)
-    return mean_logit_diff(logits[rows, pairs.final_positions.to(logits.device)], pairs)
+    return mean_logit_diff(final_logits(model, pairs.corrupted_tokens, pairs), pairs)
