@@ -152,7 +152,7 @@ def prepare(cfg: DictConfig) -> Plan:
                           "prompts: task=repeat_first, or task=pairs with 'corrupted_answer' on every line)")
     train_pairs = None
     if cfg.method.name == "das":
-        das.check_locations(locations, das.training_from(cfg.method), shape.n_heads, shape.d_model // shape.n_heads, shape.d_model)
+        das.check_locations(locations, das.training_from(cfg.method), shape.n_heads, shape.d_head, shape.d_model, shape.d_mlp)
         bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, bos, tokenizer.pad_token_id or bos, cfg.seed, "train")
         raw = [loc.positions for loc in locations if not isinstance(loc.positions, str)]

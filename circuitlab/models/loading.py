@@ -37,8 +37,8 @@ class ModelShape:
     n_heads: int
     d_model: int
     n_ctx: int
-    d_head: int | None = None
-    d_mlp: int | None = None
+    d_head: int
+    d_mlp: int | None = None  # None: attention-only
 
 
 def resolve_device(name: str) -> str:
@@ -114,7 +114,7 @@ def model_shape(model_cfg) -> ModelShape:
     directory = checkpoint_dir(model_cfg)
     if interpbench.is_checkpoint(directory):
         tl = interpbench.read_config(directory, bool(getattr(model_cfg, "allow_pickle", False)))
-        return ModelShape(tl["n_layers"], tl["n_heads"], tl["d_model"], tl["n_ctx"], tl.get("d_head"), tl.get("d_mlp"))
+        return ModelShape(tl["n_layers"], tl["n_heads"], tl["d_model"], tl["n_ctx"], tl["d_head"], tl.get("d_mlp"))
     hf = hf_gpt2.read_hf_config(directory)
     return ModelShape(hf["n_layer"], hf["n_head"], hf["n_embd"], hf["n_positions"], hf["n_embd"] // hf["n_head"], hf.get("n_inner") or 4 * hf["n_embd"])
 
