@@ -50,12 +50,6 @@ def location_nodes(location: Location, n_heads: int) -> list[str]:
     return []
 
 
-def node_name(location: Location, n_heads: int) -> str:
-    """One label per location for figures: its node, or `stream.L` when it is not one node."""
-    nodes = location_nodes(location, n_heads)
-    return nodes[0] if len(nodes) == 1 else f"{location.stream}.{location.layer}" + (f"[{','.join(map(str, location.heads))}]" if location.heads else "")
-
-
 def in_circuit(location: Location, circuit: frozenset[str] | None, n_heads: int) -> bool | None:
     """True when every node the location patches is declared; None without a circuit or without nodes."""
     nodes = location_nodes(location, n_heads)
