@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from circuitlab.errors import EXIT_USAGE, CircuitlabError, ConfigError
 
-CONFIG_DIR = Path(os.environ.get("CIRCUITLAB_CONFIGS", Path(__file__).resolve().parent.parent / "configs"))
+CONFIG_DIR = Path(os.environ.get("CIRCUITLAB_CONFIGS", Path(__file__).resolve().parent / "configs"))  # ships in the wheel
 GROUPS = ("model", "task", "method", "sweep", "experiment")
-HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--config-dir", "-cd", "--config-name", "-cn", "--version"}
+HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--config-name", "-cn", "--version"}
 USAGE = """usage: circuitlab COMMAND [ARGS]
 
 commands:
   run [OVERRIDES]        run an experiment, e.g. `circuitlab run +experiment=ioi_patching`
-                         (any Hydra override; -m for multirun; --cfg job to print the config)
+                         (any Hydra override; -m for multirun; --cfg job to print the config;
+                         --config-dir DIR adds your own presets, e.g. DIR/experiment/NAME.yaml)
   figures [DIR ...]      redraw the figures of every run under DIR (default: results/) from its CSV
   train-toy task=ioi     retrain an embedded toy model by its recipe [out=DIR] [steps=N]
   merge DIR... --out OUT combine the shard dirs of one sweep (sweep.num_shards=N) into one run dir
@@ -32,8 +34,9 @@ def fail(message: str) -> None:
     raise SystemExit(EXIT_USAGE)
 
 
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+def group_options(group: str, config_dirs: Sequence[Path] = ()) -> list[str]:
+    """The options of a config group: the shipped ones and those in the user's `--config-dir`."""
+    return sorted({p.stem for d in (CONFIG_DIR, *config_dirs) for p in (d / group).glob("*.yaml")})
 
 
 LAUNCHER_PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher",
@@ -56,7 +59,7 @@ def check_launcher(value: str) -> None:
         raise ConfigError("hydra/launcher", value, "basic (the Hydra plugin it needs is not installed: pip install 'circuitlab[cluster]')")
 
 
-def check_group_choices(overrides: list[str]) -> None:
+def check_group_choices(overrides: list[str], config_dirs: Sequence[Path] = ()) -> None:
     """Unknown names in `model=`, `task=`, `+experiment=`, `hydra/launcher=` ... become one line naming the options."""
     for override in overrides:
         key, sep, value = override.partition("=")
@@ -64,25 +67,27 @@ def check_group_choices(overrides: list[str]) -> None:
         if key == "hydra/launcher" and sep:
             check_launcher(value)
         if sep and key in GROUPS and value and not any(c in value for c in ",()[]{}$"):
-            if value not in group_options(key):
-                raise ConfigError(key, value, group_options(key))
+            if value not in group_options(key, config_dirs):
+                raise ConfigError(key, value, group_options(key, config_dirs))
 
 
-def preflight(overrides: list[str]):
+def preflight(overrides: list[str], config_dirs: Sequence[Path] = ()):
     """Compose the config as Hydra will and validate it, before any run dir or model exists."""
     from circuitlab.run import prepare
 
-    check_group_choices(overrides)
+    check_group_choices(overrides, config_dirs)
     from circuitlab.resume import check_resumable
 
-    cfg = compose_config([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+    cfg = compose_config([o for o in overrides if not o.lstrip("+~").startswith("hydra")], config_dirs)
     prepare(cfg)
     check_resumable(cfg, Path(cfg.run.dir))
     return cfg
 
 
-def compose_config(overrides: list[str]):
-    """The composed config (Hydra's compose API, same files and overrides as `circuitlab run`)."""
+def compose_config(overrides: list[str], config_dirs: Sequence[Path] = ()):
+    """The composed config (Hydra's compose API, same files and overrides as `circuitlab run`).
+
+    `config_dirs` are searched after the shipped configs, as Hydra searches `--config-dir`."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -90,14 +95,15 @@ def compose_config(overrides: list[str]):
     from circuitlab.config import register_configs
 
     register_configs()
+    search = ["hydra.searchpath=[" + ",".join(f"'file://{d}'" for d in config_dirs) + "]"] if config_dirs else []
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=overrides)
+            return compose("config", overrides=[*overrides, *search])
     except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise CircuitlabError(_one_line(err, overrides)) from None
+        raise CircuitlabError(_one_line(err, overrides, config_dirs)) from None
 
 
-def _one_line(err: Exception, overrides: list[str]) -> str:
+def _one_line(err: Exception, overrides: list[str], config_dirs: Sequence[Path] = ()) -> str:
     """Hydra / OmegaConf's multi-line composition error as one line, with the allowed keys for a typo."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     cause = err.__cause__
@@ -112,7 +118,7 @@ def _one_line(err: Exception, overrides: list[str]) -> str:
         parent = key.rsplit(".", 1)[0]
         without = [o for o in overrides if not o.lstrip("+~").startswith(key)]
         if without != overrides:  # the typo is the user's override: list the keys the config does have
-            node = compose_config(without)
+            node = compose_config(without, config_dirs)
             for part in parent.split("."):
                 node = node[part]
             message += f"; allowed keys: {', '.join(node.keys())}"
@@ -120,18 +126,43 @@ def _one_line(err: Exception, overrides: list[str]) -> str:
 
 
 def run_command(args: list[str]) -> None:
+    args, config_dirs = _config_dir(args)
     flags = {a.split("=")[0] for a in args if a.startswith("-")}
     multirun = bool(flags & {"-m", "--multirun"})
     if not flags & HYDRA_INFO_FLAGS:
         overrides = _overrides(args)
         if multirun:
-            check_group_choices(overrides)
+            check_group_choices(overrides, config_dirs)
         else:
-            preflight(overrides)
+            preflight(overrides, config_dirs)
     sys.argv = ["circuitlab", *args]
     from circuitlab.hydra_app import hydra_main
 
     hydra_main()
+
+
+def _config_dir(args: list[str]) -> tuple[list[str], list[Path]]:
+    """Hydra's `--config-dir DIR` / `-cd DIR` (the user's own config groups, searched after the shipped ones),
+    checked and handed on to Hydra as one `--config-dir=ABSOLUTE_DIR`; Hydra uses the last one given."""
+    out, dirs, rest = [], [], list(args)
+    while rest:
+        arg = rest.pop(0)
+        flag, eq, value = arg.partition("=")
+        if flag not in ("--config-dir", "-cd"):
+            out.append(arg)
+            continue
+        if not eq:
+            if not rest:
+                raise ConfigError(flag, "(nothing)", "a directory of your own presets, e.g. --config-dir ~/my_presets")
+            value = rest.pop(0)
+        directory = Path(value).expanduser().resolve()
+        if not directory.is_dir():
+            raise ConfigError(flag, value, "an existing directory of config groups (e.g. DIR/experiment/NAME.yaml)")
+        if "'" in str(directory):
+            raise ConfigError(flag, value, "a path without quote characters")
+        out.append(f"--config-dir={directory}")
+        dirs = [directory]
+    return out, dirs
 
 
 def _overrides(args: list[str]) -> list[str]:

@@ -1,8 +1,8 @@
 """Typed schemas for every config group, registered in Hydra's ConfigStore.
 
-The YAML files under `configs/` stay the source of truth; each group's YAML extends its schema in its defaults
-list (`- base_model`), so a typo in a key or a wrong type fails at composition. Configs are inert: no logic
-runs when they are built.
+The YAML files under `circuitlab/configs/` (shipped in the wheel; the top-level `configs/` links there) stay the
+source of truth; each group's YAML extends its schema in its defaults list (`- base_model`), so a typo in a key or
+a wrong type fails at composition. Configs are inert: no logic runs when they are built.
 """
 
 from __future__ import annotations
