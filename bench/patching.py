@@ -61,7 +61,7 @@ def random_pairs(n_prompts: int, width: int, d_vocab: int) -> PromptPairs:
 def run_ours(model, pairs, stream, heads, positions, n_layers, width) -> torch.Tensor:
     """Our sweep, shaped like TransformerLens' output: [layer, pos], [layer, head] or [layer, pos, head]."""
     position_specs = list(range(width)) if positions == "every" else ["all"]
-    locations = enumerate_locations([stream], list(range(n_layers)), position_specs, heads=heads, n_heads=model.cfg.n_heads)
+    locations = enumerate_locations([stream], list(range(n_layers)), position_specs, heads=heads, shape=model.cfg)
     values = patch_sweep(model, pairs, locations, progress=False).logit_diff
     if heads is None:
         return values.view(n_layers, width)

@@ -33,6 +33,7 @@ class Stream:
     head_dim: int | None = None
     head_aliases: tuple[str, ...] = ()
     needs_attn_result: bool = False
+    key_value: bool = False  # grouped-query attention: indexed by the key / value heads, not the query heads
 
     def hook_name(self, layer: int) -> str:
         return self.hook.format(layer=layer)
@@ -40,6 +41,11 @@ class Stream:
     @property
     def has_heads(self) -> bool:
         return self.head_dim is not None
+
+    def n_heads(self, shape) -> int:
+        """How many heads this stream has in a model of `shape` (a ModelShape or HookedTransformerConfig)."""
+        kv = getattr(shape, "n_key_value_heads", None)
+        return kv if self.key_value and kv else shape.n_heads
 
 
 STREAMS: dict[str, Stream] = {}
@@ -60,8 +66,8 @@ for _stream in (
     Stream("resid_post", "blocks.{layer}.hook_resid_post", ("block_output",), "residual stream leaving the block"),
     Stream("attn_in", "blocks.{layer}.ln1.hook_normalized", ("attention_input",), "attention's normalised input"),
     Stream("q", "blocks.{layer}.attn.hook_q", ("query_output",), "queries", head_dim=2, head_aliases=("head_query_output",)),
-    Stream("k", "blocks.{layer}.attn.hook_k", ("key_output",), "keys", head_dim=2, head_aliases=("head_key_output",)),
-    Stream("v", "blocks.{layer}.attn.hook_v", ("value_output",), "values", head_dim=2, head_aliases=("head_value_output",)),
+    Stream("k", "blocks.{layer}.attn.hook_k", ("key_output",), "keys", head_dim=2, head_aliases=("head_key_output",), key_value=True),
+    Stream("v", "blocks.{layer}.attn.hook_v", ("value_output",), "values", head_dim=2, head_aliases=("head_value_output",), key_value=True),
     Stream("pattern", "blocks.{layer}.attn.hook_pattern", ("attention_weight",), "attention pattern (positions index the query)", pos_dim=2, head_dim=1),
     Stream("z", "blocks.{layer}.attn.hook_z", ("attention_value_output",), "attention-weighted values, per head", head_dim=2, head_aliases=("head_attention_value_output",)),
     Stream("result", "blocks.{layer}.attn.hook_result", (), "each head's output written to the residual stream", head_dim=2, head_aliases=("head_result",), needs_attn_result=True),
@@ -197,14 +203,14 @@ def _check_head(h, n_heads: int, field: str) -> int:
     return h
 
 
-def enumerate_locations(
-    streams: list[str], layers: list[int], positions: list[PositionSpec], heads=None, head_order=None, n_heads: int = 0
-) -> list[Location]:
-    """Streams x layers x heads x positions, in that order: a plain list, enumerable and shardable."""
+def enumerate_locations(streams: list[str], layers: list[int], positions: list[PositionSpec], heads=None, head_order=None, shape=None) -> list[Location]:
+    """Streams x layers x heads x positions, in that order: a plain list, enumerable and shardable. `shape` (a
+    ModelShape) gives each stream's head count; it may be None when no stream has heads."""
     locations = []
     for key in streams:
-        name = get_stream(key).name
-        head_points = resolve_heads(heads, head_order, key, n_heads)
+        stream = get_stream(key)
+        name = stream.name
+        head_points = resolve_heads(heads, head_order, key, stream.n_heads(shape) if shape is not None else 0)
         for layer in layers:
             for heads_, group, head in head_points:
                 locations += [Location(name, layer, p, heads_, group, head) for p in positions]

@@ -111,7 +111,7 @@ def plan_locations(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPair
     layers = resolve_layers(_plain(cfg.sweep.layers), shape.n_layers)
     positions = resolve_positions(_plain(cfg.sweep.positions), pairs.width, list(pairs.named_positions), pairs.same_length)
     heads, order = _plain(cfg.sweep.heads), _plain(cfg.sweep.get("head_order"))
-    return enumerate_locations(list(cfg.sweep.streams), layers, positions, heads, order, shape.n_heads)
+    return enumerate_locations(list(cfg.sweep.streams), layers, positions, heads, order, shape)
 
 
 def _plain(value):

@@ -9,7 +9,7 @@ import torch
 from omegaconf import DictConfig
 
 from circuitlab import circuits
-from circuitlab.locations import Location, heads_value, position_label, position_value
+from circuitlab.locations import STREAMS, Location, heads_value, position_label, position_value
 from circuitlab.methods import ablation, activation_patching, attention, attribution_patching, das, direct_attribution, path_patching
 from circuitlab.plan import Plan, _plain
 from circuitlab.tasks.base import PromptPairs
@@ -38,7 +38,7 @@ def _sweeper(cfg: DictConfig, plan: Plan, model):
 
 def _swept_locations(cfg: DictConfig, plan: Plan, sweep) -> list[Location]:
     if cfg.sweep.heads == "cumulative" and not cfg.sweep.get("head_order"):
-        return ranked_cumulative(plan.locations, sweep, plan.shape.n_heads)
+        return ranked_cumulative(plan.locations, sweep, plan.shape)
     return plan.locations
 
 
@@ -206,14 +206,15 @@ RUNNERS = {
 }
 
 
-def ranked_cumulative(locations: list[Location], sweep, n_heads: int) -> list[Location]:
+def ranked_cumulative(locations: list[Location], sweep, shape) -> list[Location]:
     """Cumulative head groups in computed order: per (stream, layer, positions), heads ranked by the metric
-    each one alone reaches (largest first)."""
-    singles = list(dict.fromkeys(Location(l.stream, l.layer, l.positions, (h,), "", h) for l in locations for h in range(n_heads)))
+    each one alone reaches (largest first). `shape` gives each stream's head count."""
+    heads_of = lambda stream: range(STREAMS[stream].n_heads(shape))  # noqa: E731
+    singles = list(dict.fromkeys(Location(l.stream, l.layer, l.positions, (h,), "", h) for l in locations for h in heads_of(l.stream)))
     effect = dict(zip(singles, sweep(singles).logit_diff.tolist()))
     out = []
     for key in dict.fromkeys((l.stream, l.layer, l.positions) for l in locations):
-        ranked = sorted(range(n_heads), key=lambda h: -effect[Location(*key, (h,), "", h)])
+        ranked = sorted(heads_of(key[0]), key=lambda h: -effect[Location(*key, (h,), "", h)])
         out += [Location(*key, tuple(ranked[: i + 1]), "cumulative", h) for i, h in enumerate(ranked)]
     return out
 

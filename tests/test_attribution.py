@@ -36,7 +36,7 @@ def hand_attribution(model, pairs, hook_name, select):
 
 def test_resid_and_head_attribution(toy_model, toy_pairs):
     s2 = int(toy_pairs.named_positions["S2"][0])
-    locations = enumerate_locations(["resid_pre"], [1], [s2]) + enumerate_locations(["z"], [1], ["all"], heads=[[2]], n_heads=4)
+    locations = enumerate_locations(["resid_pre"], [1], [s2]) + enumerate_locations(["z"], [1], ["all"], heads=[[2]], shape=toy_model.cfg)
     ours, clean, corrupted = attribute(toy_model, toy_pairs, locations)
     assert ours[0].item() == pytest.approx(hand_attribution(toy_model, toy_pairs, "blocks.1.hook_resid_pre", lambda t: t[:, s2]), abs=1e-4)
     assert ours[1].item() == pytest.approx(hand_attribution(toy_model, toy_pairs, "blocks.1.attn.hook_z", lambda t: t[:, :, 2]), abs=1e-4)

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from circuitlab.config import ModelConfig
-from circuitlab.models import hf_gpt2, loading, toy
+from circuitlab.models import hf_checkpoint, hf_gpt2, loading, toy
 
 TOY_DIR = loading.EMBEDDED_DIR / "toy-ioi"
+DEFAULT_PROCESSING = dict(fold_ln=True, center_writing_weights=True, center_unembed=True, fold_value_biases=True)
 
 
 def test_toy_ioi_heldout_accuracy(toy_model):
@@ -54,7 +55,7 @@ def test_local_checkpoint_with_pytorch_bin(tmp_path, toy_model, toy_pairs):
     state = load_file(str(local / "model.safetensors"))
     (local / "model.safetensors").unlink()
     torch.save(state, local / "pytorch_model.bin")
-    model = hf_gpt2.load_gpt2_dir(local)
+    model = hf_checkpoint.load_checkpoint(local, processing=DEFAULT_PROCESSING)
     torch.testing.assert_close(model(toy_pairs.clean_tokens), toy_model(toy_pairs.clean_tokens))
 
 
@@ -70,7 +71,7 @@ def test_export_roundtrip(tmp_path):
     model = HookedTransformer(toy._model_config(toy.RECIPES["toy-ioi"], d_vocab))
     hf_gpt2.save_gpt2_dir(model, tmp_path, tokenizer_json, toy.SPECIAL_TOKENS, extra={})
     no_processing = dict(fold_ln=False, center_writing_weights=False, center_unembed=False, fold_value_biases=False)
-    reloaded = hf_gpt2.load_gpt2_dir(tmp_path, processing=no_processing)
+    reloaded = hf_checkpoint.load_checkpoint(tmp_path, processing=no_processing)
     tokens = torch.randint(0, d_vocab, (3, 12))
     torch.testing.assert_close(reloaded(tokens), model(tokens), atol=1e-5, rtol=1e-5)
 

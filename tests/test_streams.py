@@ -77,7 +77,7 @@ def pairs(toy_model):
 def test_layer_position(toy_model, pairs, stream):
     """Each position alone, a set of positions together, and the named END position, at both layers."""
     positions = [pairs.named_positions["S2"][0].item(), 3, (2, 4, 10), "END"]
-    locations = enumerate_locations([stream], [0, 1], positions, heads=None, n_heads=toy_model.cfg.n_heads)
+    locations = enumerate_locations([stream], [0, 1], positions, heads=None, shape=toy_model.cfg)
     ours = patch_sweep(toy_model, pairs, locations, progress=False)
     for loc, value in zip(locations, ours.logit_diff.tolist()):
         spec = loc.positions
@@ -91,7 +91,7 @@ def test_layer_head_position(toy_model, pairs, stream):
     width, n_heads = pairs.width, toy_model.cfg.n_heads
     s2 = pairs.named_positions["S2"][0].item()
     for heads_spec in ("each", [[0, 2]], "leave_one_out"):
-        locations = enumerate_locations([stream], [0, 1], [s2, width - 1, "all"], heads=heads_spec, n_heads=n_heads)
+        locations = enumerate_locations([stream], [0, 1], [s2, width - 1, "all"], heads=heads_spec, shape=toy_model.cfg)
         ours = patch_sweep(toy_model, pairs, locations, progress=False)
         for loc, value in zip(locations, ours.logit_diff.tolist()):
             cells = list(range(width)) if loc.positions == "all" else [loc.positions]
@@ -123,12 +123,12 @@ def test_head_sweeps_match_transformer_lens(toy_model, pairs, stream):
     n_layers, n_heads, width = toy_model.cfg.n_layers, toy_model.cfg.n_heads, pairs.width
     _, clean_cache = toy_model.run_with_cache(pairs.clean_tokens)
     # layer x head, all positions
-    locations = enumerate_locations([stream], list(range(n_layers)), ["all"], heads="each", n_heads=n_heads)
+    locations = enumerate_locations([stream], list(range(n_layers)), ["all"], heads="each", shape=toy_model.cfg)
     ours = patch_sweep(toy_model, pairs, locations, progress=False).logit_diff.view(n_layers, n_heads)
     theirs = TL_ALL_POS[stream](toy_model, pairs.corrupted_tokens, clean_cache, tl_metric(pairs))
     torch.testing.assert_close(ours, theirs.float(), atol=1e-4, rtol=0)
     # layer x head x position
-    locations = enumerate_locations([stream], list(range(n_layers)), list(range(width)), heads="each", n_heads=n_heads)
+    locations = enumerate_locations([stream], list(range(n_layers)), list(range(width)), heads="each", shape=toy_model.cfg)
     ours = patch_sweep(toy_model, pairs, locations, progress=False).logit_diff.view(n_layers, n_heads, width)
     theirs = TL_BY_POS[stream](toy_model, pairs.corrupted_tokens, clean_cache, tl_metric(pairs)).float()
     expected = theirs if stream == "pattern" else theirs.permute(0, 2, 1)

@@ -41,7 +41,7 @@ def test_leave_one_out_columns(tmp_path):
 
 def test_head_result_equals_z_patch(toy_model, toy_pairs):
     """Patching one head's output (result = z W_O) is the same intervention as patching its z."""
-    kwargs = dict(heads="each", n_heads=toy_model.cfg.n_heads)
+    kwargs = dict(heads="each", shape=toy_model.cfg)
     z = patch_sweep(toy_model, toy_pairs, enumerate_locations(["z"], [0, 1], ["all"], **kwargs), progress=False)
     result = patch_sweep(toy_model, toy_pairs, enumerate_locations(["head_result"], [0, 1], ["all"], **kwargs), progress=False)
     torch.testing.assert_close(z.logit_diff, result.logit_diff, atol=1e-4, rtol=0)

@@ -186,7 +186,7 @@ def ablate_together(model: HookedTransformer, pairs: PromptPairs, locations: lis
     for loc in locations:
         stream = STREAMS[loc.stream]
         positions = position_mask([loc.positions], pairs.width, pairs.named_positions, pairs.n_pairs)[0]
-        heads = head_mask([loc.heads], model.cfg.n_heads).expand(pairs.n_pairs, -1) if stream.has_heads else None
+        heads = head_mask([loc.heads], stream.n_heads(model.cfg)).expand(pairs.n_pairs, -1) if stream.has_heads else None
         ndim = 4 if stream.has_heads else 3
         mask = cell_mask(stream, positions, heads, ndim).to(model.cfg.device)
         masks[loc.hook_name] = masks[loc.hook_name] | mask if loc.hook_name in masks else mask

@@ -25,6 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+from transformer_lens.utilities.activation_functions import apply_softcap
 
 from circuitlab import chunks
 from circuitlab.errors import ConfigError
@@ -104,14 +105,15 @@ def attn_result_enabled(model: HookedTransformer, needed: bool):
 def final_position_logits(
     model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], final_pos: Int[Tensor, " batch"]
 ) -> Float[Tensor, "batch vocab"]:
-    """Unembed only each prompt's final position of a final residual stream.
+    """Unembed only each prompt's final position of a final residual stream, with the model's logit soft cap
+    (Gemma-2) as in its own forward.
 
     A plain matmul with W_U: TransformerLens' Unembed copies the transposed unembedding on every call.
     """
     last = resid[torch.arange(resid.shape[0], device=resid.device), final_pos][:, None]
     if hasattr(model, "ln_final"):  # models without normalisation have none
         last = model.ln_final(last)
-    return torch.addmm(model.unembed.b_U, last[:, 0], model.unembed.W_U)
+    return apply_softcap(torch.addmm(model.unembed.b_U, last[:, 0], model.unembed.W_U), model.cfg.output_logits_soft_cap)
 
 
 def frozen_prefix(cache, layer: int, start: int, repeats: int, rows: Tensor | None = None) -> TransformerLensKeyValueCacheEntry | None:
@@ -203,7 +205,7 @@ def patch_sweep(
             spec = STREAMS[stream]
             pos_masks = position_mask([locations[i].positions for i in group], pairs.width, pairs.named_positions, pairs.n_pairs)
             pos_masks[:, :, :unchanged_before] = False
-            heads = head_mask([locations[i].heads for i in group], model.cfg.n_heads) if spec.has_heads else None
+            heads = head_mask([locations[i].heads for i in group], spec.n_heads(model.cfg)) if spec.has_heads else None
             patches_something = pos_masks.flatten(1).any(1).tolist()
             no_ops = [j for j in range(len(group)) if not patches_something[j]]
             active = [j for j in range(len(group)) if patches_something[j]]

@@ -60,7 +60,7 @@ def attribute(
         activation = kept[loc.hook_name]
         contribution = (source_cache[loc.hook_name] - activation.detach()) * activation.grad
         cells = position_mask([loc.positions], pairs.width, pairs.named_positions, pairs.n_pairs)[0].to(device)
-        heads = head_mask([loc.heads], model.cfg.n_heads).to(device) if spec.has_heads else None
+        heads = head_mask([loc.heads], spec.n_heads(model.cfg)).to(device) if spec.has_heads else None
         mask = cell_mask(spec, cells, heads, contribution.dim())
         # the metric is a mean over prompts, so the per-prompt terms already carry the 1/n
         estimates[i] = torch.where(mask, contribution, 0).sum().item()

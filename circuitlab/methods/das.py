@@ -236,7 +236,7 @@ class _CachedRuns:
         batch_dev = batch.to(device)
         masks = position_mask([p.positions for p in points], self.pairs.width, self.pairs.named_positions, self.pairs.n_pairs)
         masks = masks[:, batch].to(device)
-        heads = head_mask([p.heads for p in points], model.cfg.n_heads).to(device) if stream.has_heads else None
+        heads = head_mask([p.heads for p in points], stream.n_heads(model.cfg)).to(device) if stream.has_heads else None
         start = int(masks.any(0).any(0).float().argmax()) if masks.any() else 0
         masks = masks[:, :, start:]  # the hooked activations hold positions >= start
         first = min(p.layer for p in points)

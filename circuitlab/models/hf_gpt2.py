@@ -1,8 +1,8 @@
-"""Hugging Face GPT-2-format checkpoints <-> TransformerLens HookedTransformer, with no network.
+"""TransformerLens HookedTransformer -> a Hugging Face GPT-2 checkpoint dir, with no network.
 
-A checkpoint dir holds `config.json`, `model.safetensors` (or `pytorch_model.bin`, read with
-`weights_only=True`) and tokenizer files. The embedded toy models use the same format, so transformers,
-TransformerLens and pyvene can all load them.
+The embedded toy models are written this way (`config.json`, `model.safetensors`, tokenizer files), so
+transformers, TransformerLens and pyvene can all load them; `hf_checkpoint` reads them back like any other
+Hugging Face checkpoint.
 """
 
 from __future__ import annotations
@@ -11,70 +11,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-GPT2_ARCHITECTURES = {"GPT2LMHeadModel", "GPT2Model"}
-
-
-def read_hf_config(path: Path) -> dict:
-    return json.loads((Path(path) / "config.json").read_text())
-
-
-def tl_config_from_hf(hf: dict, device: str = "cpu", dtype: torch.dtype = torch.float32) -> HookedTransformerConfig:
-    """A HookedTransformerConfig equivalent to a GPT-2-family `config.json`."""
-    d_model, n_heads = hf["n_embd"], hf["n_head"]
-    return HookedTransformerConfig(
-        n_layers=hf["n_layer"],
-        d_model=d_model,
-        n_heads=n_heads,
-        d_head=d_model // n_heads,
-        d_mlp=hf.get("n_inner") or 4 * d_model,
-        n_ctx=hf["n_positions"],
-        d_vocab=hf["vocab_size"],
-        act_fn=hf.get("activation_function", "gelu_new"),
-        eps=hf.get("layer_norm_epsilon", 1e-5),
-        normalization_type="LN",
-        positional_embedding_type="standard",
-        original_architecture="GPT2LMHeadModel",
-        default_prepend_bos=True,
-        device=device,
-        dtype=dtype,
-    )
-
-
-def load_tokenizer(path: Path):
-    """The checkpoint's tokenizer, from local files only."""
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-
-
-def load_gpt2_dir(
-    path: Path,
-    device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    processing: dict | None = None,
-) -> HookedTransformer:
-    """Convert a local GPT-2-family checkpoint into a HookedTransformer (`processing`: TransformerLens'
-    fold_ln / center_writing_weights / center_unembed / fold_value_biases flags)."""
-    from transformers import GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
-    hf_logging.disable_progress_bar()
-    path = Path(path)
-    cfg = tl_config_from_hf(read_hf_config(path), device=device, dtype=dtype)
-    hf_model = GPT2LMHeadModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-    hf_model.eval()
-    state_dict = convert_gpt2_weights(hf_model, cfg)
-    model = HookedTransformer(cfg, tokenizer=load_tokenizer(path), move_to_device=False)
-    model.load_and_process_state_dict(state_dict, **(processing or {}))
-    if dtype != torch.float32:
-        model.to(dtype)
-    if str(device) != "cpu":
-        model.to(device)
-    model.eval()
-    return model
+from transformer_lens import HookedTransformer
 
 
 def export_gpt2_state_dict(model: HookedTransformer) -> dict[str, torch.Tensor]:

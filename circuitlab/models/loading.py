@@ -1,5 +1,5 @@
-"""Model loading: embedded toy models, local GPT-2-family or InterpBench-style checkpoints, and TransformerLens
-pretrained names.
+"""Model loading: embedded toy models, local Hugging Face checkpoints of any supported architecture
+(`hf_checkpoint`), InterpBench-style checkpoints, and TransformerLens pretrained names.
 
 Every loader returns a HookedTransformer in eval mode with gradients off. Loads are memoised per process, so
 a multirun over tasks or sweeps reuses the model.
@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.models import hf_gpt2, interpbench
+from circuitlab.models import hf_checkpoint, interpbench
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
 SOURCES = ("embedded", "pretrained", "local")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices")
+PROCESSING_FLAGS = hf_checkpoint.PROCESSING_FLAGS
 
 
 def embedded_models() -> list[str]:
@@ -39,6 +39,13 @@ class ModelShape:
     n_ctx: int
     d_head: int
     d_mlp: int | None = None  # None: attention-only
+    n_key_value_heads: int | None = None  # grouped-query attention: the heads of k and v; None: n_heads
+
+    @classmethod
+    def of(cls, cfg) -> "ModelShape":
+        """The shape of a HookedTransformerConfig."""
+        kv = getattr(cfg, "n_key_value_heads", None)
+        return cls(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx, cfg.d_head, None if cfg.attn_only else cfg.d_mlp, kv)
 
 
 def resolve_device(name: str) -> str:
@@ -63,20 +70,13 @@ def checkpoint_dir(model_cfg) -> Path:
     path = Path(model_cfg.path).expanduser()
     if not path.is_dir():
         raise CircuitlabError(
-            f"model.path={model_cfg.path}: no such directory (expected a Hugging Face GPT-2-family checkpoint dir: "
-            "config.json, model.safetensors or pytorch_model.bin, tokenizer files; or an InterpBench-style dir)"
+            f"model.path={model_cfg.path}: no such directory (expected a Hugging Face checkpoint dir: config.json, "
+            "weights (*.safetensors or pytorch_model.bin), tokenizer files; or an InterpBench-style dir)"
         )
     if interpbench.is_checkpoint(path):
         interpbench.require_weights(path)
         return path
-    if not (path / "config.json").is_file():
-        raise CircuitlabError(f"model.path={model_cfg.path}: no config.json there (expected a Hugging Face GPT-2-family checkpoint dir)")
-    weights = [w for w in ("model.safetensors", "pytorch_model.bin") if (path / w).is_file()]
-    if not weights:
-        raise CircuitlabError(f"model.path={model_cfg.path}: no model.safetensors or pytorch_model.bin there")
-    architectures = set(hf_gpt2.read_hf_config(path).get("architectures") or ["GPT2LMHeadModel"])
-    if not architectures & hf_gpt2.GPT2_ARCHITECTURES:
-        raise ConfigError("model.path", model_cfg.path, hf_gpt2.GPT2_ARCHITECTURES, hint=f"architecture {sorted(architectures)}")
+    hf_checkpoint.check_checkpoint(path)
     return path
 
 
@@ -109,14 +109,12 @@ def model_shape(model_cfg) -> ModelShape:
         from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
         ensure_hub_or_cache(model_cfg.name)
-        cfg = get_pretrained_model_config(official_name(model_cfg.name))
-        return ModelShape(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx, cfg.d_head, cfg.d_mlp)
+        return ModelShape.of(get_pretrained_model_config(official_name(model_cfg.name)))
     directory = checkpoint_dir(model_cfg)
     if interpbench.is_checkpoint(directory):
         tl = interpbench.read_config(directory, bool(getattr(model_cfg, "allow_pickle", False)))
-        return ModelShape(tl["n_layers"], tl["n_heads"], tl["d_model"], tl["n_ctx"], tl["d_head"], tl.get("d_mlp"))
-    hf = hf_gpt2.read_hf_config(directory)
-    return ModelShape(hf["n_layer"], hf["n_head"], hf["n_embd"], hf["n_positions"], hf["n_embd"] // hf["n_head"], hf.get("n_inner") or 4 * hf["n_embd"])
+        return ModelShape(tl["n_layers"], tl["n_heads"], tl["d_model"], tl["n_ctx"], tl["d_head"], tl.get("d_mlp"), tl.get("n_key_value_heads"))
+    return ModelShape.of(hf_checkpoint.tl_config(directory))
 
 
 def load_tokenizer(model_cfg):
@@ -131,7 +129,7 @@ def load_tokenizer(model_cfg):
     directory = checkpoint_dir(model_cfg)
     if interpbench.is_checkpoint(directory) and not (directory / "tokenizer.json").is_file():
         return interpbench.IdTokenizer()
-    return hf_gpt2.load_tokenizer(directory)
+    return hf_checkpoint.load_tokenizer(directory)
 
 
 def ensure_hub_or_cache(name: str) -> None:
@@ -188,7 +186,7 @@ def _load_cached(source: str, name: str, path: str, processing: tuple, device: s
             model = interpbench.load_checkpoint(directory, allow_pickle, device)
             model = model if torch_dtype == torch.float32 else model.to(torch_dtype)
         else:
-            model = hf_gpt2.load_gpt2_dir(directory, device=device, dtype=torch_dtype, processing=flags)
+            model = hf_checkpoint.load_checkpoint(directory, device=device, dtype=torch_dtype, processing=flags)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)

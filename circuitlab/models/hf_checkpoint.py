@@ -1,0 +1,307 @@
+"""Any local Hugging Face decoder checkpoint -> TransformerLens HookedTransformer, with no network.
+
+A checkpoint dir is what `save_pretrained` or `hf download` writes: `config.json`, weights (`model.safetensors`,
+sharded `model-0000x-of-0000n.safetensors` with their index, or `pytorch_model.bin`, read with
+`weights_only=True`) and tokenizer files.
+
+TransformerLens 3.9 builds most configs from the Hugging Face one (`convert_hf_model_config`), but picks some
+branches by the *path string* ("llama", "gemma" in a path take hard-coded branches that fail offline). So it is
+handed a copy of `config.json` in a neutral directory named `checkpoint`. Gemma and Gemma-2 have no branch built
+from a Hugging Face config in TransformerLens: their config is built here, field by field, from the one on disk.
+Weights are converted by TransformerLens' own converters, from the model `transformers` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import tempfile
+import zipfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from circuitlab.errors import CircuitlabError
+
+log = logging.getLogger("circuitlab")
+
+# Built by TransformerLens from the Hugging Face config; each is tested on a tiny random-weight fixture.
+TL_BUILT = {
+    "GPT2LMHeadModel": "GPT-2",
+    "GPTNeoForCausalLM": "GPT-Neo",
+    "GPTJForCausalLM": "GPT-J",
+    "GPTNeoXForCausalLM": "GPT-NeoX / Pythia",
+    "LlamaForCausalLM": "Llama",
+    "MistralForCausalLM": "Mistral",
+    "Qwen2ForCausalLM": "Qwen2 / Qwen2.5",
+    "Qwen3ForCausalLM": "Qwen3",
+    "Phi3ForCausalLM": "Phi-3",
+    "OPTForCausalLM": "OPT",
+}
+# Built here from the Hugging Face config.
+BUILT_HERE = {"GemmaForCausalLM": "Gemma", "Gemma2ForCausalLM": "Gemma-2"}
+SUPPORTED = {**TL_BUILT, **BUILT_HERE}
+ALIASES = {"GPT2Model": "GPT2LMHeadModel"}  # a base model saved without its head: same weights but lm_head
+WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
+POST_NORM_ARCHITECTURES = {"Olmo2ForCausalLM", "Olmo3ForCausalLM"}  # TransformerLens' own list: no fold_ln, no centring
+PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices")
+# TransformerLens' GPT-2 / GPT-J / GPT-Neo branches take d_mlp = 4 * d_model; these configs can say otherwise.
+D_MLP_FIELDS = {"GPT2LMHeadModel": ("n_inner", "n_embd"), "GPTJForCausalLM": ("n_inner", "n_embd"), "GPTNeoForCausalLM": ("intermediate_size", "hidden_size")}
+NEUTRAL_NAME = "checkpoint"
+
+
+def supported_list() -> str:
+    return ", ".join(f"{name} ({arch})" for arch, name in SUPPORTED.items())
+
+
+def read_config(directory: Path) -> dict:
+    """`config.json` as a dict; one line naming the file when it is missing, not JSON or not an object."""
+    file = Path(directory) / "config.json"
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CircuitlabError(f"{file}: no such file (a Hugging Face checkpoint dir has config.json)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CircuitlabError(f"{file}: not a readable JSON file ({_first_line(err)})") from None
+    if not isinstance(data, dict):
+        raise CircuitlabError(f"{file}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def architecture(hf: dict, directory: Path) -> str:
+    """The checkpoint's architecture (`architectures[0]`, else the causal-LM class of its `model_type`)."""
+    names = hf.get("architectures")
+    if isinstance(names, list) and names and isinstance(names[0], str):
+        name = names[0]
+    else:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(str(hf.get("model_type")), f"model_type {hf.get('model_type')!r}")
+    name = ALIASES.get(name, name)
+    if name not in SUPPORTED:
+        raise CircuitlabError(f"{Path(directory) / 'config.json'}: architecture {name} is not supported; supported: {supported_list()}")
+    return name
+
+
+def check_checkpoint(directory: Path) -> str:
+    """Everything about a checkpoint dir that can be checked without loading it: config, architecture, weight
+    files present and not truncated. Returns the architecture."""
+    directory = Path(directory)
+    arch = architecture(read_config(directory), directory)
+    for weights in weight_files(directory):
+        check_weight_file(weights)
+    return arch
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files the checkpoint consists of (every shard of a sharded one)."""
+    for name in WEIGHT_FILES:
+        file = directory / name
+        if not file.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [file]
+        try:
+            index = json.loads(file.read_text(encoding="utf-8"))
+            shards = sorted(set(index["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise CircuitlabError(f"{file}: not a weight index (expected JSON with a weight_map; {_first_line(err)})") from None
+        missing = [s for s in shards if not (directory / s).is_file()]
+        if missing:
+            raise CircuitlabError(f"{file}: lists {len(missing)} shard(s) that are not there, first {missing[0]}")
+        return [directory / s for s in shards]
+    raise CircuitlabError(f"{directory}: no weights (expected one of {', '.join(WEIGHT_FILES)})")
+
+
+def check_weight_file(file: Path) -> None:
+    """A safetensors file's header is read and its tensors' extent checked against the file size; a .bin file must
+    be a complete zip archive (what torch.save writes). Nothing is loaded."""
+    size = file.stat().st_size
+    if file.suffix == ".safetensors":
+        with open(file, "rb") as handle:
+            head = handle.read(8)
+            if len(head) < 8:
+                raise CircuitlabError(f"{file}: truncated or empty ({size} bytes; not a safetensors file)")
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                raise CircuitlabError(f"{file}: truncated or damaged (its header claims {length} bytes, the file has {size})")
+            try:
+                header = json.loads(handle.read(length))
+                end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+            except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, IndexError, AttributeError):
+                raise CircuitlabError(f"{file}: damaged (its header is not safetensors JSON)") from None
+        if 8 + length + end > size:
+            raise CircuitlabError(f"{file}: truncated ({size} bytes, its tensors need {8 + length + end})")
+    elif not zipfile.is_zipfile(file):
+        raise CircuitlabError(f"{file}: truncated or not a torch.save file (read with weights_only=True)")
+
+
+@contextmanager
+def neutral_copy(hf: dict):
+    """A temp dir holding only `checkpoint/config.json`, entered as the working directory, so TransformerLens sees
+    the path string `checkpoint` and chooses its branch by the architecture in the config alone."""
+    previous = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="circuitlab-config-") as tmp:
+        (Path(tmp) / NEUTRAL_NAME).mkdir()
+        (Path(tmp) / NEUTRAL_NAME / "config.json").write_text(json.dumps(hf))
+        os.chdir(tmp)
+        try:
+            yield NEUTRAL_NAME
+        finally:
+            os.chdir(previous)
+
+
+def tl_config(directory: Path, fold_ln: bool = False, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """The HookedTransformerConfig of a checkpoint dir (reads config.json only)."""
+    from transformer_lens import HookedTransformerConfig
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    directory = Path(directory)
+    hf = read_config(directory)
+    arch = architecture(hf, directory)
+    if arch in POST_NORM_ARCHITECTURES:
+        fold_ln = False
+    try:
+        if arch in BUILT_HERE:
+            cfg = HookedTransformerConfig.from_dict(_gemma_config(hf, arch, fold_ln, device, dtype))
+        else:
+            hf = _filled(hf, arch)
+            with neutral_copy(hf) as name:
+                cfg = get_pretrained_model_config(name, fold_ln=fold_ln, device=device, dtype=dtype, local_files_only=True)
+            if arch in D_MLP_FIELDS:
+                inner, width = D_MLP_FIELDS[arch]
+                cfg = HookedTransformerConfig.from_dict({**cfg.to_dict(), "d_mlp": hf.get(inner) or 4 * hf[width]})
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise CircuitlabError(f"{directory / 'config.json'}: TransformerLens cannot build a {arch} config from it ({_first_line(err)})") from None
+    cfg.model_name = directory.name
+    return cfg
+
+
+def _filled(hf: dict, arch: str) -> dict:
+    """Fields TransformerLens reads that `transformers` 5 no longer writes."""
+    hf = {**hf, "architectures": [arch]}
+    if arch == "GPT2LMHeadModel" and "n_ctx" not in hf:
+        hf["n_ctx"] = hf.get("n_positions", 1024)
+    return hf
+
+
+def _gemma_config(hf: dict, arch: str, fold_ln: bool, device: str, dtype: torch.dtype) -> dict:
+    """TransformerLens' Gemma / Gemma-2 config dict, read from the Hugging Face config instead of a model name."""
+    d_head = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    cfg = {
+        "d_model": hf["hidden_size"],
+        "d_head": d_head,
+        "n_heads": hf["num_attention_heads"],
+        "d_mlp": hf["intermediate_size"],
+        "n_layers": hf["num_hidden_layers"],
+        "n_ctx": hf.get("max_position_embeddings", 8192),
+        "eps": hf.get("rms_norm_eps", 1e-6),
+        "d_vocab": hf["vocab_size"],
+        "act_fn": hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh",
+        "initializer_range": hf.get("initializer_range", 0.02),
+        "normalization_type": "RMSPre" if fold_ln else "RMS",
+        "rotary_base": _rope_theta(hf),
+        "rotary_dim": d_head,
+        "positional_embedding_type": "rotary",
+        "use_attn_scale": True,
+        "n_key_value_heads": hf.get("num_key_value_heads") or hf["num_attention_heads"],
+        "gated_mlp": True,
+        "final_rms": True,
+        "original_architecture": arch,
+        "init_weights": False,
+        "default_prepend_bos": True,
+        "device": device,
+        "dtype": dtype,
+        "from_checkpoint": False,
+    }
+    if arch == "Gemma2ForCausalLM":
+        n_layers = hf["num_hidden_layers"]
+        kinds = hf.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+        cfg.update(
+            attn_scale=float(hf.get("query_pre_attn_scalar") or d_head) ** 0.5,
+            window_size=hf.get("sliding_window") or 4096,
+            use_local_attn=True,
+            attn_types=["local" if kind == "sliding_attention" else "global" for kind in kinds],
+            attn_scores_soft_cap=hf.get("attn_logit_softcapping") or -1.0,
+            output_logits_soft_cap=hf.get("final_logit_softcapping") or -1.0,
+            use_normalization_before_and_after=True,
+        )
+    return cfg
+
+
+def _rope_theta(hf: dict) -> float:
+    params = hf.get("rope_parameters") or {}
+    if isinstance(params, dict) and "rope_theta" in params:
+        return float(params["rope_theta"])
+    if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):  # per attention kind
+        return float(next(iter(params.values())).get("rope_theta", 10000.0))
+    return float(hf.get("rope_theta", 10000.0))
+
+
+def processing_flags(cfg, requested: dict) -> dict:
+    """TransformerLens' weight-processing flags with its own guards applied (as `from_pretrained` does): no LN
+    folding or centring for post-norm blocks, no `center_unembed` with a logit soft cap."""
+    from transformer_lens.utilities.activation_functions import softcap_enabled
+
+    flags = dict(requested)
+    if cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        flags.update(fold_ln=False, center_writing_weights=False)
+    if softcap_enabled(cfg.output_logits_soft_cap):
+        flags["center_unembed"] = False
+    for flag, value in requested.items():
+        if value and not flags[flag]:
+            log.info("model: %s=true does not apply to %s; left off", flag, cfg.original_architecture)
+    return flags
+
+
+def load_checkpoint(directory: Path, device: str = "cpu", dtype: torch.dtype = torch.float32, processing: dict | None = None):
+    """A HookedTransformer of a local checkpoint dir, its weights processed in float32, then cast to `dtype`."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+
+    hf_logging.disable_progress_bar()
+    directory = Path(directory)
+    check_checkpoint(directory)
+    flags = {flag: False for flag in PROCESSING_FLAGS} | dict(processing or {})
+    cfg = tl_config(directory, fold_ln=flags["fold_ln"], device="cpu")
+    flags = processing_flags(cfg, flags)
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=torch.float32, config=_hf_config(directory))
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise CircuitlabError(f"{directory}: transformers could not load the weights ({_first_line(err)})") from None
+    hf_model.eval()
+    state_dict = get_pretrained_state_dict(str(directory), cfg, hf_model=hf_model)
+    del hf_model
+    model = HookedTransformer(cfg, tokenizer=load_tokenizer(directory), move_to_device=False)
+    model.load_and_process_state_dict(state_dict, **flags)
+    if dtype != torch.float32:
+        model.to(dtype)
+    if str(device) != "cpu":
+        model.to(device)
+    return model.eval()
+
+
+def load_tokenizer(directory: Path):
+    """The checkpoint's tokenizer, from local files only."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+
+
+def _hf_config(directory: Path):
+    """The transformers config, with the architecture's alias resolved (a GPT2Model dir loads as GPT2LMHeadModel)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+    config.architectures = [architecture(read_config(directory), directory)]
+    return config
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__
