@@ -54,9 +54,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "device %s | model %s (%d layers) | %d prompt pairs | %d sweep points",
         device, cfg.model.name, shape.n_layers, pairs.n_pairs, len(locations),
     )
-    store = resume.open_store(cfg, run_dir)
-    with timer("load_model"):
+    with timer("load_model"):  # before the run dir is touched: a checkpoint that fails to load changes nothing there
         model = loading.load_model(cfg.model, device=device)
+    store = resume.open_store(cfg, run_dir)
     with timer("sweep"), chunks.active(store):
         output = RUNNERS[cfg.method.name](cfg, plan, model)
     with timer("write_results"):

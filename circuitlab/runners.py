@@ -130,7 +130,7 @@ def run_direct_attribution(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     log.info("logit diff %.4f | per-layer decomposition + constant differs by %.2e", result.logit_diff, result.decomposition_error)
     measured = {"logit_diff": result.logit_diff}
     extra = {"prompts": cfg.method.prompts, "measured_logit_diff": result.logit_diff, "constant": result.constant,
-             "decomposition_error": result.decomposition_error}
+             "uncapped_logit_diff": result.uncapped_logit_diff, "decomposition_error": result.decomposition_error}
     clean, corrupted = (measured, {}) if cfg.method.prompts == "clean" else ({}, measured)
     return MethodOutput(rows, {"lens": torch.tensor([v for _, _, v in result.lens])}, clean, corrupted, extra=extra)
 

@@ -1,12 +1,15 @@
 """Tiny random-weight checkpoints of real architectures, written by `transformers.save_pretrained` (no download).
 
 Each has 2 layers, d_model 64, grouped-query attention where the architecture has it, a sliding window shorter
-than the IOI prompts where it has one, and the embedded toy-ioi word-level tokenizer, so every task word is a
-real token. Weights are scaled up so that logits (and Gemma-2's attention scores) reach the soft caps.
+than the IOI prompts where it has one, and a tokenizer in which every IOI word is one token: the embedded toy-ioi
+word-level one, or for Qwen2 (whose model type `transformers` 5 always loads with its own byte-level
+Qwen2Tokenizer) a byte-level BPE trained here on the IOI words. Weights are scaled up so that logits (and
+Gemma-2's attention scores) reach the soft caps.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -15,57 +18,59 @@ import torch
 from circuitlab.models import loading
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-VOCAB = 108  # the toy-ioi tokenizer's
-SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64, vocab_size=VOCAB)
+SHAPE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
+BYTE_LEVEL = {"qwen2"}
 LM_HEAD_SCALE = 16.0  # logits of about 40: into Gemma-2's final soft cap (30), where tanh bends
 TOKEN_IDS = dict(bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
 
-def _config(arch: str):
+def _config(arch: str, vocab: int):
     """The transformers config of one fixture."""
     import transformers as tf
 
+    shape = {**SHAPE, "vocab_size": vocab}
     if arch == "gpt2":
-        return tf.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_inner=128, n_positions=64, vocab_size=VOCAB, **TOKEN_IDS)
+        return tf.GPT2Config(n_layer=2, n_embd=64, n_head=4, n_inner=128, n_positions=64, vocab_size=vocab, **TOKEN_IDS)
     if arch == "gpt_neo":
-        return tf.GPTNeoConfig(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128, max_position_embeddings=64, vocab_size=VOCAB,
+        return tf.GPTNeoConfig(num_layers=2, hidden_size=64, num_heads=4, intermediate_size=128, max_position_embeddings=64, vocab_size=vocab,
                                attention_types=[[["global", "local"], 1]], window_size=8, **TOKEN_IDS)
     if arch == "gptj":
-        return tf.GPTJConfig(n_layer=2, n_embd=64, n_head=4, n_inner=128, n_positions=64, rotary_dim=8, vocab_size=VOCAB, **TOKEN_IDS)
+        return tf.GPTJConfig(n_layer=2, n_embd=64, n_head=4, n_inner=128, n_positions=64, rotary_dim=8, vocab_size=vocab, **TOKEN_IDS)
     if arch == "pythia":
-        return tf.GPTNeoXConfig(**SHAPE, rotary_pct=0.25, use_parallel_residual=True, **TOKEN_IDS)
+        return tf.GPTNeoXConfig(**shape, rotary_pct=0.25, use_parallel_residual=True, **TOKEN_IDS)
     if arch == "llama":
-        return tf.LlamaConfig(**SHAPE, num_key_value_heads=2, **TOKEN_IDS)
+        return tf.LlamaConfig(**shape, num_key_value_heads=2, **TOKEN_IDS)
     if arch == "mistral":
-        return tf.MistralConfig(**SHAPE, num_key_value_heads=2, sliding_window=8, **TOKEN_IDS)
+        return tf.MistralConfig(**shape, num_key_value_heads=2, sliding_window=8, **TOKEN_IDS)
     if arch == "qwen2":
-        return tf.Qwen2Config(**SHAPE, num_key_value_heads=2, **TOKEN_IDS)
+        return tf.Qwen2Config(**shape, num_key_value_heads=2, **TOKEN_IDS)
     if arch == "qwen3":
-        return tf.Qwen3Config(**SHAPE, num_key_value_heads=2, head_dim=16, **TOKEN_IDS)
+        return tf.Qwen3Config(**shape, num_key_value_heads=2, head_dim=16, **TOKEN_IDS)
     if arch == "phi3":
-        return tf.Phi3Config(**SHAPE, num_key_value_heads=4, **TOKEN_IDS)
+        return tf.Phi3Config(**shape, num_key_value_heads=4, **TOKEN_IDS)
     if arch == "opt":
         return tf.OPTConfig(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, ffn_dim=128, max_position_embeddings=64,
-                            word_embed_proj_dim=64, vocab_size=VOCAB, **TOKEN_IDS)
+                            word_embed_proj_dim=64, vocab_size=vocab, **TOKEN_IDS)
     if arch == "gemma":
-        return tf.GemmaConfig(**SHAPE, num_key_value_heads=1, head_dim=16, hidden_activation="gelu_pytorch_tanh", **TOKEN_IDS)
+        return tf.GemmaConfig(**shape, num_key_value_heads=1, head_dim=16, hidden_activation="gelu_pytorch_tanh", **TOKEN_IDS)
     if arch == "gemma2":
-        return tf.Gemma2Config(**SHAPE, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+        return tf.Gemma2Config(**shape, num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
                                attn_logit_softcapping=5.0, final_logit_softcapping=30.0, **TOKEN_IDS)
     raise KeyError(arch)
 
 
 ARCHITECTURES = ("gpt2", "gpt_neo", "gptj", "pythia", "llama", "mistral", "qwen2", "qwen3", "phi3", "opt", "gemma", "gemma2")
-# The ones that must stay in the fast suite; the others join them in the slow run.
-CORE = ("gpt2", "pythia", "llama", "mistral", "qwen2", "gemma2")
 
 
 def build(arch: str, path: Path, seed: int = 0, weight_scale: float = 4.0) -> Path:
     """Write a random-weight checkpoint of `arch` to `path` (returned); `weight_scale` multiplies every matrix."""
     from transformers import AutoModelForCausalLM
 
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = write_tokenizer(path, byte_level=arch in BYTE_LEVEL)
     torch.manual_seed(seed)
-    config = _config(arch)
+    config = _config(arch, vocab)
     config.tie_word_embeddings = False
     model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     with torch.no_grad():
@@ -76,11 +81,31 @@ def build(arch: str, path: Path, seed: int = 0, weight_scale: float = 4.0) -> Pa
                 param.add_(0.1 * torch.randn_like(param))  # norm weights off their default, so folding them matters
             else:
                 param.normal_(0.0, 0.05)  # biases
-    path = Path(path)
     model.save_pretrained(str(path))
-    for name in TOKENIZER_FILES:
-        shutil.copy(loading.EMBEDDED_DIR / "toy-ioi" / name, path / name)
     return path
+
+
+def write_tokenizer(path: Path, byte_level: bool = False) -> int:
+    """Tokenizer files in `path`; returns the vocabulary size."""
+    if not byte_level:
+        for name in TOKENIZER_FILES:
+            shutil.copy(loading.EMBEDDED_DIR / "toy-ioi" / name, path / name)
+        return len(json.loads((path / "tokenizer.json").read_text())["model"]["vocab"])
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from circuitlab.tasks import ioi
+
+    words = ioi.vocabulary()
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    end = "<|endoftext|>"
+    trainer = trainers.BpeTrainer(vocab_size=4000, special_tokens=[end], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator([" " + " ".join(words), *words], trainer)  # each word with and without a leading space
+    tokenizer.save(str(path / "tokenizer.json"))
+    special = {"bos_token": end, "eos_token": end, "pad_token": end}
+    (path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "Qwen2Tokenizer", **special}))
+    return tokenizer.get_vocab_size()
 
 
 def hf_model(path: Path):

@@ -106,7 +106,7 @@ class DigitTokenizer:
     """A digit-level stand-in for Gemma's tokenizer: each character is one token. As in GPT-2, the unknown token
     is the BOS token (id 0 here)."""
 
-    unk_token_id = 0
+    unk_token_id = bos_token_id = 0
 
     def __call__(self, text, add_special_tokens=False):
         return {"input_ids": [ord(c) for c in text]}

@@ -116,15 +116,20 @@ def final_position_logits(
     return apply_softcap(torch.addmm(model.unembed.b_U, last[:, 0], model.unembed.W_U), model.cfg.output_logits_soft_cap)
 
 
-def frozen_prefix(cache, layer: int, start: int, repeats: int, rows: Tensor | None = None) -> TransformerLensKeyValueCacheEntry | None:
+def frozen_prefix(
+    model: HookedTransformer, cache, layer: int, start: int, repeats: int, rows: Tensor | None = None
+) -> TransformerLensKeyValueCacheEntry | None:
     """A cached run's keys and values of positions < `start` at `layer` (of the prompts `rows`), repeated for
     `repeats` points, as a frozen KV-cache entry: forwards over positions >= start attend to them. None when
-    start is 0."""
+    start is 0. The keys are stored as the model's own KV cache stores them: after the per-head key norm of
+    models that have one (Qwen3), which TransformerLens applies after `hook_k`."""
     if start == 0:
         return None
     keys, values = (cache[f"blocks.{layer}.attn.hook_{kv}"] for kv in "kv")
     if rows is not None:
         keys, values = keys[rows], values[rows]
+    if model.cfg.use_qk_norm:
+        keys = model.blocks[layer].attn.k_norm(keys[:, :start].reshape(-1, keys.shape[-1])).view_as(keys[:, :start])
     return TransformerLensKeyValueCacheEntry(keys[:, :start].repeat(repeats, 1, 1, 1), values[:, :start].repeat(repeats, 1, 1, 1), frozen=True)
 
 
@@ -309,9 +314,6 @@ def _patched_final_logits(
     def patch(activation: Tensor, hook) -> Tensor:
         return torch.where(mask, source, activation)
 
-    def prefix(index: int, kv: str) -> Tensor:
-        return base_cache[f"blocks.{index}.attn.hook_{kv}"][:, :start].repeat(n_points, 1, 1, 1)
-
     def cached(name: str) -> Tensor:
         act = base_cache[f"blocks.{layer}.{name}"][:, start:]
         return act.repeat(n_points, *([1] * (act.dim() - 1)))
@@ -325,8 +327,9 @@ def _patched_final_logits(
             first = layer + 1
         for index in range(first, model.cfg.n_layers):
             if index == last and index > layer and same_length and resid.shape[1] > 1:
-                return final_position_logits(model, _last_block_final_row(model, resid, prefix(index, "k"), prefix(index, "v")), torch.zeros_like(final_pos).repeat(n_points))
-            resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(base_cache, index, start, n_points))
+                final_row = _last_block_final_row(model, resid, frozen_prefix(model, base_cache, index, start, n_points))
+                return final_position_logits(model, final_row, torch.zeros_like(final_pos).repeat(n_points))
+            resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(model, base_cache, index, start, n_points))
     return final_position_logits(model, resid, (final_pos - start).repeat(n_points))
 
 
@@ -363,12 +366,14 @@ def _second_half(block, stream: str, resid_pre: Tensor, cached) -> Tensor:
 
 
 def _last_block_final_row(
-    model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], prefix_keys: Tensor, prefix_values: Tensor
+    model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], prefix: TransformerLensKeyValueCacheEntry | None
 ) -> Float[Tensor, "batch 1 d_model"]:
     """The last block only matters at the final position (all prompts of one length): compute keys and
-    values for every row, then run the block on the final row alone, attending to them."""
+    values for every row, then run the block on the final row alone, attending to them (and to `prefix`, the
+    frozen keys and values of the positions before `resid`'s)."""
     block = model.blocks[-1]
     normalized = block.ln1(resid[:, :-1])
     _, keys, values = block.attn.calculate_qkv_matrices(normalized[:, :1], normalized, normalized)
-    entry = TransformerLensKeyValueCacheEntry(torch.cat([prefix_keys, keys], 1), torch.cat([prefix_values, values], 1), frozen=True)
-    return block(resid[:, -1:], past_kv_cache_entry=entry)
+    if prefix is not None:
+        keys, values = torch.cat([prefix.past_keys, keys], 1), torch.cat([prefix.past_values, values], 1)
+    return block(resid[:, -1:], past_kv_cache_entry=TransformerLensKeyValueCacheEntry(keys, values, frozen=True))

@@ -249,7 +249,7 @@ class _CachedRuns:
         resid = self.base[f"blocks.{first}.hook_resid_pre"][batch_dev, start:].repeat(n, 1, 1)
         with model.hooks(fwd_hooks=hooks):
             for index in range(first, model.cfg.n_layers):
-                resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(self.base, index, start, n, batch_dev))
+                resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(model, self.base, index, start, n, batch_dev))
         logits = final_position_logits(model, resid, (self.final_pos[batch_dev] - start).repeat(n))
         return logits.view(n, b, -1)
 

@@ -3,7 +3,9 @@
 The final residual stream is a sum of components (embeddings, each attention layer's heads and output bias, each
 MLP). Through the final norm, with its scale taken from the real run (frozen, so the map is linear), each
 component's dot product with the logit-difference direction W_U[:, answer] - W_U[:, wrong] is its direct
-contribution; with the norm's bias and the unembedding bias they sum to the measured logit difference exactly.
+contribution; with the norm's bias and the unembedding bias they sum to the measured logit difference exactly
+(before the logit soft cap, on models that have one: the cap is not linear). A head's output passes through its
+layer's post-attention norm where there is one (Gemma-2), with that norm's scale too taken from the real run.
 The logit lens reads the accumulated residual stream after each layer (and, with `incl_mid`, after each
 attention) through the same frozen norm.
 """
@@ -28,16 +30,17 @@ HEAD_COMPONENTS = ("head", "attn_bias")  # a layer's heads and output bias sum t
 class DirectAttribution:
     """Mean over prompts of each quantity, in logit-difference units."""
 
-    logit_diff: float  # measured
+    logit_diff: float  # measured, as the model outputs it (after any soft cap)
     lens: list[tuple[str, int, float]]  # (stream, layer, value): accumulated residual through the final norm, + constant
     components: list[tuple[str, int, int | None, float]]  # (component, layer, head, value)
     constant: float  # the final norm's bias and the unembedding bias along the direction
+    uncapped_logit_diff: float  # measured before the logit soft cap (= logit_diff without one): what the parts sum to
 
     @property
     def decomposition_error(self) -> float:
-        """|embeddings + attention and MLP outputs of every layer + constant - measured logit diff|."""
+        """|embeddings + attention and MLP outputs of every layer + constant - measured logit diff before the cap|."""
         total = sum(v for name, _, _, v in self.components if name in LAYER_COMPONENTS) + self.constant
-        return abs(total - self.logit_diff)
+        return abs(total - self.uncapped_logit_diff)
 
 
 def direct_attribution(model: HookedTransformer, pairs: PromptPairs, prompts: str = "clean", incl_mid: bool = True) -> DirectAttribution:
@@ -49,6 +52,9 @@ def direct_attribution(model: HookedTransformer, pairs: PromptPairs, prompts: st
         logits, cache = model.run_with_cache(tokens)
         answer, wrong = pairs.answer_tokens.to(tokens.device), pairs.wrong_tokens.to(tokens.device)
         measured = (logits[rows, final, answer] - logits[rows, final, wrong]).mean().item()
+        final_normed = cache["ln_final.hook_normalized"] if "ln_final.hook_normalized" in cache.cache_dict else cache[f"blocks.{n_layers - 1}.hook_resid_post"]
+        uncapped = model.unembed(final_normed[rows, final][:, None])[:, 0]
+        uncapped_measured = (uncapped[rows, answer] - uncapped[rows, wrong]).mean().item()
         direction = (model.W_U[:, answer] - model.W_U[:, wrong]).T  # [batch, d_model]
         at_end = lambda name: cache[name][rows, final]  # noqa: E731
         scale = at_end("ln_final.hook_scale") if "ln_final.hook_scale" in cache.cache_dict else None
@@ -79,14 +85,18 @@ def direct_attribution(model: HookedTransformer, pairs: PromptPairs, prompts: st
             attn = model.blocks[layer].attn
             z = at_end(f"blocks.{layer}.attn.hook_z")  # [batch, head, d_head]
             heads = torch.einsum("bhd,hdm->bhm", z, attn.W_O)
+            bias = attn.b_O.expand_as(heads[:, 0])
+            if hasattr(model.blocks[layer], "ln1_post"):  # the post-attention norm, frozen at the run's scale
+                post_scale, post_weight = at_end(f"blocks.{layer}.ln1_post.hook_scale"), model.blocks[layer].ln1_post.w
+                heads, bias = heads / post_scale[:, None] * post_weight, bias / post_scale * post_weight
             components.append(("attn_out", layer, None, read(at_end(f"blocks.{layer}.hook_attn_out"))))
             components += [("head", layer, h, read(heads[:, h])) for h in range(model.cfg.n_heads)]
-            components.append(("attn_bias", layer, None, read(attn.b_O.expand_as(heads[:, 0]))))
+            components.append(("attn_bias", layer, None, read(bias)))
             if not model.cfg.attn_only:
                 components.append(("mlp_out", layer, None, read(at_end(f"blocks.{layer}.hook_mlp_out"))))
         bias = getattr(getattr(model, "ln_final", None), "b", None)
         constant = (model.b_U[answer] - model.b_U[wrong]).mean().item()
         if bias is not None:
             constant += (bias * direction).sum(-1).mean().item()
-    lens = [(stream, layer, value + constant) for stream, layer, value in lens]  # the last point is the measured value
-    return DirectAttribution(measured, lens, components, constant)
+    lens = [(stream, layer, value + constant) for stream, layer, value in lens]  # the last point: the measured value (before any cap)
+    return DirectAttribution(measured, lens, components, constant, uncapped_measured)

@@ -340,7 +340,7 @@ class _PathPatching:
             for index in range(self.run2_block, self.n_layers):
                 for receiver in (r for r in self.receivers if r.head is None and r.block == index):
                     resid = replace(resid, receiver)
-                resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(self.base, index, start, n_senders))
+                resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(model, self.base, index, start, n_senders))
         for receiver in (r for r in self.receivers if r.block == self.n_layers):
             resid = replace(resid, receiver)
         return final_position_logits(model, resid, final_pos - start)

@@ -65,7 +65,7 @@ def read_config(directory: Path) -> dict:
     except FileNotFoundError:
         raise CircuitlabError(f"{file}: no such file (a Hugging Face checkpoint dir has config.json)") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CircuitlabError(f"{file}: not a readable JSON file ({_first_line(err)})") from None
+        raise CircuitlabError(f"{file}: not a readable JSON file ({first_line(err)})") from None
     if not isinstance(data, dict):
         raise CircuitlabError(f"{file}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -108,7 +108,7 @@ def weight_files(directory: Path) -> list[Path]:
             index = json.loads(file.read_text(encoding="utf-8"))
             shards = sorted(set(index["weight_map"].values()))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise CircuitlabError(f"{file}: not a weight index (expected JSON with a weight_map; {_first_line(err)})") from None
+            raise CircuitlabError(f"{file}: not a weight index (expected JSON with a weight_map; {first_line(err)})") from None
         missing = [s for s in shards if not (directory / s).is_file()]
         if missing:
             raise CircuitlabError(f"{file}: lists {len(missing)} shard(s) that are not there, first {missing[0]}")
@@ -137,6 +137,23 @@ def check_weight_file(file: Path) -> None:
             raise CircuitlabError(f"{file}: truncated ({size} bytes, its tensors need {8 + length + end})")
     elif not zipfile.is_zipfile(file):
         raise CircuitlabError(f"{file}: truncated or not a torch.save file (read with weights_only=True)")
+
+
+@contextmanager
+def quiet():
+    """TransformerLens logs at INFO on the root logger and transformers prints a load report: keep both quiet
+    (circuitlab reports what matters in one line of its own)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.disable(logging.INFO)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+        hf_logging.set_verbosity(verbosity)
 
 
 @contextmanager
@@ -169,13 +186,13 @@ def tl_config(directory: Path, fold_ln: bool = False, device: str = "cpu", dtype
             cfg = HookedTransformerConfig.from_dict(_gemma_config(hf, arch, fold_ln, device, dtype))
         else:
             hf = _filled(hf, arch)
-            with neutral_copy(hf) as name:
+            with neutral_copy(hf) as name, quiet():
                 cfg = get_pretrained_model_config(name, fold_ln=fold_ln, device=device, dtype=dtype, local_files_only=True)
             if arch in D_MLP_FIELDS:
                 inner, width = D_MLP_FIELDS[arch]
                 cfg = HookedTransformerConfig.from_dict({**cfg.to_dict(), "d_mlp": hf.get(inner) or 4 * hf[width]})
     except (AttributeError, KeyError, TypeError, ValueError) as err:
-        raise CircuitlabError(f"{directory / 'config.json'}: TransformerLens cannot build a {arch} config from it ({_first_line(err)})") from None
+        raise CircuitlabError(f"{directory / 'config.json'}: TransformerLens cannot build a {arch} config from it ({first_line(err)})") from None
     cfg.model_name = directory.name
     return cfg
 
@@ -260,25 +277,31 @@ def processing_flags(cfg, requested: dict) -> dict:
 def load_checkpoint(directory: Path, device: str = "cpu", dtype: torch.dtype = torch.float32, processing: dict | None = None):
     """A HookedTransformer of a local checkpoint dir, its weights processed in float32, then cast to `dtype`."""
     from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
 
-    hf_logging.disable_progress_bar()
     directory = Path(directory)
     check_checkpoint(directory)
     flags = {flag: False for flag in PROCESSING_FLAGS} | dict(processing or {})
     cfg = tl_config(directory, fold_ln=flags["fold_ln"], device="cpu")
     flags = processing_flags(cfg, flags)
-    try:
-        hf_model = AutoModelForCausalLM.from_pretrained(str(directory), local_files_only=True, dtype=torch.float32, config=_hf_config(directory))
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
-        raise CircuitlabError(f"{directory}: transformers could not load the weights ({_first_line(err)})") from None
-    hf_model.eval()
-    state_dict = get_pretrained_state_dict(str(directory), cfg, hf_model=hf_model)
-    del hf_model
-    model = HookedTransformer(cfg, tokenizer=load_tokenizer(directory), move_to_device=False)
-    model.load_and_process_state_dict(state_dict, **flags)
+    tokenizer = load_tokenizer(directory)
+    with quiet():
+        try:
+            hf_model, info = AutoModelForCausalLM.from_pretrained(
+                str(directory), local_files_only=True, dtype=torch.float32, config=_hf_config(directory), output_loading_info=True
+            )
+        except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
+            reason = "tensor shapes differ from config.json" if "mismatched_sizes" in str(err) else first_line(err)
+            raise CircuitlabError(f"{directory}: transformers could not load the weights ({reason})") from None
+        missing = sorted(info.get("missing_keys") or [])
+        if missing:  # transformers would fill them with random values
+            raise CircuitlabError(f"{directory}: the weights lack {len(missing)} tensor(s) that config.json calls for, first {missing[0]}")
+        hf_model.eval()
+        state_dict = get_pretrained_state_dict(str(directory), cfg, hf_model=hf_model)
+        del hf_model
+        model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
+        model.load_and_process_state_dict(state_dict, **flags)
     if dtype != torch.float32:
         model.to(dtype)
     if str(device) != "cpu":
@@ -287,10 +310,14 @@ def load_checkpoint(directory: Path, device: str = "cpu", dtype: torch.dtype = t
 
 
 def load_tokenizer(directory: Path):
-    """The checkpoint's tokenizer, from local files only."""
+    """The checkpoint's tokenizer, from local files only; one line when its files are missing or damaged."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    with quiet():
+        try:
+            return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        except Exception as err:  # noqa: BLE001  transformers raises many kinds for missing or damaged files
+            raise CircuitlabError(f"{directory}: no usable tokenizer there (tokenizer.json / tokenizer_config.json: {first_line(err)})") from None
 
 
 def _hf_config(directory: Path):
@@ -302,6 +329,6 @@ def _hf_config(directory: Path):
     return config
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0][:300] if text else type(err).__name__

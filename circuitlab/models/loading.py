@@ -8,6 +8,7 @@ a multirun over tasks or sweeps reuses the model.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -106,10 +107,7 @@ def validate_model_config(model_cfg) -> None:
 def model_shape(model_cfg) -> ModelShape:
     """The model's shape from its config alone (no weights)."""
     if model_cfg.source == "pretrained":
-        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
-
-        ensure_hub_or_cache(model_cfg.name)
-        return ModelShape.of(get_pretrained_model_config(official_name(model_cfg.name)))
+        return ModelShape.of(pretrained_config(model_cfg.name))
     directory = checkpoint_dir(model_cfg)
     if interpbench.is_checkpoint(directory):
         tl = interpbench.read_config(directory, bool(getattr(model_cfg, "allow_pickle", False)))
@@ -121,11 +119,10 @@ def load_tokenizer(model_cfg):
     """The model's tokenizer, loaded without the weights."""
     if model_cfg.source == "pretrained":
         from transformers import AutoTokenizer
-        from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
-        ensure_hub_or_cache(model_cfg.name)
-        tokenizer_name = get_pretrained_model_config(official_name(model_cfg.name)).tokenizer_name
-        return AutoTokenizer.from_pretrained(tokenizer_name)
+        tokenizer_name = pretrained_config(model_cfg.name).tokenizer_name
+        with pretrained_errors(model_cfg.name):
+            return AutoTokenizer.from_pretrained(tokenizer_name)
     directory = checkpoint_dir(model_cfg)
     if interpbench.is_checkpoint(directory) and not (directory / "tokenizer.json").is_file():
         return interpbench.IdTokenizer()
@@ -133,18 +130,58 @@ def load_tokenizer(model_cfg):
 
 
 def ensure_hub_or_cache(name: str) -> None:
-    """Fail fast, in one line, when a pretrained model is neither cached nor downloadable."""
+    """Fail fast, in one line, when a pretrained model is neither downloadable nor whole in the local cache. With
+    the hub out of reach and the files cached, the Hugging Face libraries are put in offline mode (no retries)."""
+    repo = official_name(name)
+    if os.environ.get("HF_HUB_OFFLINE") != "1" and _hub_reachable():
+        return
+    snapshot = cached_snapshot(repo)
+    route = f"download it where there is network (hf download {repo} --local-dir DIR) and run with model=local model.path=DIR"
+    if snapshot is None:
+        raise CircuitlabError(f"model.name={name}: the Hugging Face hub cannot be reached and {repo} is not in the local cache; {route}")
+    try:
+        hf_checkpoint.weight_files(snapshot)
+    except CircuitlabError:
+        raise CircuitlabError(f"model.name={name}: the Hugging Face hub cannot be reached and the local cache holds {repo}'s config "
+                              f"but not all its weights ({snapshot}); {route}") from None
+    _go_offline()
+
+
+def pretrained_config(name: str):
+    """TransformerLens' config of a pretrained name (from the hub, or the local cache when offline)."""
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    ensure_hub_or_cache(name)
+    with pretrained_errors(name), hf_checkpoint.quiet():
+        return get_pretrained_model_config(official_name(name))
+
+
+@contextmanager
+def pretrained_errors(name: str):
+    """What TransformerLens and transformers raise for a damaged or incomplete download, as one line. A cached
+    checkpoint also loads as model=local from its snapshot dir, which reads any supported architecture's config."""
+    try:
+        yield
+    except (AttributeError, KeyError, OSError, ValueError) as err:
+        snapshot = cached_snapshot(official_name(name))
+        where = f"; or run with model=local model.path={snapshot}" if snapshot is not None else ""
+        raise CircuitlabError(f"model.name={name}: TransformerLens could not load it ({hf_checkpoint.first_line(err)}){where}") from None
+
+
+def cached_snapshot(repo: str) -> Path | None:
+    """The local-cache snapshot dir of `repo` holding its config.json, or None."""
     from huggingface_hub import try_to_load_from_cache
 
-    repo = official_name(name)
-    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
-        return
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
-        raise CircuitlabError(
-            f"model.name={name}: the Hugging Face hub cannot be reached and {repo} is not in the local cache; "
-            "download it where there is network (huggingface-cli download " + repo + ") and run with "
-            "model=local model.path=DIR"
-        )
+    config = try_to_load_from_cache(repo, "config.json")
+    return Path(config).parent if isinstance(config, str) else None
+
+
+def _go_offline() -> None:
+    """Offline mode for huggingface_hub and transformers, which read the setting when they are imported."""
+    import huggingface_hub.constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 
 @lru_cache(maxsize=1)
@@ -179,7 +216,8 @@ def _load_cached(source: str, name: str, path: str, processing: tuple, device: s
         from transformer_lens import HookedTransformer
 
         ensure_hub_or_cache(name)
-        model = HookedTransformer.from_pretrained(name, device=device, dtype=torch_dtype, **flags)
+        with pretrained_errors(name):
+            model = HookedTransformer.from_pretrained(name, device=device, dtype=torch_dtype, **flags)
     else:
         directory = checkpoint_dir(SimpleNamespace(source=source, name=name, path=path))
         if interpbench.is_checkpoint(directory):

@@ -89,9 +89,33 @@ def encode(tokenizer: Tokenizer, text: str) -> list[int]:
 
 
 def single_token_id(tokenizer: Tokenizer, text: str) -> int | None:
-    """The id of `text` if it is exactly one token, else None."""
+    """The id of `text` if it is exactly one token of the vocabulary (not the unknown token), else None."""
     ids = encode(tokenizer, text)
-    return ids[0] if len(ids) == 1 else None
+    return ids[0] if len(ids) == 1 and ids[0] != unknown_token_id(tokenizer) else None
+
+
+def unknown_token_id(tokenizer: Tokenizer) -> int | None:
+    """The id a tokenizer gives words it does not know. None when it has none, or when that id is also its BOS / EOS /
+    pad token (byte-level BPEs such as Qwen2's name <|endoftext|> as unknown, yet never produce it for text)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    special = {getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad")}
+    return None if unk in special else unk
+
+
+UNKNOWN_WORDS = "a word unknown to the tokenizer"
+
+
+def known_rows(tokenizer: Tokenizer, clean: list[list[int]], corrupted: list[list[int]], texts: list[str]) -> list[int]:
+    """Indices of the pairs whose prompts contain no unknown token; one line when none is left."""
+    unk = unknown_token_id(tokenizer)
+    if unk is None:
+        return list(range(len(clean)))
+    keep = [i for i, (a, b) in enumerate(zip(clean, corrupted)) if unk not in a and unk not in b]
+    if clean and not keep:
+        source = getattr(tokenizer, "name_or_path", "") or "the model's tokenizer"
+        raise CircuitlabError(f"task: every prompt has {UNKNOWN_WORDS} ({source}; it reads them as {tokenizer.convert_ids_to_tokens([unk])[0]}), "
+                              f"e.g. {texts[0]!r}: use a model whose vocabulary has the task's words")
+    return keep
 
 
 def pad_right(rows: list[list[int]], pad_id: int) -> Int[Tensor, "batch pos"]:
@@ -120,6 +144,17 @@ def assemble_pairs(
     wrong ids, named positions (lists or tensors; END defaults to each prompt's last token), the texts, the
     non-zero drop counts, and `first_prompt` (default: the first clean row) for position labels. `optional`:
     `track`, `corrupted_answer_tokens` (ids or None)."""
+    keep = known_rows(tokenizer, clean, corrupted, clean_texts)
+    if len(keep) < len(clean):
+        dropped = {**(dropped or {}), UNKNOWN_WORDS: len(clean) - len(keep)}
+        pick = lambda values: [values[i] for i in keep] if isinstance(values, (list, tuple)) else torch.as_tensor(values)[keep]  # noqa: E731
+        if first_prompt is not None and keep[0] != 0:  # the labelled prompt was dropped: the same side's first kept one
+            first_prompt = corrupted[keep[0]] if first_prompt == corrupted[0] else clean[keep[0]]
+        clean, corrupted, answers, wrongs = pick(clean), pick(corrupted), pick(answers), pick(wrongs)
+        clean_texts, corrupted_texts = pick(clean_texts), pick(corrupted_texts)
+        named = {label: pick(values) for label, values in named.items()}
+        if optional.get("corrupted_answer_tokens") is not None:
+            optional["corrupted_answer_tokens"] = pick(optional["corrupted_answer_tokens"])
     lengths = torch.tensor([len(row) for row in clean], dtype=torch.int64)
     positions = {label: torch.as_tensor(values, dtype=torch.int64) for label, values in named.items()}
     positions.setdefault("END", lengths - 1)
