@@ -17,9 +17,9 @@ from omegaconf import MISSING
 @dataclass
 class ModelConfig:
     """`source`: embedded (a toy model shipped in the repo), pretrained (a TransformerLens name) or local
-    (a Hugging Face GPT-2-family checkpoint dir, or an InterpBench-style dir: ll_model_cfg.json / .yaml and
-    ll_model.pth or model.safetensors). The flags are TransformerLens' weight processing options (GPT-2 dirs and
-    pretrained names). `allow_pickle`: read an InterpBench `ll_model_cfg.pkl` (unpickling runs code)."""
+    (a Hugging Face checkpoint dir of a supported architecture, see models/hf_checkpoint.py, or an InterpBench-style
+    dir: ll_model_cfg.json / .yaml and ll_model.pth or model.safetensors). The flags are TransformerLens' weight
+    processing options (Hugging Face dirs and pretrained names, with TransformerLens' own guards). `allow_pickle`: read an InterpBench `ll_model_cfg.pkl` (unpickling runs code)."""
 
     source: str = "embedded"
     name: str = "toy-ioi"

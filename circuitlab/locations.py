@@ -79,6 +79,30 @@ for _stream in (
     _register(_stream)
 
 
+MLP_STREAMS = ("mlp_in", "mlp_post", "mlp_out")
+
+
+def absent_because(stream: Stream, shape) -> str | None:
+    """Why a model of `shape` (a ModelShape or HookedTransformerConfig) has no such activation, or None."""
+    attn_only = getattr(shape, "attn_only", False) or getattr(shape, "d_mlp", 0) is None
+    if stream.name in MLP_STREAMS and attn_only:
+        return "the model is attention-only"
+    if stream.name == "resid_mid" and (attn_only or getattr(shape, "parallel_attn_mlp", False)):
+        return "its blocks run attention and MLP side by side" if not attn_only else "the model is attention-only"
+    if stream.name in ("attn_in", "mlp_in") and getattr(shape, "normalization_type", "LN") is None:
+        return "the model has no normalisation layers"
+    return None
+
+
+def check_present(streams: list[str], shape, field: str = "sweep.streams") -> None:
+    """One line for a stream the model does not have, naming the ones it has."""
+    for key in streams:
+        reason = absent_because(get_stream(key, field), shape)
+        if reason:
+            present = [name for name in stream_names() if absent_because(STREAMS[name], shape) is None]
+            raise ConfigError(field, key, present, hint=f"not in this model: {reason}")
+
+
 def stream_names() -> list[str]:
     """Canonical names, each once."""
     return list(dict.fromkeys(s.name for s in STREAMS.values()))

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from circuitlab import circuits
 from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.locations import Location, enumerate_locations, get_stream, resolve_layers, resolve_positions
+from circuitlab.locations import Location, check_present, enumerate_locations, get_stream, resolve_layers, resolve_positions
 from circuitlab.methods import ablation, activation_patching, attention, das, path_patching
 from circuitlab.metrics import METRICS
 from circuitlab.models import loading
@@ -108,6 +108,7 @@ def build_pairs(cfg: DictConfig, tokenizer) -> PromptPairs:
 def plan_locations(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPairs) -> list[Location]:
     if pairs.width > shape.n_ctx:
         raise CircuitlabError(f"task: prompts of {pairs.width} tokens exceed the model's context of {shape.n_ctx}")
+    check_present(list(cfg.sweep.streams), shape)
     layers = resolve_layers(_plain(cfg.sweep.layers), shape.n_layers)
     positions = resolve_positions(_plain(cfg.sweep.positions), pairs.width, list(pairs.named_positions), pairs.same_length)
     heads, order = _plain(cfg.sweep.heads), _plain(cfg.sweep.get("head_order"))

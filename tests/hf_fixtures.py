@@ -62,8 +62,9 @@ def _config(arch: str, vocab: int):
 ARCHITECTURES = ("gpt2", "gpt_neo", "gptj", "pythia", "llama", "mistral", "qwen2", "qwen3", "phi3", "opt", "gemma", "gemma2")
 
 
-def build(arch: str, path: Path, seed: int = 0, weight_scale: float = 4.0) -> Path:
-    """Write a random-weight checkpoint of `arch` to `path` (returned); `weight_scale` multiplies every matrix."""
+def build(arch: str, path: Path, seed: int = 0, weight_scale: float = 4.0, max_shard_size: str | None = None) -> Path:
+    """Write a random-weight checkpoint of `arch` to `path` (returned); `weight_scale` multiplies every matrix;
+    `max_shard_size` (e.g. "40KB") writes it in shards with their index."""
     from transformers import AutoModelForCausalLM
 
     path = Path(path)
@@ -81,7 +82,7 @@ def build(arch: str, path: Path, seed: int = 0, weight_scale: float = 4.0) -> Pa
                 param.add_(0.1 * torch.randn_like(param))  # norm weights off their default, so folding them matters
             else:
                 param.normal_(0.0, 0.05)  # biases
-    model.save_pretrained(str(path))
+    model.save_pretrained(str(path), **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     return path
 
 

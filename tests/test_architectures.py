@@ -202,3 +202,16 @@ def test_bfloat16_on_cpu_stays_close_to_float32(zoo, arch):
     assert (full.logit_diff - half.logit_diff).abs().max() < BF16_TOLERANCE * scale
     for run in ("clean", "corrupted"):
         assert abs(getattr(full, run)["logit_diff"] - getattr(half, run)["logit_diff"]) < BF16_TOLERANCE * scale
+
+
+def test_a_stream_the_architecture_lacks_is_refused(zoo):
+    """Parallel attention + MLP blocks (GPT-NeoX) have no resid_mid: refused in one line naming what there is."""
+    from circuitlab.errors import ConfigError
+    from circuitlab.locations import check_present
+    from circuitlab.models.loading import ModelShape
+
+    _, model = zoo("pythia")
+    for shape in (model.cfg, ModelShape.of(model.cfg)):
+        with pytest.raises(ConfigError, match=r"sweep.streams=resid_mid is not allowed; allowed: resid_pre, resid_post.*side by side"):
+            check_present(["resid_pre", "resid_mid"], shape)
+    check_present(list(HOOKS), zoo("llama")[1].cfg)

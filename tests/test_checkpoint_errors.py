@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from circuitlab import cli
@@ -99,6 +100,16 @@ def test_any_path_name_and_a_config_without_n_ctx(llama_dir, tmp_path):
     gpt2 = hf_fixtures.build("gpt2", tmp_path / "gpt2")
     assert "n_ctx" not in json.loads((gpt2 / "config.json").read_text())
     assert hf_checkpoint.tl_config(gpt2).n_ctx == 64
+
+
+def test_sharded_checkpoint_loads_like_the_whole_one(llama_dir, tmp_path):
+    from circuitlab.models import hf_checkpoint
+
+    sharded = hf_fixtures.build("llama", tmp_path / "sharded", max_shard_size="40KB")
+    assert (sharded / "model.safetensors.index.json").is_file() and len(hf_checkpoint.weight_files(sharded)) > 2
+    whole, parts = hf_checkpoint.load_checkpoint(llama_dir), hf_checkpoint.load_checkpoint(sharded)
+    tokens = torch.tensor([[0, 5, 9, 17, 33]])
+    torch.testing.assert_close(parts(tokens), whole(tokens), atol=0, rtol=0)
 
 
 def fake_hub_cache(root: Path, repo: str, files_from: Path | None, only: tuple[str, ...] | None = None) -> Path:

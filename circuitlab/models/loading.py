@@ -41,12 +41,16 @@ class ModelShape:
     d_head: int
     d_mlp: int | None = None  # None: attention-only
     n_key_value_heads: int | None = None  # grouped-query attention: the heads of k and v; None: n_heads
+    parallel_attn_mlp: bool = False  # attention and MLP read the same residual stream (GPT-J, NeoX): no resid_mid
+    normalization_type: str | None = "LN"  # None: no norms, so no attn_in / mlp_in
 
     @classmethod
     def of(cls, cfg) -> "ModelShape":
-        """The shape of a HookedTransformerConfig."""
-        kv = getattr(cfg, "n_key_value_heads", None)
-        return cls(cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.n_ctx, cfg.d_head, None if cfg.attn_only else cfg.d_mlp, kv)
+        """The shape of a HookedTransformerConfig (or an object / dict with its field names)."""
+        get = cfg.get if isinstance(cfg, dict) else lambda key, default=None: getattr(cfg, key, default)
+        d_mlp = None if get("attn_only", False) else get("d_mlp")
+        return cls(get("n_layers"), get("n_heads"), get("d_model"), get("n_ctx"), get("d_head"), d_mlp,
+                   get("n_key_value_heads"), bool(get("parallel_attn_mlp", False)), get("normalization_type", "LN"))
 
 
 def resolve_device(name: str) -> str:
@@ -111,7 +115,7 @@ def model_shape(model_cfg) -> ModelShape:
     directory = checkpoint_dir(model_cfg)
     if interpbench.is_checkpoint(directory):
         tl = interpbench.read_config(directory, bool(getattr(model_cfg, "allow_pickle", False)))
-        return ModelShape(tl["n_layers"], tl["n_heads"], tl["d_model"], tl["n_ctx"], tl["d_head"], tl.get("d_mlp"), tl.get("n_key_value_heads"))
+        return ModelShape.of(tl)
     return ModelShape.of(hf_checkpoint.tl_config(directory))
 
 
