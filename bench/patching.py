@@ -7,11 +7,14 @@ and ratios and writes it to bench/results/patching.md.
 
     python bench/patching.py                  # every row; TransformerLens alone takes ~35 min on 2 CPU cores
     python bench/patching.py --rows resid_pre z_all_pos --layers 4
+    python bench/patching.py --device cuda --json out.json  # on a GPU (results files are written for CPU runs only)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -34,14 +37,15 @@ ROWS = {
 }
 
 
-def gpt2_small_shaped(n_layers: int) -> HookedTransformer:
+def gpt2_small_shaped(n_layers: int, device: str = "cpu") -> HookedTransformer:
+    """Initialised on the CPU (the same weights whatever the device), then moved to `device`."""
     cfg = HookedTransformerConfig(
         n_layers=n_layers, d_model=768, n_heads=12, d_head=64, d_mlp=3072, n_ctx=1024, d_vocab=50257,
         act_fn="gelu_new", normalization_type="LN", seed=0, device="cpu",
     )
     model = HookedTransformer(cfg)
     model.eval()
-    return model
+    return model if device == "cpu" else model.to(device)
 
 
 def random_pairs(n_prompts: int, width: int, d_vocab: int) -> PromptPairs:
@@ -70,14 +74,55 @@ def run_ours(model, pairs, stream, heads, positions, n_layers, width) -> torch.T
 
 
 def model_and_prompts(parser: argparse.ArgumentParser):
-    """Parse the shared --layers / --prompts / --tokens; returns (args, the random model, its prompt pairs)."""
+    """Parse the shared --layers / --prompts / --tokens / --device / --json; returns (args, the random model, its
+    prompt pairs), both on the device."""
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--tokens", type=int, default=18)
+    parser.add_argument("--tokens", type=int, default=18, help="at least 12 (the corrupted positions are 2, 5 and 11)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N")
+    parser.add_argument("--json", type=Path, help="also write the rows here (name, points, peer_s, circuitlab_s, max_abs_diff)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    model = gpt2_small_shaped(args.layers)
-    return args, model, random_pairs(args.prompts, args.tokens, model.cfg.d_vocab)
+    model = gpt2_small_shaped(args.layers, args.device)
+    pairs = random_pairs(args.prompts, args.tokens, model.cfg.d_vocab)
+    if args.device != "cpu":
+        tensors = {f.name: getattr(pairs, f.name) for f in dataclasses.fields(pairs) if isinstance(getattr(pairs, f.name), torch.Tensor)}
+        pairs = dataclasses.replace(pairs, **{name: t.to(args.device) for name, t in tensors.items()})
+        model(pairs.clean_tokens)  # warm-up: CUDA context, cuBLAS handles, first kernel loads
+    return args, model, pairs
+
+
+def timed(function, device: str):
+    """(function(), seconds); on a GPU, the queued kernels are waited for before the clock stops."""
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    out = function()
+    sync()
+    return out, time.perf_counter() - start
+
+
+def setting_line(args) -> str:
+    """The run's setting, as the table titles give it (the CPU wording unchanged for the recorded files)."""
+    where = f"{torch.get_num_threads()} threads"
+    if args.device.startswith("cuda"):
+        where = f"{args.device} ({torch.cuda.get_device_name(torch.device(args.device))})"
+    return f"{args.layers} layers, {args.prompts} prompts x {args.tokens} tokens, torch {torch.__version__}, {where}"
+
+
+def recorded_setting(args) -> bool:
+    """Only the default run (CPU, 12 layers, 8 prompts x 18 tokens) writes bench/results/."""
+    return (args.layers, args.prompts, args.tokens, args.device) == (12, 8, 18, "cpu")
+
+
+def finish(args, table, atol: float = 1e-4) -> None:
+    """Write --json if asked (one object per row: name, points, peer_s, circuitlab_s, max_abs_diff), then fail if
+    any row's results differ by more than `atol`, before anything is recorded under bench/results/."""
+    if args.json:
+        rows = [dict(zip(("name", "points", "peer_s", "circuitlab_s", "max_abs_diff"), row)) for row in table]
+        args.json.write_text(json.dumps({"setting": setting_line(args), "rows": rows}, indent=2) + "\n")
+    for name, *_, max_diff in table:
+        assert max_diff < atol, f"{name}: results differ by {max_diff}"
 
 
 def main() -> None:
@@ -92,21 +137,17 @@ def main() -> None:
     table = []
     for row in args.rows:
         tl_function, stream, heads, positions, axes = ROWS[row]
-        start = time.perf_counter()
-        ours = run_ours(model, pairs, stream, heads, positions, args.layers, args.tokens)
-        ours_s = time.perf_counter() - start
-        start = time.perf_counter()
-        theirs = tl_function(model, pairs.corrupted_tokens, clean_cache, metric)
-        theirs_s = time.perf_counter() - start
+        ours, ours_s = timed(lambda: run_ours(model, pairs, stream, heads, positions, args.layers, args.tokens), args.device)
+        theirs, theirs_s = timed(lambda: tl_function(model, pairs.corrupted_tokens, clean_cache, metric), args.device)
         max_diff = (ours - theirs).abs().max().item()
-        assert max_diff < 1e-4, f"{row}: results differ by {max_diff}"
         name = f"{stream} {axes.replace(' ', ' x ')}" + (" (all positions)" if positions == "all" else "")
         table.append((name, tuple(theirs.shape), theirs_s, ours_s, max_diff))
         print(f"{name} {tuple(theirs.shape)}: transformer_lens {theirs_s:.1f} s, circuitlab {ours_s:.1f} s, {theirs_s / ours_s:.1f}x", flush=True)
 
-    setting = f"{args.layers} layers, {args.prompts} prompts x {args.tokens} tokens, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    setting = setting_line(args)
     print("\n" + render(table, setting))
-    if (args.layers, args.prompts, args.tokens) == (12, 8, 18):
+    finish(args, table)
+    if recorded_setting(args):
         record(table, setting)
 
 
