@@ -24,16 +24,17 @@ def renderer(method: str):
 
 
 def save(plot: p9.ggplot, out_dir: Path, stem: str, width: float, height: float) -> list[Path]:
-    """Write `stem.png` and `stem.pdf` (atomically: temp name, then rename)."""
+    """Write `stem.png` and `stem.pdf` (atomically: a temp name of this process's own, then rename)."""
+    from circuitlab.results import atomic_write
+
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for ext in ("png", "pdf"):
         final = out_dir / f"{stem}.{ext}"
-        tmp = out_dir / f".{stem}.tmp.{ext}"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            plot.save(tmp, width=width, height=height, dpi=150, verbose=False, limitsize=False)
-        tmp.replace(final)
+            atomic_write(final, lambda tmp: plot.save(tmp, width=width, height=height, dpi=150, verbose=False, limitsize=False),
+                         suffix=f".tmp.{ext}")
         written.append(final)
     return written
 

@@ -17,14 +17,33 @@ CSV_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "grou
 PACKAGES = ("circuitlab", "torch", "transformer-lens", "transformers", "hydra-core", "pandas", "plotnine", "numpy")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it into place."""
+_UMASK: int | None = None
+
+
+def umask() -> int:
+    """This process's umask (read once per process: reading it means setting it for a moment)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+def file_mode() -> int:
+    """The mode a plain `open()` gives a new file under the umask."""
+    return 0o666 & ~umask()
+
+
+def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
+    """Call `write(tmp)` on a temporary file beside `path` (a name no other process uses; `suffix` ends it, e.g.
+    for writers that go by the extension), give it the umask's mode, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, file_mode())  # mkstemp makes it 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
