@@ -4,7 +4,9 @@
 Values are stored per sweep point under a key that names the point and the call it belongs to (method,
 direction, metrics, scope such as an ablation scale); a chunk planned in a later run is skipped when every one
 of its points is stored, whichever run or shard stored it. One file per computed chunk in `<run dir>/chunks/`,
-written atomically (a killed process leaves no partial file).
+written atomically (a killed process leaves no partial file), holding the sha256 of its keys and values. A chunk
+file that does not load, is not a chunk, or fails its digest (truncated, emptied, overwritten) is named in one
+warning, removed, and its points computed again; the other chunks resume.
 
 Sharding (`sweep.shard=i sweep.num_shards=n`) hands out whole chunks of the unsharded plan: shard i computes the
 chunks numbered i, i + n, ... in plan order, so each point is computed in the very batch the unsharded run would
@@ -29,6 +31,8 @@ log = logging.getLogger("circuitlab")
 
 # testing hook: SIGKILL this process right after it has stored this many chunks (a crash at a known point)
 KILL_AFTER_ENV = "CIRCUITLAB_KILL_AFTER_CHUNKS"
+# testing hook: after this many stored chunks, wait (holding the run dir) until the file named by WAIT_FOR_ENV exists
+WAIT_AFTER_ENV, WAIT_FOR_ENV = "CIRCUITLAB_WAIT_AFTER_CHUNKS", "CIRCUITLAB_WAIT_FOR"
 
 
 class ChunkStore:
@@ -38,12 +42,15 @@ class ChunkStore:
         self.directory = None if directory is None else Path(directory)
         self.shard, self.num_shards = shard, num_shards
         self.values: dict[str, dict[str, float]] = {}
-        self.loaded_files = self.computed = self.skipped = self.other_shards = self.planned = 0
+        self.loaded_files = self.computed = self.skipped = self.other_shards = self.planned = self.damaged = 0
         if self.directory is not None and self.directory.is_dir():
-            from circuitlab.results import load_tensors
-
             for path in sorted(self.directory.glob("*.pt")):
-                self._remember(load_tensors(path))
+                chunk = read_chunk(path)
+                if chunk is None:
+                    self.damaged += 1
+                    path.unlink(missing_ok=True)
+                    continue
+                self._remember(chunk)
                 self.loaded_files += 1
 
     def _remember(self, chunk: dict) -> None:
@@ -58,17 +65,23 @@ class ChunkStore:
         return {name: torch.tensor([self.values[key][name] for key in keys]) for name in names}
 
     def save(self, keys: list[str], metrics: dict[str, Tensor]) -> None:
-        chunk = {"keys": list(keys), "metrics": {name: values.detach().float().cpu() for name, values in metrics.items()}}
+        chunk = {"keys": list(keys), "metrics": {name: values.detach().float().cpu().contiguous() for name, values in metrics.items()}}
+        chunk["sha256"] = chunk_digest(chunk["keys"], chunk["metrics"])
         if self.directory is not None:
             from circuitlab.results import write_tensors
 
-            name = hashlib.sha1("\n".join(keys).encode()).hexdigest()[:20]
-            write_tensors(self.directory / f"{name}.pt", chunk)
+            write_tensors(self.directory / chunk_file_name(keys), chunk)
         self._remember(chunk)
         self.computed += 1
         kill_after = os.environ.get(KILL_AFTER_ENV)
         if kill_after and self.computed >= int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)
+        wait_after = os.environ.get(WAIT_AFTER_ENV)
+        if wait_after and self.computed == int(wait_after):
+            import time
+
+            while not Path(os.environ.get(WAIT_FOR_ENV, "")).exists():
+                time.sleep(0.05)
 
     def owns_next(self) -> bool:
         """Whether the next chunk of the plan is this shard's."""
@@ -77,7 +90,55 @@ class ChunkStore:
 
     def summary(self) -> dict[str, int]:
         return {"chunk_files_found": self.loaded_files, "chunks_loaded": self.skipped, "chunks_computed": self.computed,
-                "chunks_left_to_other_shards": self.other_shards}
+                "chunks_left_to_other_shards": self.other_shards, "damaged_chunk_files": self.damaged}
+
+    def kept(self) -> int:
+        """Chunk files now on disk (finished chunks a rerun will load)."""
+        return len(list(self.directory.glob("*.pt"))) if self.directory is not None and self.directory.is_dir() else 0
+
+
+def chunk_file_name(keys: list[str]) -> str:
+    return hashlib.sha1("\n".join(keys).encode()).hexdigest()[:20] + ".pt"
+
+
+def chunk_digest(keys: list[str], metrics: dict[str, Tensor]) -> str:
+    """sha256 of a chunk's keys and float32 values, in a fixed order."""
+    digest = hashlib.sha256("\n".join(keys).encode())
+    for name in sorted(metrics):
+        digest.update(b"\0" + name.encode() + b"\0")
+        digest.update(metrics[name].detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def chunk_problem(path: Path) -> tuple[dict | None, str | None]:
+    """(the chunk, None) when `path` holds a whole chunk, else (None, what is wrong with it)."""
+    from circuitlab.results import load_tensors
+
+    try:
+        chunk = load_tensors(path)
+    except Exception as err:  # noqa: BLE001  torch raises many kinds for truncated, empty or foreign files
+        text = str(err).strip().splitlines()
+        return None, f"it does not load: {text[0][:120] if text else type(err).__name__}"
+    if not isinstance(chunk, dict) or not isinstance(chunk.get("keys"), list) or not isinstance(chunk.get("metrics"), dict):
+        return None, "it is not a chunk of sweep points"
+    keys, metrics = chunk["keys"], chunk["metrics"]
+    if not keys or not all(isinstance(k, str) for k in keys):
+        return None, "it is not a chunk of sweep points"
+    for values in metrics.values():
+        if not isinstance(values, Tensor) or values.ndim != 1 or values.shape[0] != len(keys):
+            return None, "its values do not match its keys"
+    stored = chunk.get("sha256")
+    if stored is not None and stored != chunk_digest(keys, metrics):  # chunks written before digests have none
+        return None, "its sha256 does not match its contents"
+    return chunk, None
+
+
+def read_chunk(path: Path, what: str = "its sweep points are computed again") -> dict | None:
+    """The chunk in `path`, or None after one warning naming the file when it is damaged."""
+    chunk, problem = chunk_problem(path)
+    if problem:
+        log.warning("damaged chunk file %s (%s); %s", path, problem, what)
+    return chunk
 
 
 _STORE: ContextVar[ChunkStore | None] = ContextVar("circuitlab_chunk_store", default=None)
