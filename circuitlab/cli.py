@@ -76,11 +76,11 @@ def preflight(overrides: list[str], config_dirs: Sequence[Path] = ()):
     from circuitlab.run import prepare
 
     check_group_choices(overrides, config_dirs)
-    from circuitlab.resume import check_resumable
+    from circuitlab import resume
 
     cfg = compose_config([o for o in overrides if not o.lstrip("+~").startswith("hydra")], config_dirs)
     prepare(cfg)
-    check_resumable(cfg, Path(cfg.run.dir))
+    resume.preflight(cfg)  # results_dir / run.dir, the dir's lock, config and inputs; the model when the dir holds files
     return cfg
 
 
@@ -278,10 +278,18 @@ def main(argv: list[str] | None = None) -> None:
     command = COMMANDS.get(argv[0])
     if command is None:
         fail(f"unknown command {argv[0]!r}; allowed: {', '.join(COMMANDS)}")
+    from circuitlab.rundir import sigterm_as_interrupt
+
     try:
-        command(argv[1:])
+        with sigterm_as_interrupt():
+            command(argv[1:])
     except CircuitlabError as err:
         fail(str(err))
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM: one line saying what was kept, no traceback
+        signum = int(getattr(err, "signum", 2))
+        message = getattr(err, "message", None) or ("interrupted" if signum == 2 else "terminated") + " before any sweep point was kept"
+        print(f"circuitlab: {message}", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """run_experiment(cfg, run_dir): the whole experiment, Hydra-free (callable from a notebook or a test).
 
 Order matters: every check that needs no model runs first (`plan.prepare`: the tokenizer and the prompts, so
-positions are checked against real prompt lengths), and only then the model weights are loaded; the method's
-runner (`runners.py`) does the work and this module writes the run dir.
+positions are checked against real prompt lengths; then the run dir's: writable, not in use, resumable), and only
+then the model weights are loaded; nothing in the run dir changes before that. Then the dir is locked for this
+process, the method's runner (`runners.py`) does the work and this module writes the run dir. Ctrl-C (or SIGTERM)
+ends in `rundir.Interrupted`, whose one line says how many finished chunks were kept and how to resume.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from circuitlab import chunks, resume
+from circuitlab import chunks, inputs, resume, rundir
 from circuitlab import results as rs
 from circuitlab.models import loading
 from circuitlab.plan import prepare
@@ -54,11 +56,31 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "device %s | model %s (%d layers) | %d prompt pairs | %d sweep points",
         device, cfg.model.name, shape.n_layers, pairs.n_pairs, len(locations),
     )
+    resume.check_run_dir(cfg, run_dir, results_dir=False)  # refused here, before the model loads, with nothing written
     with timer("load_model"):  # before the run dir is touched: a checkpoint that fails to load changes nothing there
         model = loading.load_model(cfg.model, device=device)
-    store = resume.open_store(cfg, run_dir)
-    with timer("sweep"), chunks.active(store):
-        output = RUNNERS[cfg.method.name](cfg, plan, model)
+    with rundir.locked(run_dir):
+        return _run_locked(cfg, run_dir, plan, model, device, timer)
+
+
+def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer: PhaseTimer) -> dict:
+    pairs, locations = plan.pairs, plan.locations
+    store, finished = None, False
+    try:
+        store = resume.open_store(cfg, run_dir)
+        with timer("sweep"), chunks.active(store):
+            output = RUNNERS[cfg.method.name](cfg, plan, model)
+        finished = True
+        return _write_run(cfg, run_dir, pairs, locations, model, device, timer, store, output)
+    except KeyboardInterrupt as err:
+        rundir.clear_progress_bars()
+        if store is None:
+            raise
+        signum = rundir.interrupted_by(err)
+        raise rundir.Interrupted(rundir.kept_message(run_dir, signum, store.kept(), finished), signum) from None
+
+
+def _write_run(cfg, run_dir, pairs, locations, model, device, timer, store, output) -> dict:
     with timer("write_results"):
         rs.write_csv(run_dir / "results.csv", rs.tidy_frame(output.rows))
         rs.write_tensors(run_dir / "results.pt", output.tensors)
@@ -84,12 +106,13 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
         "n_sweep_points": len(locations),
         "shard": {"index": cfg.sweep.get("shard", 0), "num_shards": cfg.sweep.get("num_shards", 1)},
         "chunks": store.summary(),
+        "inputs": inputs.digests(cfg),
         "baselines": {"clean": output.clean, "corrupted": output.corrupted},
         **output.extra,
         "versions": rs.package_versions(),
         "git_commit": rs.git_commit(Path(__file__).parent),
         "wall_time_seconds": timer.seconds,
-        "files": ["results.csv", "results.pt", "dataset.pt", resume.CONFIG_FILE, *output.tables, *output.tensor_files, *[str(Path(f).relative_to(run_dir)) for f in figures]],
+        "files": ["results.csv", "results.pt", "dataset.pt", resume.CONFIG_FILE, inputs.INPUTS_FILE, *output.tables, *output.tensor_files, *[str(Path(f).relative_to(run_dir)) for f in figures]],
     }
     rs.write_json(run_dir / "manifest.json", manifest)
     if "logit_diff" in output.clean and "logit_diff" in output.corrupted:

@@ -1,0 +1,192 @@
+"""Guards of a run directory: where it may be written, one process at a time in it, and what an interrupted run
+says it kept.
+
+- `check_location` refuses, in one line and before anything is written, an output location that is empty, not a
+  directory, or not writable (`results_dir`, `run.dir`, `merge --out`).
+- `locked(run_dir)` holds `run_dir/.lock` (fcntl.flock, non-blocking) while a run writes the dir; a second process
+  is refused in one line naming the holder's pid. The kernel drops the lock with the process, even on SIGKILL, so
+  a crashed run never leaves the dir locked; the file itself stays (removing it would race with a waiting opener).
+- `Interrupted` is the KeyboardInterrupt (Ctrl-C, or SIGTERM as Slurm sends it) of a run, carrying the one line the
+  CLI prints and its exit code (128 + the signal number).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+from circuitlab.errors import CircuitlabError, ConfigError
+
+log = logging.getLogger("circuitlab")
+LOCK_FILE = ".lock"
+
+
+def check_location(field: str, value, writable: bool = True) -> Path:
+    """An output directory: not empty, not a file, and (`writable`) writable: itself, or the nearest ancestor that
+    exists."""
+    text = "" if value is None else str(value)
+    if not text.strip():
+        raise ConfigError(field, "(empty)", "a directory to write into (an empty value would write under the filesystem root "
+                          "or the working directory)")
+    path = Path(text).expanduser()
+    if path.exists() and not path.is_dir():
+        raise CircuitlabError(f"{field}={text}: not a directory (a file is there); name a directory")
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CircuitlabError(f"{field}={text}: cannot be created ({existing} is a file, not a directory)")
+    if writable and not os.access(existing, os.W_OK | os.X_OK):
+        where = "" if existing == path else f" ({existing} is not writable)"
+        raise CircuitlabError(f"{field}={text}: cannot be written{where}; name a directory you can write")
+    return path
+
+
+def holder(run_dir: Path) -> int | None:
+    """The pid holding `run_dir`'s lock (0 when it cannot be read), or None when no process holds it. Reads only:
+    the dir is left as it was."""
+    path = Path(run_dir) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        import fcntl
+
+        try:
+            if not _flock(fd):
+                return _pid(path)
+        except OSError:  # a filesystem without locks: nothing can be known
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _flock(fd: int, tries: int = 20, wait: float = 0.05) -> bool:
+    """Take the exclusive lock without blocking; False when another process holds it. A few short retries, since
+    `holder` holds it for a moment when it probes (a real holder keeps it for its whole run)."""
+    import fcntl
+    import time
+
+    for attempt in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < tries - 1:
+                time.sleep(wait)
+    return False
+
+
+def _pid(path: Path) -> int:
+    try:
+        return int(path.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def in_use(run_dir: Path, pid: int) -> CircuitlabError:
+    who = f"pid {pid}" if pid else "pid unknown"
+    return CircuitlabError(f"run.dir={run_dir} is in use by another circuitlab process ({who}); wait for it to finish, "
+                           "or choose another run.dir")
+
+
+def check_free(run_dir: Path) -> None:
+    """Refuse, in one line, a run dir another process holds (nothing is written)."""
+    pid = holder(run_dir)
+    if pid is not None:
+        raise in_use(run_dir, pid)
+
+
+@contextlib.contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """Hold `run_dir/.lock` while the block runs (created when missing; it then records this process's pid)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            if not _flock(fd):
+                raise in_use(run_dir, _pid(run_dir / LOCK_FILE))
+        except OSError as err:
+            if err.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            log.warning("%s: this filesystem cannot lock files (%s); running without the run dir lock", run_dir, err.strerror)
+        else:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the lock
+
+
+def remove_stale_temps(directory: Path) -> None:
+    """Temp files of atomic writes (`.NAME.XXXXXXXX.tmp`) that a killed process left behind. Call under `locked`:
+    no other process can be writing them then."""
+    if Path(directory).is_dir():
+        for stale in Path(directory).glob(".*.tmp*"):
+            if stale.is_file():
+                with contextlib.suppress(OSError):
+                    stale.unlink()
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a run: `message` is the one line to print, `signum` the signal."""
+
+    def __init__(self, message: str | None = None, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.message, self.signum = message, signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+def clear_progress_bars() -> None:
+    """Take the open tqdm bars off the terminal, so that the interrupted line stands alone on stderr."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        with contextlib.suppress(Exception):
+            bar.leave = False
+            bar.close()
+
+
+def interrupted_by(err: BaseException) -> int:
+    return int(getattr(err, "signum", signal.SIGINT))
+
+
+def kept_message(run_dir: Path, signum: int, kept: int, finished: bool = False) -> str:
+    what = "interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})"
+    chunks = f"{kept} finished chunk{'s' if kept != 1 else ''}" if kept else "no finished chunk"
+    done = " (the sweep had finished; its results were being written)" if finished else ""
+    return f"{what}: {chunks} kept in {run_dir}{done}; rerun the same command with run.dir={run_dir} to resume"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (what Slurm and `kill` send) raises Interrupted like Ctrl-C does, while the block runs (main thread
+    only; the previous handler is restored)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Interrupted(None, signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
