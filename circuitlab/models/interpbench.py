@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from circuitlab.errors import ConfigError
+from circuitlab.errors import CircuitlabError, ConfigError
 
 CONFIG_FILES = ("ll_model_cfg.json", "ll_model_cfg.yaml", "ll_model_cfg.yml")
 PICKLED_CONFIG = "ll_model_cfg.pkl"
@@ -39,9 +39,12 @@ class IdTokenizer:
 
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
         try:
-            return {"input_ids": [int(word) for word in text.split()]}
+            ids = [int(word) for word in text.split()]
         except ValueError:
-            raise ConfigError("task", repr(text), "space-separated token ids (this model has no tokenizer)") from None
+            ids = [-1]
+        if any(i < 0 for i in ids):
+            raise ConfigError("task", repr(text), "space-separated token ids >= 0 (this model has no tokenizer)")
+        return {"input_ids": ids}
 
     def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
         return [str(int(i)) for i in ids]
@@ -51,26 +54,79 @@ class IdTokenizer:
 
 
 def read_config(directory: Path, allow_pickle: bool = False) -> dict:
-    """The TransformerLens config dict of a checkpoint dir."""
+    """The TransformerLens config dict of a checkpoint dir, checked: a file that is empty, not UTF-8, not JSON / YAML,
+    not a mapping, short of a shape field or refused by HookedTransformerConfig ends in one line naming it."""
     directory = Path(directory)
     for name in CONFIG_FILES:
         path = directory / name
         if path.is_file():
-            if path.suffix == ".json":
-                return json.loads(path.read_text())
-            import yaml
-
-            return yaml.safe_load(path.read_text())
+            return check_config(path, _parse(path))
     if (directory / PICKLED_CONFIG).is_file():
         if not allow_pickle:
             raise ConfigError("model.allow_pickle", "false", f"true to unpickle {directory / PICKLED_CONFIG} (unpickling runs code: "
                               f"only for files you trust), or save its dict as {CONFIG_FILES[0]}")
         import pickle
 
-        with open(directory / PICKLED_CONFIG, "rb") as f:
-            config = pickle.load(f)  # noqa: S301 - the user asked for it by name (model.allow_pickle=true)
-        return config if isinstance(config, dict) else config.to_dict()
+        path = directory / PICKLED_CONFIG
+        try:
+            with open(path, "rb") as f:
+                config = pickle.load(f)  # noqa: S301 - the user asked for it by name (model.allow_pickle=true)
+        except Exception as err:  # empty, truncated or garbage: whatever unpickling raises
+            raise CircuitlabError(f"model.path={directory}: {path.name} cannot be unpickled ({_first_line(err)})") from None
+        if not isinstance(config, dict) and callable(getattr(config, "to_dict", None)):
+            config = config.to_dict()
+        return check_config(path, config)
     raise ConfigError("model.path", str(directory), f"a dir holding {' or '.join(CONFIG_FILES)} (or {PICKLED_CONFIG}) and {' or '.join(WEIGHT_FILES)}")
+
+
+def _parse(path: Path):
+    where = f"model.path={path.parent}: {path.name}"
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CircuitlabError(f"{where} is not UTF-8 text (byte {err.start})") from None
+    except OSError as err:
+        raise CircuitlabError(f"{where} cannot be read ({err.strerror or err})") from None
+    if not text.strip():
+        raise CircuitlabError(f"{where} is empty")
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise CircuitlabError(f"{where} is not valid JSON ({err.msg}, line {err.lineno} column {err.colno})") from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise CircuitlabError(f"{where} is not valid YAML ({_first_line(err)})") from None
+
+
+SHAPE_FIELDS = ("n_layers", "d_model", "n_ctx", "d_head", "n_heads", "d_vocab")
+
+
+def check_config(path: Path, config) -> dict:
+    """A mapping of HookedTransformerConfig fields with the shape circuitlab plans with, that TransformerLens accepts."""
+    where = f"model.path={path.parent}: {path.name}"
+    if not isinstance(config, dict):
+        raise CircuitlabError(f"{where} holds {type(config).__name__}, not a mapping of HookedTransformerConfig fields")
+    needed = [*SHAPE_FIELDS, *(() if config.get("attn_only") else ("d_mlp",))]
+    for key in needed:
+        value = config.get(key)
+        if key not in config:
+            raise CircuitlabError(f"{where} lacks {key} (needed: {', '.join(needed)})")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CircuitlabError(f"{where} has {key}={value!r}; it must be a positive integer")
+    fields = {k: v for k, v in config.items() if k in HookedTransformerConfig.__dataclass_fields__}
+    try:
+        HookedTransformerConfig(**_plain_values({**fields, "device": "cpu"}))
+    except Exception as err:  # TransformerLens' own checks (an unknown act_fn, inconsistent widths, ...)
+        raise CircuitlabError(f"{where} is not a config TransformerLens accepts ({_first_line(err)})") from None
+    return config
+
+
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
 
 
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:

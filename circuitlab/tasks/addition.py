@@ -11,7 +11,6 @@ paper's JSONL instead. Named positions: QA, QB (the last token of the query's op
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Callable
 
 
 from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, encode, require_pairs
+from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, encode, json_type, read_json_lines, require_pairs, unknown_token_id
 
 SETTINGS = ("normal", "setting1", "setting2")
 NMAX = (9, 99, 999)
@@ -95,23 +94,16 @@ def read_jsonl(path: Path, n_demos: int) -> list[AdditionPrompt]:
     """The paper's lines {"demonstration": [[a, b], ...], "inference": [a, b]}, the first `n_demos`
     demonstrations of each; a malformed line is reported by its number."""
     prompts = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
+    for number, record in read_json_lines(path):
         where = f"task.path={path}: line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise CircuitlabError(f"{where} is not valid JSON ({err.msg})") from None
         demos = record.get("demonstration") if isinstance(record, dict) else None
         query = record.get("inference") if isinstance(record, dict) else None
         if not isinstance(demos, list) or not all(map(_is_pair, demos)) or not _is_pair(query):
-            raise CircuitlabError(f'{where} is not {{"demonstration": [[a, b], ...], "inference": [a, b]}} with integers >= 0')
+            got = "" if isinstance(record, dict) else f" (it is {json_type(record)})"
+            raise CircuitlabError(f'{where} is not {{"demonstration": [[a, b], ...], "inference": [a, b]}} with integers >= 0{got}')
         if len(demos) < n_demos:
             raise CircuitlabError(f"{where} has {len(demos)} demonstrations; task.n_demos={n_demos} needs that many")
         prompts.append(AdditionPrompt(tuple(tuple(d) for d in demos[:n_demos]), tuple(query)))
-    if not prompts:
-        raise CircuitlabError(f"task.path={path}: no prompts in the file")
     return prompts
 
 
@@ -134,10 +126,7 @@ def validate_config(cfg) -> None:
     if cfg.answer_token not in ANSWER_TOKENS:
         raise ConfigError("task.answer_token", cfg.answer_token, ANSWER_TOKENS)
     if cfg.path:
-        path = Path(cfg.path).expanduser()
-        if not path.is_file():
-            raise CircuitlabError(f"task.path={cfg.path}: no such file")
-        read_jsonl(path, cfg.n_demos)
+        read_jsonl(Path(cfg.path).expanduser(), cfg.n_demos)
 
 
 def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) -> PromptPairs:
@@ -157,7 +146,8 @@ UNKNOWN, SPLIT = "a number not a known token", "answer not a single token"
 def answer_id(tokenizer: Tokenizer, value: int, answer_token: str = "whole") -> int | str:
     """The token of `value` (whole: it must be one token; last: its last token), or why there is none."""
     ids = encode(tokenizer, str(value))
-    if not ids or getattr(tokenizer, "unk_token_id", None) in ids:
+    unk = unknown_token_id(tokenizer)
+    if not ids or (unk is not None and unk in ids):
         return UNKNOWN
     return SPLIT if answer_token == "whole" and len(ids) != 1 else ids[-1]
 
@@ -170,7 +160,7 @@ def tokenize(
     dropped = {"a shown sum below zero": 0, UNKNOWN: 0, SPLIT: 0, "clean/corrupted lengths differ": 0}
     keys = ("clean", "corrupted", "answer", "wrong", "QA", "QB", "END", "clean_text", "corrupted_text")
     rows: dict[str, list] = {k: [] for k in keys}
-    unk = getattr(tokenizer, "unk_token_id", None)
+    unk = unknown_token_id(tokenizer)
     for prompt in prompts:
         if prompt.lowest_sum() + min(offset, 0) < 0:
             dropped["a shown sum below zero"] += 1

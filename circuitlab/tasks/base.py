@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -173,6 +175,42 @@ def assemble_pairs(
         dropped={k: v for k, v in (dropped or {}).items() if v},
         **optional,
     )
+
+
+def read_json_lines(path: Path, field: str = "task.path") -> list[tuple[int, object]]:
+    """(line number, parsed value) of every non-blank line of a JSONL file. A file that cannot be read, is empty, is
+    not UTF-8 text, or has a line that is not JSON (garbage, a truncated last line) ends in one line naming the file
+    and the line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CircuitlabError(f"{field}={path}: no such file" if not path.exists() else f"{field}={path}: not a file")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CircuitlabError(f"{field}={path}: cannot be read ({err.strerror or err})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise CircuitlabError(f"{field}={path}: line {line} is not UTF-8 text (byte 0x{data[err.start]:02x}); "
+                              "expected one JSON object per line") from None
+    records = []
+    for number, line in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):  # not splitlines: JSON strings may hold U+2028
+        if not line.strip():
+            continue
+        try:
+            records.append((number, json.loads(line)))
+        except json.JSONDecodeError as err:
+            raise CircuitlabError(f"{field}={path}: line {number} is not valid JSON ({err.msg}, column {err.colno})") from None
+    if not records:
+        raise CircuitlabError(f"{field}={path}: the file is empty; expected one JSON object per line")
+    return records
+
+
+def json_type(value) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    names = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
 
 
 def require_pairs(n_kept: int, dropped: dict[str, int], field_name: str = "task") -> None:
