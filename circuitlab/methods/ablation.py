@@ -17,6 +17,7 @@ ablation changes nothing, 1 when it moves the logit difference all the way to th
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -38,12 +39,12 @@ RESAMPLE_FROM = ("corrupted", "dataset")
 
 
 def check_scales(scales) -> list[float]:
-    """Scales must be numbers (bool is not one)."""
+    """Scales must be finite numbers (bool is not one)."""
     if not scales:
-        raise ConfigError("method.scales", "[]", "one or more numbers, e.g. [0, 0.5, 1, 2]")
+        raise ConfigError("method.scales", "null" if scales is None else "[]", "one or more numbers, e.g. [0, 0.5, 1, 2]")
     for scale in scales:
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-            raise ConfigError("method.scales", scale, "numbers, e.g. [0, 0.5, 1, 2]")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ConfigError("method.scales", scale, "finite numbers, e.g. [0, 0.5, 1, 2]")
     return [float(s) for s in scales]
 
 

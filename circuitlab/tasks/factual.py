@@ -32,6 +32,10 @@ POSITION_LABELS = ("COUNTRY", "END")
 
 
 def validate_config(cfg) -> None:
+    for key, every in (("templates", TEMPLATES), ("countries", CAPITALS)):
+        value = getattr(cfg, key)
+        if not value:
+            raise ConfigError(f"task.{key}", "null" if value is None else "[]", ["all", *every], hint="or a list of them")
     for name in _list(cfg.templates, TEMPLATES):
         if name not in TEMPLATES:
             raise ConfigError("task.templates", name, ["all", *TEMPLATES])

@@ -167,9 +167,13 @@ def validate_config(cfg) -> None:
         raise ConfigError("task.split", cfg.split, SPLITS)
     if cfg.corruption not in CORRUPTIONS:
         raise ConfigError("task.corruption", cfg.corruption, CORRUPTIONS)
+    if not cfg.patterns:
+        raise ConfigError("task.patterns", "[]", f"one or more of {', '.join(PATTERNS)}")
     for p in cfg.patterns:
         if p not in PATTERNS:
             raise ConfigError("task.patterns", p, PATTERNS)
+    if not cfg.templates:
+        raise ConfigError("task.templates", "null" if cfg.templates is None else "[]", ["all", *TEMPLATES], hint="or a list of them")
     for t in _template_names(cfg):
         if t not in TEMPLATES:
             raise ConfigError("task.templates", t, ["all", *TEMPLATES])

@@ -33,6 +33,10 @@ NAME_SET = 20  # the `name` variable's fixed name set
 def validate_config(cfg) -> None:
     if cfg.variable not in VARIABLES:
         raise ConfigError("task.variable", cfg.variable, VARIABLES)
+    if not cfg.base_patterns:
+        raise ConfigError("task.base_patterns", "[]", f"one or more of {', '.join(BASE_PATTERNS)}")
+    if not cfg.templates:
+        raise ConfigError("task.templates", "null" if cfg.templates is None else "[]", ["all", *TEMPLATES], hint="or a list of them")
     for pattern in cfg.base_patterns:
         if pattern not in BASE_PATTERNS:
             raise ConfigError("task.base_patterns", pattern, BASE_PATTERNS)
@@ -56,7 +60,9 @@ def _source_patterns(cfg) -> list[str]:
 
 
 def _templates(cfg) -> list[str]:
-    return list(TEMPLATES) if cfg.templates == "all" else list(cfg.templates)
+    if isinstance(cfg.templates, str):
+        return list(TEMPLATES) if cfg.templates == "all" else [cfg.templates]
+    return list(cfg.templates)
 
 
 def split_lists(variable: str, split: str, templates: list[str]) -> tuple[list[str], list[str], list[str], list[str]]:
