@@ -1,7 +1,9 @@
 """One GPU per job for `hydra/launcher=local_gpus`: each job process claims a free GPU by locking its slot file.
 
 The launcher runs as many job processes at once as there are GPUs, so a free slot always exists; a slot is held
-(an exclusive `flock`) for the job's lifetime and released when the job ends or its process dies.
+(an exclusive `flock`) for the job's lifetime and released when the job ends or its process dies. Without CUDA the
+launcher falls back to one job at a time on the CPU (`circuitlab run -m` says so in one warning line); `device=cuda`
+there is refused before any job runs.
 """
 
 from __future__ import annotations
