@@ -80,6 +80,14 @@ BAD_RUNS = {
     "answers not tokens of the model": (["+experiment=addition_path_to_logits", "task.nmax=99"], "no prompt pairs left"),
     "addition offset 0": (["+experiment=addition_path_to_logits", "task.offset=0"], "task.offset=0"),
     "addition prompts beyond the context": (["+experiment=addition_path_to_logits", "task.n_demos=12"], "exceed the model's context"),
+    "typo added with +": (["+task.n_promts=8"], "task.n_promts=8"),
+    "empty head group": (["sweep.streams=[z]", "sweep.heads=[[]]"], "sweep.heads=[[]]"),
+    "scales NaN": (["+experiment=toy_resample_scales", "method.scales=[0,nan]"], "method.scales=nan"),
+    "memory budget negative": (["memory_budget_mb=-5"], "memory_budget_mb=-5"),
+    "das learning rate zero": ([DAS, "method.lr=0"], "method.lr=0.0"),
+    "das epochs zero": ([DAS, "method.epochs=0"], "method.epochs=0"),
+    "layers null": (["sweep.layers=null"], "sweep.layers=null"),
+    "hydra's own error": (["hydra.job.chdir=maybe"], "hydra.job.chdir"),
 }
 
 
