@@ -23,8 +23,20 @@ def test_toy_ioi_heldout_accuracy(toy_model):
     assert toy.accuracy(toy_model, pairs) >= 0.98
 
 
-def test_loading_is_memoised(toy_model):
-    assert loading.load_model(ModelConfig(source="embedded", name="toy-ioi"), device="cpu") is toy_model
+def test_loading_is_memoised(tmp_path):
+    """One load per process for the same config and files; a checkpoint whose files changed is loaded again."""
+    cfg = ModelConfig(source="embedded", name="toy-ioi")
+    assert loading.load_model(cfg, device="cpu") is loading.load_model(cfg, device="cpu")
+    local = ModelConfig(source="local", name="local", path=str(tmp_path / "ckpt"))
+    shutil.copytree(TOY_DIR, tmp_path / "ckpt")
+    first = loading.load_model(local, device="cpu")
+    assert loading.load_model(local, device="cpu") is first
+    state = load_file(str(tmp_path / "ckpt" / "model.safetensors"))
+    state["lm_head.weight"] = state["lm_head.weight"] * 2
+    from safetensors.torch import save_file
+
+    save_file(state, str(tmp_path / "ckpt" / "model.safetensors"), metadata={"format": "pt"})
+    assert loading.load_model(local, device="cpu") is not first
 
 
 def test_transformers_loads_the_same_network(toy_model, toy_pairs):

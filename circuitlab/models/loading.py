@@ -207,11 +207,19 @@ def load_model(model_cfg, device: str = "cpu"):
     processing = tuple((flag, bool(getattr(model_cfg, flag))) for flag in PROCESSING_FLAGS)
     allow_pickle = bool(getattr(model_cfg, "allow_pickle", False))
     key = (model_cfg.source, model_cfg.name, str(model_cfg.path or ""), processing, resolve_device(device), model_cfg.dtype, allow_pickle)
-    return _load_cached(*key)
+    return _load_cached(*key, files_state=_files_state(model_cfg))
+
+
+def _files_state(model_cfg) -> tuple:
+    """(name, size, mtime) of a checkpoint dir's files: a memoised model is reused only while they are unchanged."""
+    if model_cfg.source == "pretrained":
+        return ()
+    directory = checkpoint_dir(model_cfg)
+    return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(directory.iterdir()) if p.is_file())
 
 
 @lru_cache(maxsize=4)
-def _load_cached(source: str, name: str, path: str, processing: tuple, device: str, dtype: str, allow_pickle: bool = False):
+def _load_cached(source: str, name: str, path: str, processing: tuple, device: str, dtype: str, allow_pickle: bool = False, files_state: tuple = ()):
     from types import SimpleNamespace
 
     torch_dtype = DTYPES[dtype]
