@@ -70,6 +70,9 @@ def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer:
         store = resume.open_store(cfg, run_dir)
         with timer("sweep"), chunks.active(store):
             output = RUNNERS[cfg.method.name](cfg, plan, model)
+        if store.num_shards > 1 and store.planned <= store.shard:
+            log.warning("sweep.shard=%d owned none of the sweep's %d chunks (num_shards=%d): its results are NaN; "
+                        "use fewer shards", store.shard, store.planned, store.num_shards)
         finished = True
         return _write_run(cfg, run_dir, pairs, locations, model, device, timer, store, output)
     except KeyboardInterrupt as err:

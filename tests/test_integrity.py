@@ -352,3 +352,17 @@ def test_pretrained_inputs_come_from_the_cache_snapshot(tmp_path, monkeypatch):
     uncached = {**cfg, "model": {"source": "pretrained", "name": "elsewhere"}}
     assert inputs.digests(uncached)["model/elsewhere"]["sha256"] is None
     assert inputs.first_change(found, inputs.digests(uncached)) is None
+
+
+def test_a_shard_that_owns_no_chunk_says_so(tmp_path, caplog):
+    """Two points in one chunk, two shards: shard 1 gets nothing, which only the planned chunks show."""
+    import logging
+
+    from circuitlab import cli
+    from circuitlab.run import run_experiment
+
+    overrides = ["+experiment=ioi_patching", "sweep.layers=[0]", "sweep.positions=[S2,all]", "sweep.streams=[resid_pre]",
+                 "sweep.num_shards=2", "sweep.shard=1", "progress=false", "figures=false", f"run.dir={tmp_path / 'run'}"]
+    with caplog.at_level(logging.WARNING, logger="circuitlab"):
+        run_experiment(cli.compose_config(overrides), tmp_path / "run")
+    assert any("sweep.shard=1 owned none of the sweep's 1 chunks" in r.getMessage() for r in caplog.records)
