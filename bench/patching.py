@@ -22,7 +22,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig, patching
 
 from circuitlab.locations import enumerate_locations
-from circuitlab.methods.activation_patching import patch_sweep
+from circuitlab.engine.sweep import patch_sweep
 from circuitlab.metrics import logit_diff
 from circuitlab.results import write_text
 from circuitlab.tasks.base import PromptPairs

@@ -259,6 +259,13 @@ class RunConfig:
     sweep: SweepConfig = MISSING
 
 
+def plain(value):
+    """A config node as plain Python (lists, dicts, scalars); other values as they are."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+
 def register_configs() -> None:
     """Store each schema under the name its YAML files extend (`base_<group>...`), and register the resolver the
     local_gpus launcher sizes itself with."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from circuitlab import inputs, rundir
-from circuitlab.chunks import read_chunk
+from circuitlab.engine.chunks import read_chunk
 from circuitlab.errors import CircuitlabError, ConfigError
 from circuitlab.results import umask
 from circuitlab.resume import CHUNKS_DIR, first_difference, identity, stored_config

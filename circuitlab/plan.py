@@ -7,7 +7,6 @@ import dataclasses
 import math
 import re
 from pathlib import Path
-from dataclasses import dataclass, field
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -15,7 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from circuitlab import circuits
 from circuitlab.errors import CircuitlabError, ConfigError
 from circuitlab.locations import Location, check_present, enumerate_locations, get_stream, position_mask, resolve_layers, resolve_positions
-from circuitlab.methods import ablation, activation_patching, attention, das, path_patching
+from circuitlab.config import plain
+from circuitlab.engine import sweep
+from circuitlab.engine.records import Plan
+from circuitlab.methods import ablation, attention, das, path_patching
 from circuitlab.metrics import METRICS
 from circuitlab.models import loading
 from circuitlab.tasks import TASKS
@@ -38,7 +40,7 @@ def check_schema(cfg: DictConfig, path: str = "") -> None:
     for key in cfg.keys():
         where = f"{path}.{key}" if path else str(key)
         if key not in fields:
-            raise ConfigError(where, _plain(cfg._get_node(key)._value()), f"the keys of {path or 'the top level'}: {', '.join(fields)}",
+            raise ConfigError(where, plain(cfg._get_node(key)._value()), f"the keys of {path or 'the top level'}: {', '.join(fields)}",
                               hint=f"{schema.__name__} has no such key; a typo?")
         node = cfg._get_node(key)
         if OmegaConf.is_dict(node):
@@ -94,7 +96,7 @@ def check_values(cfg: DictConfig) -> None:
     for key in ("layers", "positions"):
         if key in cfg.sweep and cfg.sweep[key] is None:
             raise ConfigError(f"sweep.{key}", "null", "all, or a list of layers" if key == "layers" else "every, or a list of positions")
-    check_head_groups(_plain(cfg.sweep.get("heads")))
+    check_head_groups(plain(cfg.sweep.get("heads")))
     method = cfg.method
     if method.name == "das":
         require_number("method.low_rank_dimension", method.low_rank_dimension, integer=True, minimum=1)
@@ -123,7 +125,7 @@ def check_head_groups(spec) -> None:
                               "or a list of non-empty lists of heads")
         for item in spec:
             if isinstance(item, list) and not item:
-                raise ConfigError("sweep.heads", _plain(spec), "head groups of one or more heads, e.g. [[0, 3]] (an empty group patches nothing)")
+                raise ConfigError("sweep.heads", plain(spec), "head groups of one or more heads, e.g. [[0, 3]] (an empty group patches nothing)")
 
 
 def validate_static(cfg: DictConfig) -> None:
@@ -137,8 +139,8 @@ def validate_static(cfg: DictConfig) -> None:
     TASKS[cfg.task.name].validate_config(cfg.task)
     if cfg.method.name not in METHODS:
         raise ConfigError("method.name", cfg.method.name, METHODS)
-    if "direction" in cfg.method and cfg.method.direction not in activation_patching.DIRECTIONS:
-        raise ConfigError("method.direction", cfg.method.direction, activation_patching.DIRECTIONS)
+    if "direction" in cfg.method and cfg.method.direction not in sweep.DIRECTIONS:
+        raise ConfigError("method.direction", cfg.method.direction, sweep.DIRECTIONS)
     if cfg.method.name == "das":
         if cfg.method.intervention not in das.INTERVENTIONS:
             raise ConfigError("method.intervention", cfg.method.intervention, das.INTERVENTIONS)
@@ -149,7 +151,7 @@ def validate_static(cfg: DictConfig) -> None:
     if cfg.method.name == "ablation":
         if cfg.method.mode not in ablation.MODES:
             raise ConfigError("method.mode", cfg.method.mode, ablation.MODES)
-        ablation.check_scales(_plain(cfg.method.scales))
+        ablation.check_scales(plain(cfg.method.scales))
         ablation.check_pca(cfg.method.mode, cfg.method.k, [], {})
         if cfg.method.resample_from not in ablation.RESAMPLE_FROM:
             raise ConfigError("method.resample_from", cfg.method.resample_from, ablation.RESAMPLE_FROM)
@@ -167,10 +169,21 @@ def validate_static(cfg: DictConfig) -> None:
     if "prob" in cfg.method.get("metrics", []) and not cfg.task.get("track") and cfg.task.name != "pairs":
         raise ConfigError("task.track", "[]", "one or more tokens, e.g. task.track=[' Mary'], for method.metrics=[prob]")
     check_shard(cfg)
+    check_cumulative_order(cfg)
     if not cfg.sweep.streams:
         raise ConfigError("sweep.streams", "[]", "one or more stream names")
     for stream in cfg.sweep.streams:
         get_stream(stream)
+
+
+RANKS_CUMULATIVE_HEADS = ("activation_patching", "attribution_patching")  # rank heads by their own patching effect
+
+
+def check_cumulative_order(cfg: DictConfig) -> None:
+    """`sweep.heads=cumulative` without `head_order` needs a method that ranks heads itself."""
+    if cfg.sweep.get("heads") == "cumulative" and not cfg.sweep.get("head_order") and cfg.method.name not in RANKS_CUMULATIVE_HEADS:
+        raise ConfigError("sweep.head_order", "null", f"a list of heads for sweep.heads=cumulative with method={cfg.method.name}, "
+                          f"which does not rank heads itself (only {', '.join(RANKS_CUMULATIVE_HEADS)} do)")
 
 
 UNSHARDABLE = ("das", "direct_attribution")
@@ -213,48 +226,35 @@ def check_shard_count(cfg: DictConfig, locations: list[Location], pairs: PromptP
 def _patching_points(locations: list[Location], pairs: PromptPairs) -> int:
     """The points activation patching computes: those that patch a cell at or after the first position where a clean
     prompt differs from its corrupted twin (earlier cells hold the same activations in both runs)."""
-    start = activation_patching.first_difference(pairs)
+    start = sweep.first_difference(pairs)
     specs = list(dict.fromkeys(loc.positions for loc in locations))
     masks = position_mask(specs, pairs.width, pairs.named_positions, pairs.n_pairs)[:, :, start:]
     changes = dict(zip(specs, masks.flatten(1).any(1).tolist()))
     return sum(changes[loc.positions] for loc in locations)
 
 
-def build_pairs(cfg: DictConfig, tokenizer) -> PromptPairs:
+def special_ids(tokenizer) -> tuple[int, int]:
+    """(BOS, pad) ids the tasks build prompts with: BOS, else EOS; pad, else BOS. One rule for every split."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
-    return TASKS[cfg.task.name].build_pairs(cfg.task, tokenizer, bos, pad, cfg.seed)
+    return bos, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else bos
+
+
+def build_pairs(cfg: DictConfig, tokenizer) -> PromptPairs:
+    return TASKS[cfg.task.name].build_pairs(cfg.task, tokenizer, *special_ids(tokenizer), cfg.seed)
 
 
 def plan_locations(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPairs) -> list[Location]:
     if pairs.width > shape.n_ctx:
         raise CircuitlabError(f"task: prompts of {pairs.width} tokens exceed the model's context of {shape.n_ctx}")
     check_present(list(cfg.sweep.streams), shape)
-    layers = resolve_layers(_plain(cfg.sweep.layers), shape.n_layers)
+    layers = resolve_layers(plain(cfg.sweep.layers), shape.n_layers)
     if not layers:
         raise ConfigError("sweep.layers", "[]", f"all, or one or more of the layers 0..{shape.n_layers - 1}")
-    positions = resolve_positions(_plain(cfg.sweep.positions), pairs.width, list(pairs.named_positions), pairs.same_length)
+    positions = resolve_positions(plain(cfg.sweep.positions), pairs.width, list(pairs.named_positions), pairs.same_length)
     if not positions:
         raise ConfigError("sweep.positions", "[]", f"every, all, one or more of {', '.join(pairs.named_positions)} or position indices")
-    heads, order = _plain(cfg.sweep.heads), _plain(cfg.sweep.get("head_order"))
+    heads, order = plain(cfg.sweep.heads), plain(cfg.sweep.get("head_order"))
     return enumerate_locations(list(cfg.sweep.streams), layers, positions, heads, order, shape)
-
-
-def _plain(value):
-    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Everything decided before the weights are loaded."""
-
-    shape: loading.ModelShape
-    pairs: PromptPairs
-    locations: list[Location]
-    tracked: dict[str, int]
-    tokenizer: object = None
-    receivers: tuple[path_patching.Receiver, ...] = field(default_factory=tuple)
-    train_pairs: PromptPairs | None = None
 
 
 def prepare(cfg: DictConfig) -> Plan:
@@ -264,11 +264,11 @@ def prepare(cfg: DictConfig) -> Plan:
     tokenizer = loading.load_tokenizer(cfg.model)
     pairs = build_pairs(cfg, tokenizer)
     check_token_ids(cfg, tokenizer, pairs)
-    locations, receivers = plan_locations(cfg, shape, pairs), ()
+    locations, method_plan = plan_locations(cfg, shape, pairs), None
     if cfg.method.name == "path_patching":
-        receivers = plan_receivers(cfg, shape, pairs)
+        method_plan = receivers = plan_receivers(cfg, shape, pairs)
         locations = path_patching.check_senders(locations, list(receivers), cfg.method.begin_layer)
-        attention.resolve_heads(_plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
+        attention.resolve_heads(plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
     if cfg.method.name == "ablation":
         plan_ablation(cfg, shape, locations)
         if cfg.method.resample_from == "dataset":
@@ -277,11 +277,9 @@ def prepare(cfg: DictConfig) -> Plan:
     if "output_change" in cfg.method.get("metrics", []) and pairs.labels_differ is None:
         raise ConfigError("method.metrics", "output_change", "other metrics for this task (output_change needs labels for the corrupted "
                           "prompts: task=repeat_first, or task=pairs with 'corrupted_answer' on every line)")
-    train_pairs = None
     if cfg.method.name == "das":
         das.check_locations(locations, das.training_from(cfg.method), shape.n_heads, shape.d_head, shape.d_model, shape.d_mlp)
-        bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, bos, tokenizer.pad_token_id or bos, cfg.seed, "train")
+        method_plan = train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, *special_ids(tokenizer), cfg.seed, "train")
         if cfg.method.load:  # the saved interventions are read and checked now, not after the weights load
             training = das.training_from(cfg.method)
             widths = [das.location_width(loc, shape.n_heads, shape.d_head, shape.d_model, shape.d_mlp) for loc in locations]
@@ -290,7 +288,7 @@ def prepare(cfg: DictConfig) -> Plan:
         if raw and not (train_pairs.same_length and pairs.same_length and train_pairs.width == pairs.width):
             raise ConfigError("sweep.positions", raw[0], "named positions (IO, S1, S2, END): train and test prompts differ in length, "
                               "so a raw index means different tokens")
-    return Plan(shape, pairs, locations, tracked_tokens(cfg, tokenizer, pairs), tokenizer, receivers, train_pairs)
+    return Plan(shape, pairs, locations, tracked_tokens(cfg, tokenizer, pairs), tokenizer, method_plan)
 
 
 def check_token_ids(cfg: DictConfig, tokenizer, pairs: PromptPairs) -> None:
@@ -309,7 +307,7 @@ def check_token_ids(cfg: DictConfig, tokenizer, pairs: PromptPairs) -> None:
 
 def plan_ablation(cfg: DictConfig, shape: loading.ModelShape, locations: list[Location]) -> None:
     """The circuit's nodes exist; k is no wider than any swept stream (checked again on the loaded model)."""
-    circuits.parse_circuit(_plain(cfg.method.circuit), shape.n_layers, shape.n_heads)
+    circuits.parse_circuit(plain(cfg.method.circuit), shape.n_layers, shape.n_heads)
     by_stream = {"q": shape.d_head, "k": shape.d_head, "v": shape.d_head, "z": shape.d_head, "mlp_post": shape.d_mlp}
     widths = {loc.stream: by_stream.get(get_stream(loc.stream).name, shape.d_model) for loc in locations}
     ablation.check_pca(cfg.method.mode, cfg.method.k, locations, widths)
@@ -319,7 +317,7 @@ def plan_receivers(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPair
     """Path patching's receivers and receiver positions, checked against the model and the prompts."""
     if not cfg.method.receivers:
         raise ConfigError("method.receivers", "[]", path_patching.RECEIVER_SYNTAX)
-    spec = _plain(cfg.method.receiver_positions)
+    spec = plain(cfg.method.receiver_positions)
     spec = tuple(spec) if isinstance(spec, list) else spec
     resolve_positions([spec], pairs.width, list(pairs.named_positions), pairs.same_length, "method.receiver_positions")
     return tuple(path_patching.parse_receiver(r, shape.n_layers, shape.n_heads) for r in cfg.method.receivers)

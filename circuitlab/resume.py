@@ -20,7 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from circuitlab import inputs, rundir
-from circuitlab.chunks import ChunkStore
+from circuitlab.engine.chunks import ChunkStore
 from circuitlab.errors import CircuitlabError
 
 log = logging.getLogger("circuitlab")

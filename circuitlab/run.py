@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from circuitlab import chunks, inputs, resume, rundir
+from circuitlab import inputs, resume, rundir
+from circuitlab.engine import chunks
 from circuitlab import results as rs
 from circuitlab.models import loading
 from circuitlab.plan import prepare

@@ -3,35 +3,25 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 import torch
 from omegaconf import DictConfig
 
 from circuitlab import circuits
-from circuitlab.locations import STREAMS, Location, heads_value, position_label, position_value
-from circuitlab.methods import ablation, activation_patching, attention, attribution_patching, das, direct_attribution, path_patching
-from circuitlab.plan import Plan, _plain
+from circuitlab.config import plain
+from circuitlab.engine import sweep as engine
+from circuitlab.engine.records import MethodOutput, Plan
+from circuitlab.engine.rows import location_columns, patching_rows, patching_tensors, ranked_cumulative
+from circuitlab.locations import Location, heads_value, position_label
+from circuitlab.methods import ablation, attention, attribution_patching, das, direct_attribution, path_patching
 from circuitlab.tasks.base import PromptPairs
 
 log = logging.getLogger("circuitlab")
 
-@dataclass
-class MethodOutput:
-    """What a method hands back for writing: tidy rows, tensors, extra CSV tables by file name, the
-    unpatched baselines and extra manifest entries."""
-
-    rows: list[dict]
-    tensors: dict
-    clean: dict[str, float]
-    corrupted: dict[str, float]
-    tables: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-    tensor_files: dict = field(default_factory=dict)
-
 
 def _sweeper(cfg: DictConfig, plan: Plan, model):
-    return lambda locs: activation_patching.patch_sweep(  # noqa: E731
+    return lambda locs: engine.patch_sweep(  # noqa: E731
         model, plan.pairs, locs, cfg.method.direction, cfg.memory_budget_mb, cfg.progress, tuple(cfg.method.metrics), plan.tracked,
     )
 
@@ -65,19 +55,19 @@ def run_attribution_patching(cfg: DictConfig, plan: Plan, model) -> MethodOutput
 def run_path_patching(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     """Every sender into the receivers; `logit_diff_variation` is the seed's (patched - corrupted) /
     (corrupted - clean); heads above the thresholds are listed; attention patterns of chosen heads."""
-    spec = _plain(cfg.method.receiver_positions)
+    spec = plain(cfg.method.receiver_positions)
     result = path_patching.path_patch(
-        model, plan.pairs, plan.locations, list(plan.receivers), tuple(spec) if isinstance(spec, list) else spec,
+        model, plan.pairs, plan.locations, list(plan.method_plan), tuple(spec) if isinstance(spec, list) else spec,
         cfg.memory_budget_mb, cfg.progress, tuple(cfg.method.metrics), plan.tracked,
     )
     variation = -result.normalized
     result.metrics["logit_diff_variation"] = variation
-    receiver = " + ".join(r.label for r in plan.receivers)
+    receiver = " + ".join(r.label for r in plan.method_plan)
     rows = [{**row, "receiver": receiver} for row in patching_rows(cfg, result, plan.pairs)]
     important = path_patching.important_senders(plan.locations, variation, list(cfg.method.thresholds))
     for line in path_patching.describe_important(important, list(cfg.method.thresholds)):
         log.info(line)
-    heads = attention.resolve_heads(_plain(cfg.method.pattern_heads), plan.shape.n_layers, plan.shape.n_heads)
+    heads = attention.resolve_heads(plain(cfg.method.pattern_heads), plan.shape.n_layers, plan.shape.n_heads)
     if heads is None:
         heads = path_patching.top_heads(plan.locations, variation, cfg.method.thresholds[0] if cfg.method.thresholds else 0.0)
     tables = {"important_heads.csv": important}
@@ -88,7 +78,7 @@ def run_path_patching(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
         labels = plan.tokenizer.convert_ids_to_tokens(tokens[0, : patterns.shape[-1]].tolist())
         tables["attention_patterns.csv"] = attention.patterns_frame(patterns, heads, labels, cfg.method.pattern_prompts, n_prompts)
         tensors.update(attention_patterns=patterns, attention_heads=[f"{l}.{h}" for l, h in heads])
-    return MethodOutput(rows, tensors, result.clean, result.corrupted, tables, {"receivers": [r.label for r in plan.receivers]})
+    return MethodOutput(rows, tensors, result.clean, result.corrupted, tables, {"receivers": [r.label for r in plan.method_plan]})
 
 
 def run_das(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
@@ -97,7 +87,7 @@ def run_das(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     hp = cfg.method
     training = das.training_from(hp)
     saved = das.load_interventions(hp.load, plan.locations, training) if hp.load else None
-    result = das.das_sweep(model, plan.train_pairs, plan.pairs, plan.locations, training, cfg.progress, saved)
+    result = das.das_sweep(model, plan.method_plan, plan.pairs, plan.locations, training, cfg.progress, saved)
     rows = []
     for i, loc in enumerate(plan.locations):
         values = {"iia": float(result.iia[i]), "loss": float(result.loss[i])}
@@ -107,7 +97,7 @@ def run_das(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     log.info("IIA: %s", ", ".join(f"{loc.stream} L{loc.layer} {position_label(loc.positions, plan.pairs.first_prompt_tokens)}"
                                    f"{'' if loc.heads is None else ' h' + heads_value(loc.heads)} {v:.2f}" for loc, v in zip(plan.locations, result.iia.tolist())))
     tensors = {"iia": result.iia, "loss": result.loss, "locations": [das.location_key(loc) for loc in plan.locations]}
-    extra = {"intervention": hp.intervention, "n_train_pairs": plan.train_pairs.n_pairs}
+    extra = {"intervention": hp.intervention, "n_train_pairs": plan.method_plan.n_pairs}
     files = {} if hp.intervention == "vanilla" else {"interventions.pt": das.interventions_file(plan.locations, result, training)}
     weights = das.head_weights_frame(plan.locations, result, model.cfg.n_heads, model.cfg.d_head)
     tables = {"rotation_weights.csv": weights} if len(weights) else {}
@@ -139,8 +129,8 @@ def run_ablation(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     """One ablation sweep per scale; `effect` = (clean - ablated) / (clean - corrupted) of the logit difference.
     With a declared circuit, rows say whether their node is in it, and `faithfulness.csv` gives the share of the
     clean logit difference kept when every swept location outside the circuit is ablated at once."""
-    mode, scales, metrics = cfg.method.mode, ablation.check_scales(_plain(cfg.method.scales)), tuple(cfg.method.metrics)
-    circuit = circuits.parse_circuit(_plain(cfg.method.circuit), model.cfg.n_layers, model.cfg.n_heads)
+    mode, scales, metrics = cfg.method.mode, ablation.check_scales(plain(cfg.method.scales)), tuple(cfg.method.metrics)
+    circuit = circuits.parse_circuit(plain(cfg.method.circuit), model.cfg.n_layers, model.cfg.n_heads)
     paired = plan.pairs  # the effect's reference stays the paired corrupted run
     if cfg.method.get("resample_from", "corrupted") == "dataset" and mode not in ablation.SELF_SOURCED + ("zero",):
         plan = replace(plan, pairs=ablation.resampled_from_dataset(plan.pairs, cfg.seed))
@@ -206,19 +196,6 @@ RUNNERS = {
 }
 
 
-def ranked_cumulative(locations: list[Location], sweep, shape) -> list[Location]:
-    """Cumulative head groups in computed order: per (stream, layer, positions), heads ranked by the metric
-    each one alone reaches (largest first). `shape` gives each stream's head count."""
-    heads_of = lambda stream: range(STREAMS[stream].n_heads(shape))  # noqa: E731
-    singles = list(dict.fromkeys(Location(l.stream, l.layer, l.positions, (h,), "", h) for l in locations for h in heads_of(l.stream)))
-    effect = dict(zip(singles, sweep(singles).logit_diff.tolist()))
-    out = []
-    for key in dict.fromkeys((l.stream, l.layer, l.positions) for l in locations):
-        ranked = sorted(heads_of(key[0]), key=lambda h: -effect[Location(*key, (h,), "", h)])
-        out += [Location(*key, tuple(ranked[: i + 1]), "cumulative", h) for i, h in enumerate(ranked)]
-    return out
-
-
 def correlations(locations: list[Location], estimates, exact) -> dict[str, float]:
     """Pearson correlation of attribution and exact patching, per stream and over all locations."""
     out = {}
@@ -227,20 +204,6 @@ def correlations(locations: list[Location], estimates, exact) -> dict[str, float
         out[stream] = attribution_patching.pearson(estimates[index], exact[index])
     out["all"] = attribution_patching.pearson(estimates, exact)
     return out
-
-
-def location_columns(cfg: DictConfig, location: Location, pairs: PromptPairs) -> dict:
-    return {
-        "experiment": cfg.name,
-        "method": cfg.method.name,
-        "stream": location.stream,
-        "layer": location.layer,
-        "head": location.head,
-        "heads": heads_value(location.heads),
-        "group": location.group,
-        "position": position_value(location.positions),
-        "position_label": position_label(location.positions, pairs.first_prompt_tokens),
-    }
 
 
 def attribution_rows(cfg, locations, estimates, clean_minus_corrupted: float, exact, pairs: PromptPairs) -> list[dict]:
@@ -260,37 +223,3 @@ def attribution_rows(cfg, locations, estimates, clean_minus_corrupted: float, ex
     return rows
 
 
-def patching_rows(cfg: DictConfig, result: activation_patching.PatchingResult, pairs: PromptPairs) -> list[dict]:
-    values = {**result.metrics, "logit_diff_normalized": result.normalized}
-    order = ["logit_diff", "logit_diff_normalized", *[m for m in result.metrics if m != "logit_diff"]]
-    rows = []
-    for i, location in enumerate(result.locations):
-        common = location_columns(cfg, location, pairs)
-        rows += [{**common, "metric": name, "value": float(values[name][i])} for name in order]
-    return rows
-
-
-def patching_tensors(result: activation_patching.PatchingResult, pairs: PromptPairs) -> dict:
-    """`<stream>/<metric>`: Tensor[layer, head point, position] (no head axis for streams patched whole), in
-    sweep order, plus the axes' labels and the baselines."""
-    layers = sorted({loc.layer for loc in result.locations})
-    positions = list(dict.fromkeys(loc.positions for loc in result.locations))
-    out: dict[str, object] = {
-        "layers": torch.tensor(layers),
-        "position_labels": [position_label(p, pairs.first_prompt_tokens) for p in positions],
-        "clean_logit_diff": torch.tensor(result.clean_logit_diff),
-        "corrupted_logit_diff": torch.tensor(result.corrupted_logit_diff),
-    }
-    values = {**result.metrics, "logit_diff_normalized": result.normalized}
-    for stream in dict.fromkeys(loc.stream for loc in result.locations):
-        mine = [(i, loc) for i, loc in enumerate(result.locations) if loc.stream == stream]
-        head_points = list(dict.fromkeys((loc.heads, loc.group, loc.head) for _, loc in mine))
-        with_heads = head_points != [(None, "", None)]
-        if with_heads:
-            out[f"{stream}/head_points"] = [f"{group}:{head}:{heads_value(heads)}" for heads, group, head in head_points]
-        for metric, tensor in values.items():
-            grid = torch.full((len(layers), len(head_points), len(positions)), float("nan"))
-            for i, loc in mine:
-                grid[layers.index(loc.layer), head_points.index((loc.heads, loc.group, loc.head)), positions.index(loc.positions)] = float(tensor[i])
-            out[f"{stream}/{metric}"] = grid if with_heads else grid[:, 0]
-    return out

@@ -23,7 +23,7 @@ from circuitlab import cli  # noqa: E402
 from circuitlab.config import ModelConfig  # noqa: E402
 from circuitlab.errors import CircuitlabError  # noqa: E402
 from circuitlab.locations import enumerate_locations  # noqa: E402
-from circuitlab.methods.activation_patching import patch_sweep  # noqa: E402
+from circuitlab.engine.sweep import patch_sweep  # noqa: E402
 from circuitlab.metrics import logit_diff  # noqa: E402
 from circuitlab.models import hf_checkpoint, loading  # noqa: E402
 from circuitlab.run import run_experiment  # noqa: E402

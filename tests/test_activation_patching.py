@@ -7,7 +7,7 @@ import torch
 from transformer_lens import patching
 
 from circuitlab.locations import enumerate_locations
-from circuitlab.methods.activation_patching import patch_sweep
+from circuitlab.engine.sweep import patch_sweep
 from circuitlab.metrics import logit_diff
 from tests.conftest import ioi_pairs
 

@@ -12,7 +12,8 @@ from transformer_lens import patching
 from circuitlab.config import ModelConfig
 from circuitlab.locations import STREAMS, Location, enumerate_locations
 from circuitlab.methods.ablation import ablate
-from circuitlab.methods.activation_patching import final_position_logits, patch_sweep
+from circuitlab.engine.forward import final_position_logits
+from circuitlab.engine.sweep import patch_sweep
 from circuitlab.methods.das import Training, das_sweep
 from circuitlab.methods.direct_attribution import HEAD_COMPONENTS, LAYER_COMPONENTS, direct_attribution
 from circuitlab.methods.path_patching import check_senders, parse_receiver, path_patch

@@ -34,6 +34,8 @@ BAD_RUNS = {
     "bad device": (["device=tpu"], "device=tpu"),
     "heads on a stream without heads": (["sweep.streams=[resid_pre]", "sweep.heads=each"], "sweep.heads=each"),
     "head out of range": (["sweep.streams=[z]", "sweep.heads=[0,4]"], "sweep.heads=4"),
+    "cumulative heads without an order, for a method that does not rank": (["+experiment=toy_resample_scales", "sweep.streams=[z]", "sweep.heads=cumulative"],
+                                                                            "sweep.head_order=null is not allowed"),
     "head order out of range": (["sweep.streams=[z]", "sweep.heads=cumulative", "sweep.head_order=[9]"], "sweep.head_order=9"),
     "unknown head mode": (["sweep.streams=[z]", "sweep.heads=some"], "sweep.heads=some"),
     "unknown metric": (["method.metrics=[logit_diff,entropy]"], "method.metrics=entropy"),

@@ -17,7 +17,7 @@ import torch
 from circuitlab import cli
 from circuitlab.errors import CircuitlabError, ConfigError
 from circuitlab.merge import merge_shards
-from circuitlab.methods import activation_patching
+from circuitlab.engine import sweep as engine_sweep
 from circuitlab.results import load_tensors
 from circuitlab.run import run_experiment
 
@@ -127,11 +127,11 @@ def test_out_of_memory_halves_the_chunk(tmp_path, monkeypatch, caplog):
     from circuitlab.config import ModelConfig
     from circuitlab.models import loading
 
-    model = activation_patching  # the module whose forward we constrain
+    model = engine_sweep  # the module whose forward we constrain
     locations = [Location("z", layer, "all", (head,), "", head) for layer in (0, 1) for head in range(4)]
     toy = loading.load_model(ModelConfig(source="embedded", name="toy-ioi"), device="cpu")
     pairs = ioi_pairs(toy, n_prompts=6)
-    expected = activation_patching.patch_sweep(toy, pairs, locations, progress=False).logit_diff
+    expected = engine_sweep.patch_sweep(toy, pairs, locations, progress=False).logit_diff
     real = model._patched_final_logits
 
     def small_memory(m, layer, start, spec, cache, source, pos_masks, *args):
@@ -142,7 +142,7 @@ def test_out_of_memory_halves_the_chunk(tmp_path, monkeypatch, caplog):
     calls = []
     monkeypatch.setattr(model, "_patched_final_logits", lambda *a: calls.append(a[6].shape[0]) or small_memory(*a))
     with caplog.at_level(logging.WARNING, logger="circuitlab"):
-        got = activation_patching.patch_sweep(toy, pairs, locations, progress=False).logit_diff
+        got = engine_sweep.patch_sweep(toy, pairs, locations, progress=False).logit_diff
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert "halving it" in caplog.text and max(calls) > 2 and sum(n for n in calls if n <= 2) == len(locations)
 

@@ -8,7 +8,7 @@ import torch
 
 from circuitlab import cli
 from circuitlab.locations import enumerate_locations
-from circuitlab.methods.activation_patching import patch_sweep
+from circuitlab.engine.sweep import patch_sweep
 from circuitlab.run import run_experiment
 
 BASE = ["+experiment=ioi_patching", "task.n_prompts=8", "progress=false", "figures=false"]

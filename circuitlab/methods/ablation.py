@@ -25,10 +25,11 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from circuitlab import chunks
+from circuitlab.engine import chunks
 from circuitlab.errors import ConfigError
 from circuitlab.locations import STREAMS, Location, cell_mask, head_mask, position_mask
-from circuitlab.methods.activation_patching import PatchingResult, attn_result_enabled, patch_sweep
+from circuitlab.engine.forward import attn_result_enabled
+from circuitlab.engine.sweep import PatchingResult, patch_sweep
 from circuitlab.metrics import logit_diff
 from circuitlab.tasks.base import PromptPairs
 

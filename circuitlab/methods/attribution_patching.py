@@ -16,7 +16,8 @@ from transformer_lens import HookedTransformer
 
 from circuitlab.errors import ConfigError
 from circuitlab.locations import STREAMS, Location, cell_mask, head_mask, position_mask
-from circuitlab.methods.activation_patching import DIRECTIONS, attn_result_enabled
+from circuitlab.engine.forward import attn_result_enabled
+from circuitlab.engine.sweep import DIRECTIONS
 from circuitlab.metrics import logit_diff
 from circuitlab.tasks.base import PromptPairs
 

@@ -33,7 +33,8 @@ from transformer_lens import HookedTransformer
 from circuitlab.config import DASTraining as Training
 from circuitlab.errors import ConfigError
 from circuitlab.locations import STREAMS, Location, head_mask, position_mask
-from circuitlab.methods.activation_patching import final_position_logits, frozen_prefix, fused_gelu, patch_sweep
+from circuitlab.engine.forward import final_position_logits, frozen_prefix, fused_gelu
+from circuitlab.engine.sweep import patch_sweep
 from circuitlab.tasks.base import PromptPairs
 
 INTERVENTIONS = ("vanilla", "das", "boundless")

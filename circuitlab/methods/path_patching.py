@@ -28,17 +28,12 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
-from circuitlab import chunks
+from circuitlab.engine import chunks
 from circuitlab.errors import CircuitlabError, ConfigError
 from circuitlab.locations import STREAMS, Location, get_stream, head_mask, position_mask
-from circuitlab.methods.activation_patching import (
-    PatchingResult,
-    final_position_logits,
-    frozen_prefix,
-    fused_gelu,
-    halving_on_oom,
-    points_per_chunk,
-)
+from circuitlab.engine.batching import halving_on_oom, points_per_chunk
+from circuitlab.engine.forward import final_position_logits, frozen_prefix, fused_gelu
+from circuitlab.engine.sweep import PatchingResult
 from circuitlab.metrics import point_metrics
 from circuitlab.tasks.base import PromptPairs
 

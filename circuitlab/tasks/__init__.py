@@ -1,5 +1,5 @@
-"""Task registry: each task module offers `validate_config(cfg)`, `build_pairs(cfg, tokenizer, bos_id,
-pad_id, seed) -> PromptPairs` and `POSITION_LABELS`."""
+"""Task registry: each task module offers `validate_config(cfg)` and `build_pairs(cfg, tokenizer, bos_id, pad_id,
+seed) -> PromptPairs` (whose `named_positions` name the positions it offers); ioi_counterfactual also `build_split`."""
 
 from circuitlab.tasks import addition, factual, ioi, ioi_counterfactual, pairs, repeat_first
 

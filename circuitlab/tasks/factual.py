@@ -28,7 +28,6 @@ TEMPLATES = {
     "capital_city": "The capital city of [C] is",
     "is_the_capital": "Which city is the capital of [C]? It is",
 }
-POSITION_LABELS = ("COUNTRY", "END")
 
 
 def validate_config(cfg) -> None:

@@ -22,7 +22,6 @@ from circuitlab.tasks.base import (
 
 REQUIRED = ("clean", "corrupted", "answer", "wrong")
 OPTIONAL = ("corrupted_answer", "track")
-POSITION_LABELS = ("END",)
 UNKNOWN_LABEL = "an answer unknown to the tokenizer"
 
 

@@ -14,7 +14,6 @@ from circuitlab.errors import CircuitlabError, ConfigError
 from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, encode, single_token_id
 
 SYMBOLS = ("a", "b", "c", "d", "e", "f")
-POSITION_LABELS = ("FIRST", "END")
 MAX_LENGTH = 7
 
 
