@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from circuitlab import cli
+from circuitlab.config import plain
 from circuitlab.run import prepare
 
 PRESETS = cli.group_options("experiment")
@@ -27,7 +29,10 @@ def test_every_group_option_composes(group):
     for option in cli.group_options(group):
         overrides = [f"{group}={option}"] + (["model.path=/x"] if option == "local" else [])
         cfg = cli.compose_config(overrides)
-        assert cfg[group] is not None
+        chosen = yaml.safe_load((cli.CONFIG_DIR / group / f"{option}.yaml").read_text())
+        for key, value in chosen.items():  # the option's own values are what the composed group holds
+            if key != "defaults" and not any(o.startswith(f"{group}.{key}=") for o in overrides):
+                assert plain(cfg[group][key]) == value, (group, option, key)
 
 
 def test_alias_streams_and_hydra_overrides():

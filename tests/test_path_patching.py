@@ -161,11 +161,17 @@ def test_known_path_shows_only_on_that_path():
     assert ((reads_all.logit_diff - reads_all.corrupted_logit_diff).abs() > 1e-4).all()
 
 
-def test_noop_before_receiver_and_metrics_normalise():
+def test_noop_sender_and_metrics_normalise():
+    """A head whose output matrix is zero writes nothing: patching it leaves the corrupted run's numbers exactly,
+    while its neighbours change them; metrics and the normalised score are reported as asked."""
     model = small_model()
+    model.blocks[0].attn.W_O.data[1] = 0.0
     pairs = random_pairs()
-    result = path_patch(model, pairs, senders_of(model, 2), [Receiver("resid_pre", 2)], progress=False, metrics=("logit_diff", "accuracy"))
+    senders = [Location("z", 0, "all", (h,), "", h) for h in range(4)]
+    result = path_patch(model, pairs, senders, [Receiver("resid_pre", 2)], progress=False, metrics=("logit_diff", "accuracy"))
     assert set(result.metrics) == {"logit_diff", "accuracy"}
+    assert result.logit_diff[1].item() == pytest.approx(result.corrupted_logit_diff, abs=1e-6)
+    assert (result.logit_diff[[0, 2, 3]] - result.corrupted_logit_diff).abs().min() > 1e-4
     normalised = (result.logit_diff - result.corrupted_logit_diff) / (result.clean_logit_diff - result.corrupted_logit_diff)
     torch.testing.assert_close(result.normalized, normalised)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -62,7 +63,12 @@ def test_manifest(run_dir):
     assert manifest["model"]["n_layers"] == 2 and manifest["device"] == "cpu" and manifest["seed"] == 0
     assert {"torch", "transformer-lens", "hydra-core"} <= set(manifest["versions"])
     assert {"prepare", "load_model", "sweep", "write_results"} <= set(manifest["wall_time_seconds"])
-    assert "git_commit" in manifest
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / ".git").exists():  # the commit this code was run from (+dirty with uncommitted changes)
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=checkout, capture_output=True, text=True).stdout.strip()
+        assert manifest["git_commit"].removesuffix("+dirty") == head
+    else:
+        assert manifest["git_commit"] is None
     assert manifest["baselines"]["clean"]["logit_diff"] > manifest["baselines"]["corrupted"]["logit_diff"]
 
 
