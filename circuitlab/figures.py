@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import plotnine as p9
 
+from circuitlab.plotting import GROUP_SIGN, head_group_bars, heatmap, layer_position_heatmap, save
+
 RENDERERS: dict[str, Callable[[pd.DataFrame, Path], list[Path]]] = {}
-GROUP_SIGN = {"leave_one_out": "−", "cumulative": "+"}  # bar labels: "−head 3" left out, "+head 3" added
 
 
 def renderer(method: str):
@@ -21,82 +22,6 @@ def renderer(method: str):
         return fn
 
     return register
-
-
-def save(plot: p9.ggplot, out_dir: Path, stem: str, width: float, height: float) -> list[Path]:
-    """Write `stem.png` and `stem.pdf` (atomically: a temp name of this process's own, then rename)."""
-    from circuitlab.results import atomic_write
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for ext in ("png", "pdf"):
-        final = out_dir / f"{stem}.{ext}"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            atomic_write(final, lambda tmp: plot.save(tmp, width=width, height=height, dpi=150, verbose=False, limitsize=False),
-                         suffix=f".tmp.{ext}")
-        written.append(final)
-    return written
-
-
-def _ordered(df: pd.DataFrame, column: str, reverse: bool = False) -> pd.DataFrame:
-    values = list(dict.fromkeys(df[column]))
-    if column == "layer":
-        values = sorted(values)
-    df[column] = pd.Categorical(df[column], categories=values[::-1] if reverse else values, ordered=True)
-    return df
-
-
-def heatmap(
-    frame: pd.DataFrame, x: str, y: str, facet: str, title: str, value_name: str, x_label: str, y_label: str,
-    cell_format: str = "{:.2f}", min_limit: float = 1.0,
-) -> tuple[p9.ggplot, float, float]:
-    """Tiles of `value` over x and y with the values written in the cells, one facet per `facet` value; the
-    colour scale is symmetric around 0, at least +-`min_limit` wide."""
-    df = frame.copy()
-    for column in (x, facet):
-        _ordered(df, column)
-    _ordered(df, y, reverse=True)
-    df["cell"] = df["value"].map(lambda v: "" if pd.isna(v) else cell_format.format(v))
-    limit = max(min_limit, float(df["value"].abs().max()))
-    n_x, n_y, n_facets = df[x].nunique(), df[y].nunique(), df[facet].nunique()
-    plot = (
-        p9.ggplot(df, p9.aes(x, y, fill="value"))
-        + p9.geom_tile(color="white")
-        + p9.geom_text(p9.aes(label="cell"), size=max(4, 8 - n_x // 8))
-        + p9.scale_fill_gradient2(low="#2166ac", mid="white", high="#b2182b", midpoint=0, limits=(-limit, limit), name=value_name)
-        + p9.facet_wrap(f"~{facet}", ncol=1)
-        + p9.labs(x=x_label, y=y_label, title=title)
-        + p9.theme_minimal()
-        + p9.theme(axis_text_x=p9.element_text(rotation=60, ha="right"), panel_grid=p9.element_blank())
-    )
-    width = max(6.0, 0.55 * n_x + 2.5)
-    height = max(3.0, n_facets * (0.4 * n_y + 1.2) + 1.5)
-    return plot, width, height
-
-
-def layer_position_heatmap(frame: pd.DataFrame, title: str, value_name: str, facet: str = "stream") -> tuple[p9.ggplot, float, float]:
-    """Layer x position tiles, one facet per stream (or per tracked token)."""
-    return heatmap(frame, "position_label", "layer", facet, title, value_name, "position (first prompt's token)", "layer")
-
-
-def head_group_bars(frame: pd.DataFrame, title: str, y_label: str = "normalised logit diff") -> tuple[p9.ggplot, float, float]:
-    """One bar per head group, in sweep order, one facet per (stream, layer)."""
-    df = frame.copy()
-    df["bar"] = [f"{GROUP_SIGN.get(g, '')}head {h}" for g, h in zip(df["group"], df["head"])]
-    df["panel"] = df["stream"] + " layer " + df["layer"].astype(str) + " · " + df["position_label"]
-    df["bar"] = pd.Categorical(df["bar"], categories=list(dict.fromkeys(df["bar"])), ordered=True)
-    plot = (
-        p9.ggplot(df, p9.aes("bar", "value", fill="value"))
-        + p9.geom_col()
-        + p9.geom_hline(yintercept=0, color="grey")
-        + p9.scale_fill_gradient2(low="#2166ac", mid="#dddddd", high="#b2182b", midpoint=0, guide=None)
-        + p9.facet_wrap("~panel", ncol=1)
-        + p9.labs(x="", y=y_label, title=title)
-        + p9.theme_minimal()
-        + p9.theme(axis_text_x=p9.element_text(rotation=45, ha="right"))
-    )
-    return plot, max(6.0, 0.5 * df["bar"].nunique() + 2), max(3.0, 2.2 * df["panel"].nunique() + 1)
 
 
 @renderer("activation_patching")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitlab import cli
+from circuitlab import cli, multirun
 from circuitlab.errors import CircuitlabError
 from circuitlab.models import loading
 
@@ -366,7 +366,7 @@ def test_slurm_without_slurm(multirun, tmp_path, capsys, monkeypatch, no_model_l
 def test_local_gpus_without_cuda_falls_back_to_the_cpu_in_one_line(capsys, monkeypatch):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    jobs = cli.preflight_multirun(["hydra/launcher=local_gpus", "+experiment=ioi_patching", "seed=0,1"])
+    jobs = multirun.preflight_multirun(["hydra/launcher=local_gpus", "+experiment=ioi_patching", "seed=0,1"])
     assert len(jobs) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["circuitlab: warning: hydra/launcher=local_gpus: no CUDA device is visible, so the jobs run one at a time on the CPU"]
@@ -402,11 +402,11 @@ def test_multirun_sweep_syntax_is_expanded_and_every_job_checked(overrides, expe
 
 
 def test_sweep_jobs_expand_as_hydras_basic_sweeper():
-    jobs = cli.sweep_jobs(["+experiment=ioi_patching", "seed=0,1", "method.direction=choice(denoising,noising)", "task.n_prompts=range(8,24,8)"])
+    jobs = multirun.sweep_jobs(["+experiment=ioi_patching", "seed=0,1", "method.direction=choice(denoising,noising)", "task.n_prompts=range(8,24,8)"])
     assert len(jobs) == 8 and jobs[0] == ["+experiment=ioi_patching", "seed=0", "method.direction=denoising", "task.n_prompts=8"]
     assert jobs[-1] == ["+experiment=ioi_patching", "seed=1", "method.direction=noising", "task.n_prompts=16"]
-    assert [job[1] for job in cli.sweep_jobs(["+experiment=ioi_patching", "task=glob(ioi*)"])] == ["task=ioi", "task=ioi_counterfactual"]
-    assert cli.sweep_jobs(["seed=1", "seed=2,3"]) == [["seed=2"], ["seed=3"]]  # a key given twice: the last one counts
+    assert [job[1] for job in multirun.sweep_jobs(["+experiment=ioi_patching", "task=glob(ioi*)"])] == ["task=ioi", "task=ioi_counterfactual"]
+    assert multirun.sweep_jobs(["seed=1", "seed=2,3"]) == [["seed=2"], ["seed=3"]]  # a key given twice: the last one counts
 
 
 # figures: a damaged run is skipped, the others redrawn -----------------------------------------------------------
