@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from patching import markdown_table  # noqa: E402
 
 from circuitlab.locations import Location  # noqa: E402
-from circuitlab.methods.das import Training, das_sweep  # noqa: E402
+from circuitlab.methods.das.compute import Training, das_sweep  # noqa: E402
 from circuitlab.models import loading  # noqa: E402
 from circuitlab.models.loading import EMBEDDED_DIR  # noqa: E402
 from circuitlab.results import write_text  # noqa: E402

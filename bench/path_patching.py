@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from patching import finish, markdown_table, model_and_prompts, recorded_setting, setting_line, timed  # noqa: E402
 
 from circuitlab.locations import Location  # noqa: E402
-from circuitlab.methods.path_patching import Receiver, path_patch, ungrouped_kv  # noqa: E402
+from circuitlab.methods.path_patching.compute import Receiver, path_patch, ungrouped_kv  # noqa: E402
 from circuitlab.metrics import logit_diff  # noqa: E402
 from circuitlab.results import write_text  # noqa: E402
 from circuitlab.tasks.base import PromptPairs  # noqa: E402

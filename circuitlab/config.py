@@ -118,105 +118,6 @@ class MethodConfig:
 
 
 @dataclass
-class ActivationPatchingConfig(MethodConfig):
-    """`direction`: denoising (run corrupted, patch clean) or noising (run clean, patch corrupted)."""
-
-    name: str = "activation_patching"
-    direction: str = "denoising"
-    metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
-
-
-@dataclass
-class AttributionPatchingConfig(MethodConfig):
-    """Attribution patching (gradient approximation); `compare_exact` also runs exact activation patching on
-    the same locations and writes the correlation of the two."""
-
-    name: str = "attribution_patching"
-    direction: str = "denoising"
-    metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
-    compare_exact: bool = True
-
-
-@dataclass
-class PathPatchingConfig(MethodConfig):
-    """Path patching (the IOI paper's algorithm; seed 003). Senders are the sweep's locations (streams z,
-    attn_out, mlp_out at positions [all]) in layers [begin_layer, the last receiver's block); the base run is
-    the corrupted (contrast) prompt, the source the clean (normal) one. `receivers`: resid_pre.L,
-    resid_post.L (resid_post.-1 is the final residual stream), q.L.H, k.L.H, v.L.H. `receiver_positions`:
-    all, a named position (END) or a list of indices. `thresholds`: heads whose |variation| exceeds them are
-    listed (log and important_heads.csv). `pattern_heads`: auto (the heads above the first threshold, at most
-    8), [] or [[layer, head], ...]: their attention patterns, averaged over the `pattern_prompts`."""
-
-    name: str = "path_patching"
-    receivers: list[str] = field(default_factory=lambda: ["resid_post.-1"])
-    receiver_positions: Any = "all"
-    begin_layer: int = 0
-    metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
-    thresholds: list[float] = field(default_factory=lambda: [0.05, 0.02])
-    pattern_heads: Any = "auto"
-    pattern_prompts: str = "corrupted"
-
-
-@dataclass
-class AblationConfig(MethodConfig):
-    """Ablations (seed 004): each location of the clean run replaced by `scale` x its resampled (from the
-    corrupted prompt), mean (over the clean prompts) or zero value, for every scale in `scales`; or the PCA
-    modes pca_<self|resample>_<top|orthogonal> with `k` components per node and position. `circuit`: nodes
-    (head.L.H, mlp.L, attn.L) that mark locations in / out and give the faithfulness of ablating all others.
-    `resample_from`: corrupted (each pair's corrupted prompt) or dataset (another prompt of the task, clean or
-    corrupted, drawn with the run's seed)."""
-
-    name: str = "ablation"
-    mode: str = "resample"
-    resample_from: str = "corrupted"
-    scales: list[Any] = field(default_factory=lambda: [0.0, 0.5, 1.0, 2.0])
-    k: int = 2
-    circuit: Optional[list[str]] = None
-    metrics: list[str] = field(default_factory=lambda: ["logit_diff"])
-
-
-@dataclass
-class DirectAttributionConfig(MethodConfig):
-    """Logit lens and direct logit attribution (seed 001) of the logit difference at the final position.
-    `analyses`: any of logit_lens, layers (per-layer decomposition), heads (per-head attribution); `prompts`:
-    clean or corrupted; `incl_mid`: the logit lens also reads the stream between attention and MLP."""
-
-    name: str = "direct_attribution"
-    analyses: list[str] = field(default_factory=lambda: ["logit_lens", "layers", "heads"])
-    prompts: str = "clean"
-    incl_mid: bool = True
-
-
-@dataclass
-class DASTraining:
-    """Interchange-intervention hyperparameters; the defaults are seed 000's (pyvene steps its LinearLR once per
-    batch with total_iters = epochs, hence `lr_decay_steps`; `seed` is the notebook's 42)."""
-
-    intervention: str = "das"
-    low_rank_dimension: int = 1
-    batch_size: int = 20
-    epochs: int = 10
-    lr: float = 0.01
-    lr_end_factor: float = 0.1
-    lr_decay_steps: int = 10
-    boundary_lr: float = 0.5
-    boundary_penalty: float = 2.0
-    temperature_start: float = 50.0
-    temperature_end: float = 0.1
-    seed: int = 42
-
-
-@dataclass
-class DASConfig(MethodConfig, DASTraining):
-    """Interchange interventions (`intervention`: vanilla, das, boundless) trained on the task's train split and
-    scored by IIA on its test split. `load`: a run dir (or its interventions.pt) whose learned interventions are
-    evaluated without training."""
-
-    name: str = "das"
-    load: Optional[str] = None
-
-
-@dataclass
 class SweepConfig:
     """Which locations to patch. `layers`: `all` or a list; `positions`: `every` (each index alone), or a
     list of indices, lists of indices (patched together), named positions (IO, S1, S2, END) and `all` (every
@@ -277,17 +178,15 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("circuitlab_gpu_count", gpu_count)
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=RunConfig)
+    from circuitlab.methods import registry
+
+    for method in registry.METHODS.values():
+        cs.store(group="method", name=f"base_{method.name}", node=method.schema)
     cs.store(group="model", name="base_model", node=ModelConfig)
     cs.store(group="task", name="base_ioi", node=IOITaskConfig)
     cs.store(group="task", name="base_pairs", node=PairsTaskConfig)
     cs.store(group="task", name="base_factual", node=FactualTaskConfig)
     cs.store(group="task", name="base_addition", node=AdditionTaskConfig)
-    cs.store(group="method", name="base_activation_patching", node=ActivationPatchingConfig)
-    cs.store(group="method", name="base_attribution_patching", node=AttributionPatchingConfig)
-    cs.store(group="method", name="base_path_patching", node=PathPatchingConfig)
-    cs.store(group="method", name="base_das", node=DASConfig)
-    cs.store(group="method", name="base_direct_attribution", node=DirectAttributionConfig)
-    cs.store(group="method", name="base_ablation", node=AblationConfig)
     cs.store(group="task", name="base_ioi_counterfactual", node=IOICounterfactualTaskConfig)
     cs.store(group="task", name="base_repeat_first", node=RepeatFirstTaskConfig)
     cs.store(group="sweep", name="base_sweep", node=SweepConfig)

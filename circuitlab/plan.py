@@ -6,28 +6,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from circuitlab import circuits
 from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.locations import Location, check_present, enumerate_locations, get_stream, position_mask, resolve_layers, resolve_positions
+from circuitlab.locations import Location, check_present, enumerate_locations, get_stream, resolve_layers, resolve_positions
 from circuitlab.config import plain
-from circuitlab.engine import sweep
 from circuitlab.engine.records import Plan
-from circuitlab.methods import ablation, attention, das, path_patching
+from circuitlab.methods import registry
 from circuitlab.metrics import METRICS
 from circuitlab.models import loading
 from circuitlab.tasks import TASKS
 from circuitlab.tasks.base import PromptPairs, single_token_id
 
-METHODS = ("activation_patching", "attribution_patching", "path_patching", "das", "direct_attribution", "ablation")
-ANALYSES = ("logit_lens", "layers", "heads")
-PATTERN_PROMPTS = ("corrupted", "clean")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-
 
 
 def check_schema(cfg: DictConfig, path: str = "") -> None:
@@ -137,32 +130,7 @@ def validate_static(cfg: DictConfig) -> None:
     if cfg.task.name not in TASKS:
         raise ConfigError("task.name", cfg.task.name, TASKS)
     TASKS[cfg.task.name].validate_config(cfg.task)
-    if cfg.method.name not in METHODS:
-        raise ConfigError("method.name", cfg.method.name, METHODS)
-    if "direction" in cfg.method and cfg.method.direction not in sweep.DIRECTIONS:
-        raise ConfigError("method.direction", cfg.method.direction, sweep.DIRECTIONS)
-    if cfg.method.name == "das":
-        if cfg.method.intervention not in das.INTERVENTIONS:
-            raise ConfigError("method.intervention", cfg.method.intervention, das.INTERVENTIONS)
-        if cfg.task.name != "ioi_counterfactual":
-            raise ConfigError("task", cfg.task.name, "ioi_counterfactual (method=das needs base / source pairs with counterfactual labels)")
-        if cfg.method.load and not Path(cfg.method.load).expanduser().exists():
-            raise ConfigError("method.load", cfg.method.load, "an existing run dir or interventions.pt")
-    if cfg.method.name == "ablation":
-        if cfg.method.mode not in ablation.MODES:
-            raise ConfigError("method.mode", cfg.method.mode, ablation.MODES)
-        ablation.check_scales(plain(cfg.method.scales))
-        ablation.check_pca(cfg.method.mode, cfg.method.k, [], {})
-        if cfg.method.resample_from not in ablation.RESAMPLE_FROM:
-            raise ConfigError("method.resample_from", cfg.method.resample_from, ablation.RESAMPLE_FROM)
-    if cfg.method.name == "direct_attribution":
-        for analysis in cfg.method.analyses:
-            if analysis not in ANALYSES:
-                raise ConfigError("method.analyses", analysis, ANALYSES)
-        if cfg.method.prompts not in PATTERN_PROMPTS:
-            raise ConfigError("method.prompts", cfg.method.prompts, PATTERN_PROMPTS)
-    if cfg.method.name == "path_patching" and cfg.method.pattern_prompts not in PATTERN_PROMPTS:
-        raise ConfigError("method.pattern_prompts", cfg.method.pattern_prompts, PATTERN_PROMPTS)
+    registry.get(cfg.method.name).hooks.validate(cfg)
     for metric in cfg.method.get("metrics", []):
         if metric not in METRICS:
             raise ConfigError("method.metrics", metric, METRICS)
@@ -176,17 +144,12 @@ def validate_static(cfg: DictConfig) -> None:
         get_stream(stream)
 
 
-RANKS_CUMULATIVE_HEADS = ("activation_patching", "attribution_patching")  # rank heads by their own patching effect
-
-
 def check_cumulative_order(cfg: DictConfig) -> None:
     """`sweep.heads=cumulative` without `head_order` needs a method that ranks heads itself."""
-    if cfg.sweep.get("heads") == "cumulative" and not cfg.sweep.get("head_order") and cfg.method.name not in RANKS_CUMULATIVE_HEADS:
+    if cfg.sweep.get("heads") == "cumulative" and not cfg.sweep.get("head_order") and not registry.get(cfg.method.name).ranks_cumulative_heads:
+        ranking = ", ".join(m.name for m in registry.METHODS.values() if m.ranks_cumulative_heads)
         raise ConfigError("sweep.head_order", "null", f"a list of heads for sweep.heads=cumulative with method={cfg.method.name}, "
-                          f"which does not rank heads itself (only {', '.join(RANKS_CUMULATIVE_HEADS)} do)")
-
-
-UNSHARDABLE = ("das", "direct_attribution")
+                          f"which does not rank heads itself (only {ranking} do)")
 
 
 def check_shard(cfg: DictConfig) -> None:
@@ -196,9 +159,9 @@ def check_shard(cfg: DictConfig) -> None:
         raise ConfigError("sweep.num_shards", n, "a positive integer")
     if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
         raise ConfigError("sweep.shard", i, f"0..{n - 1} (sweep.num_shards={n})")
-    if n > 1 and cfg.method.name in UNSHARDABLE:
-        raise ConfigError("sweep.num_shards", n, f"1 for method={cfg.method.name} (sharding splits activation, attribution and "
-                          "path patching and ablation sweeps)")
+    if n > 1 and not registry.get(cfg.method.name).shardable:
+        shardable = ", ".join(m.name for m in registry.METHODS.values() if m.shardable)
+        raise ConfigError("sweep.num_shards", n, f"1 for method={cfg.method.name} (sharding splits the sweeps of {shardable})")
     if n > 1 and cfg.sweep.heads == "cumulative" and not cfg.sweep.get("head_order"):
         raise ConfigError("sweep.num_shards", n, "1 for sweep.heads=cumulative ranked by the heads' own effects (give sweep.head_order to shard it)")
 
@@ -211,26 +174,10 @@ def check_shard_count(cfg: DictConfig, locations: list[Location], pairs: PromptP
     n = cfg.sweep.get("num_shards", 1)
     if n <= 1:
         return
-    if cfg.method.name == "attribution_patching" and not cfg.method.get("compare_exact", True):
-        raise ConfigError("sweep.num_shards", n, "1 for method=attribution_patching with compare_exact=false (the estimates take one "
-                          "pass over every point; only the exact patching beside them is split into chunks)")
-    points, what = len(locations), "points"
-    if cfg.method.name in ("activation_patching", "attribution_patching"):
-        points, what = _patching_points(locations, pairs), "points that patch a position where clean and corrupted prompts differ"
-    if cfg.method.name == "ablation":
-        points, what = len(locations) * len(cfg.method.scales), "points x scales"
+    hooks = registry.get(cfg.method.name).hooks
+    points, what = hooks.shard_points(cfg, locations, pairs) if hasattr(hooks, "shard_points") else (len(locations), "points")
     if n > points:
         raise ConfigError("sweep.num_shards", n, f"{'1' if points <= 1 else f'1..{points}'} (the sweep has {points} {what}; a shard beyond that computes nothing)")
-
-
-def _patching_points(locations: list[Location], pairs: PromptPairs) -> int:
-    """The points activation patching computes: those that patch a cell at or after the first position where a clean
-    prompt differs from its corrupted twin (earlier cells hold the same activations in both runs)."""
-    start = sweep.first_difference(pairs)
-    specs = list(dict.fromkeys(loc.positions for loc in locations))
-    masks = position_mask(specs, pairs.width, pairs.named_positions, pairs.n_pairs)[:, :, start:]
-    changes = dict(zip(specs, masks.flatten(1).any(1).tolist()))
-    return sum(changes[loc.positions] for loc in locations)
 
 
 def special_ids(tokenizer) -> tuple[int, int]:
@@ -264,30 +211,11 @@ def prepare(cfg: DictConfig) -> Plan:
     tokenizer = loading.load_tokenizer(cfg.model)
     pairs = build_pairs(cfg, tokenizer)
     check_token_ids(cfg, tokenizer, pairs)
-    locations, method_plan = plan_locations(cfg, shape, pairs), None
-    if cfg.method.name == "path_patching":
-        method_plan = receivers = plan_receivers(cfg, shape, pairs)
-        locations = path_patching.check_senders(locations, list(receivers), cfg.method.begin_layer)
-        attention.resolve_heads(plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
-    if cfg.method.name == "ablation":
-        plan_ablation(cfg, shape, locations)
-        if cfg.method.resample_from == "dataset":
-            ablation.resampled_from_dataset(pairs, cfg.seed)  # its checks, before the weights load
+    locations, method_plan = registry.get(cfg.method.name).hooks.plan(cfg, shape, pairs, tokenizer, plan_locations(cfg, shape, pairs))
     check_shard_count(cfg, locations, pairs)
     if "output_change" in cfg.method.get("metrics", []) and pairs.labels_differ is None:
         raise ConfigError("method.metrics", "output_change", "other metrics for this task (output_change needs labels for the corrupted "
                           "prompts: task=repeat_first, or task=pairs with 'corrupted_answer' on every line)")
-    if cfg.method.name == "das":
-        das.check_locations(locations, das.training_from(cfg.method), shape.n_heads, shape.d_head, shape.d_model, shape.d_mlp)
-        method_plan = train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, *special_ids(tokenizer), cfg.seed, "train")
-        if cfg.method.load:  # the saved interventions are read and checked now, not after the weights load
-            training = das.training_from(cfg.method)
-            widths = [das.location_width(loc, shape.n_heads, shape.d_head, shape.d_model, shape.d_mlp) for loc in locations]
-            das.load_interventions(cfg.method.load, locations, training, widths)
-        raw = [loc.positions for loc in locations if not isinstance(loc.positions, str)]
-        if raw and not (train_pairs.same_length and pairs.same_length and train_pairs.width == pairs.width):
-            raise ConfigError("sweep.positions", raw[0], "named positions (IO, S1, S2, END): train and test prompts differ in length, "
-                              "so a raw index means different tokens")
     return Plan(shape, pairs, locations, tracked_tokens(cfg, tokenizer, pairs), tokenizer, method_plan)
 
 
@@ -303,24 +231,6 @@ def check_token_ids(cfg: DictConfig, tokenizer, pairs: PromptPairs) -> None:
         if tokens is not None and tokens.numel() and int(tokens.max()) >= d_vocab:
             raise ConfigError("task", f"token id {int(tokens.max())}", f"ids 0..{d_vocab - 1} (the model's d_vocab is {d_vocab})",
                               hint=f"in the {name.removesuffix('_tokens').replace('_', ' ')} prompts or labels")
-
-
-def plan_ablation(cfg: DictConfig, shape: loading.ModelShape, locations: list[Location]) -> None:
-    """The circuit's nodes exist; k is no wider than any swept stream (checked again on the loaded model)."""
-    circuits.parse_circuit(plain(cfg.method.circuit), shape.n_layers, shape.n_heads)
-    by_stream = {"q": shape.d_head, "k": shape.d_head, "v": shape.d_head, "z": shape.d_head, "mlp_post": shape.d_mlp}
-    widths = {loc.stream: by_stream.get(get_stream(loc.stream).name, shape.d_model) for loc in locations}
-    ablation.check_pca(cfg.method.mode, cfg.method.k, locations, widths)
-
-
-def plan_receivers(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPairs) -> tuple[path_patching.Receiver, ...]:
-    """Path patching's receivers and receiver positions, checked against the model and the prompts."""
-    if not cfg.method.receivers:
-        raise ConfigError("method.receivers", "[]", path_patching.RECEIVER_SYNTAX)
-    spec = plain(cfg.method.receiver_positions)
-    spec = tuple(spec) if isinstance(spec, list) else spec
-    resolve_positions([spec], pairs.width, list(pairs.named_positions), pairs.same_length, "method.receiver_positions")
-    return tuple(path_patching.parse_receiver(r, shape.n_layers, shape.n_heads) for r in cfg.method.receivers)
 
 
 def tracked_tokens(cfg: DictConfig, tokenizer, pairs: PromptPairs) -> dict[str, int]:

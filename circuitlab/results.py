@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pandas as pd
 
-CSV_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "group", "position", "position_label", "receiver", "scale", "in_circuit", "metric", "value"]
+SHARED_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "group", "position", "position_label"]
+
+
+def csv_columns() -> list[str]:
+    """results.csv's columns: the shared ones, every registered method's own (in registration order), metric, value."""
+    from circuitlab.methods import registry
+
+    own = [c for method in registry.METHODS.values() for c in method.columns]
+    return [*SHARED_COLUMNS, *dict.fromkeys(own), "metric", "value"]
 PACKAGES = ("circuitlab", "torch", "transformer-lens", "transformers", "hydra-core", "pandas", "plotnine", "numpy")
 
 
@@ -76,7 +84,7 @@ def load_tensors(path: Path) -> dict:
 
 
 def tidy_frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=CSV_COLUMNS)
+    frame = pd.DataFrame(rows, columns=csv_columns())
     frame["head"] = frame["head"].astype("Int64")
     return frame
 

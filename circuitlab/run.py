@@ -23,7 +23,7 @@ from circuitlab.engine import chunks
 from circuitlab import results as rs
 from circuitlab.models import loading
 from circuitlab.plan import prepare
-from circuitlab.runners import RUNNERS
+from circuitlab.methods import registry
 
 log = logging.getLogger("circuitlab")
 
@@ -70,7 +70,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer:
     try:
         store = resume.open_store(cfg, run_dir)
         with timer("sweep"), chunks.active(store):
-            output = RUNNERS[cfg.method.name](cfg, plan, model)
+            output = registry.get(cfg.method.name).hooks.run(cfg, plan, model)
         if store.num_shards > 1 and store.planned <= store.shard:
             log.warning("sweep.shard=%d owned none of the sweep's %d chunks (num_shards=%d): its results are NaN; "
                         "use fewer shards", store.shard, store.planned, store.num_shards)

@@ -7,7 +7,7 @@ import torch
 
 from circuitlab.errors import ConfigError
 from circuitlab.locations import Location
-from circuitlab.methods.ablation import PCA_MODES, ablate, check_pca, check_scales, corrupted_logit_diff, fit_components, make_transform
+from circuitlab.methods.ablation.compute import PCA_MODES, ablate, check_pca, check_scales, corrupted_logit_diff, fit_components, make_transform
 from circuitlab.metrics import logit_diff, output_changed
 from tests.conftest import ioi_pairs
 

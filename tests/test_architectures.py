@@ -11,12 +11,12 @@ from transformer_lens import patching
 
 from circuitlab.config import ModelConfig
 from circuitlab.locations import STREAMS, Location, enumerate_locations
-from circuitlab.methods.ablation import ablate
+from circuitlab.methods.ablation.compute import ablate
 from circuitlab.engine.forward import final_position_logits
 from circuitlab.engine.sweep import patch_sweep
-from circuitlab.methods.das import Training, das_sweep
-from circuitlab.methods.direct_attribution import HEAD_COMPONENTS, LAYER_COMPONENTS, direct_attribution
-from circuitlab.methods.path_patching import check_senders, parse_receiver, path_patch
+from circuitlab.methods.das.compute import Training, das_sweep
+from circuitlab.methods.direct_attribution.compute import HEAD_COMPONENTS, LAYER_COMPONENTS, direct_attribution
+from circuitlab.methods.path_patching.compute import check_senders, parse_receiver, path_patch
 from circuitlab.metrics import logit_diff
 from circuitlab.models import hf_checkpoint, loading
 from tests import hf_fixtures

@@ -10,7 +10,7 @@ import torch
 
 from circuitlab import cli
 from circuitlab.locations import enumerate_locations
-from circuitlab.methods.attribution_patching import attribute
+from circuitlab.methods.attribution_patching.compute import attribute
 from circuitlab.metrics import logit_diff
 from circuitlab.run import run_experiment
 

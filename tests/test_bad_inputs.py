@@ -110,7 +110,7 @@ FILE_CASES = [(kind, damage) for kind in INPUT_FILES for damage in DAMAGE]
 
 @pytest.fixture(scope="module")
 def das_locations():
-    from circuitlab.methods.das import location_key
+    from circuitlab.methods.das.compute import location_key
     from circuitlab.plan import prepare
 
     return [location_key(loc) for loc in prepare(cli.compose_config([DAS])).locations]

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 
 from circuitlab.errors import ConfigError
 from circuitlab.locations import Location
-from circuitlab.methods.das import Training, das_sweep, load_interventions, interventions_file
+from circuitlab.methods.das.compute import Training, das_sweep, load_interventions, interventions_file
 from circuitlab.tasks import ioi_counterfactual as icf
 from circuitlab.tasks.ioi import NAMES
 
@@ -135,7 +135,7 @@ def test_run_writes_iia_and_reloads_interventions(tmp_path):
 
 
 def test_head_weights_split_the_basis_by_head(toy_model):
-    from circuitlab.methods.das import DASResult, head_weights_frame
+    from circuitlab.methods.das.compute import DASResult, head_weights_frame
 
     basis = torch.arange(64 * 2, dtype=torch.float32).view(64, 2)
     result = DASResult([Location("z", 1, "END", None, "", None)], torch.zeros(1), torch.zeros(1), [{"basis": basis}])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitlab.methods.direct_attribution import HEAD_COMPONENTS, LAYER_COMPONENTS, direct_attribution
+from circuitlab.methods.direct_attribution.compute import HEAD_COMPONENTS, LAYER_COMPONENTS, direct_attribution
 from tests.conftest import ioi_pairs
 
 

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from circuitlab.circuits import in_circuit, parse_circuit
 from circuitlab.locations import Location
-from circuitlab.methods.ablation import ablate, ablate_together, make_transform, mean_logit_diff
+from circuitlab.methods.ablation.compute import ablate, ablate_together, make_transform, mean_logit_diff
 from circuitlab.models import known_circuit, loading
 from circuitlab.tasks import repeat_first
 
@@ -83,7 +83,7 @@ def test_ablating_together_one_location_equals_the_sweep(shipped):
 def test_resampling_from_the_dataset(shipped):
     """resample_from=dataset: sources are other prompts of the task with their own labels; the sweep equals a direct
     hook with those sources, and head 0.0 (which the corrupted twins leave unchanged) now matters at scale 1."""
-    from circuitlab.methods.ablation import resampled_from_dataset
+    from circuitlab.methods.ablation.compute import resampled_from_dataset
     from circuitlab.metrics import logit_diff
 
     model, pairs = shipped

@@ -12,7 +12,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from circuitlab.errors import CircuitlabError, ConfigError
 from circuitlab.locations import Location
-from circuitlab.methods.path_patching import Receiver, check_senders, parse_receiver, path_patch
+from circuitlab.methods.path_patching.compute import Receiver, check_senders, parse_receiver, path_patch
 from circuitlab.metrics import logit_diff
 from circuitlab.tasks.base import PromptPairs
 

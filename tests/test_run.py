@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from circuitlab import cli
-from circuitlab.results import CSV_COLUMNS, load_tensors
+from circuitlab.results import csv_columns, load_tensors
 from circuitlab.run import run_experiment
 
 SMALL = ["+experiment=ioi_patching", "task.n_prompts=8", "sweep.streams=[resid_pre,block_output]", "progress=false"]
@@ -34,7 +34,7 @@ def test_run_dir_layout(run_dir):
     for name in ("results.csv", "results.pt", "dataset.pt", "manifest.json", "figures/patching_heatmap.png", "figures/patching_heatmap.pdf"):
         assert (run_dir / name).is_file(), name
     frame = pd.read_csv(run_dir / "results.csv")
-    assert list(frame.columns) == CSV_COLUMNS
+    assert list(frame.columns) == csv_columns()
     assert set(frame["metric"]) == {"logit_diff", "logit_diff_normalized"}
     assert set(frame["stream"]) == {"resid_pre", "resid_post"}, "aliases are written under their canonical name"
     width = load_tensors(run_dir / "dataset.pt")["clean_tokens"].shape[1]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from circuitlab.engine.sweep import PatchingResult
+from circuitlab.engine.records import Plan
+from circuitlab.engine.sweep import PatchingResult, patch_sweep
 from circuitlab.locations import STREAMS, Location, heads_value, position_label, position_value
 from circuitlab.tasks.base import PromptPairs
 
@@ -69,3 +70,16 @@ def patching_tensors(result: PatchingResult, pairs: PromptPairs) -> dict:
                 grid[layers.index(loc.layer), head_points.index((loc.heads, loc.group, loc.head)), positions.index(loc.positions)] = float(tensor[i])
             out[f"{stream}/{metric}"] = grid if with_heads else grid[:, 0]
     return out
+
+
+def patching_sweep(cfg: DictConfig, plan: Plan, model):
+    """The activation-patching sweep of the run's config, as a function of the locations."""
+    return lambda locs: patch_sweep(  # noqa: E731
+        model, plan.pairs, locs, cfg.method.direction, cfg.memory_budget_mb, cfg.progress, tuple(cfg.method.metrics), plan.tracked,
+    )
+
+
+def swept_locations(cfg: DictConfig, plan: Plan, sweep) -> list[Location]:
+    if cfg.sweep.heads == "cumulative" and not cfg.sweep.get("head_order"):
+        return ranked_cumulative(plan.locations, sweep, plan.shape)
+    return plan.locations

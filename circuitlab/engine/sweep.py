@@ -209,3 +209,13 @@ def _patched_final_logits(
                 return final_position_logits(model, final_row, torch.zeros_like(final_pos).repeat(n_points))
             resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(model, base_cache, index, start, n_points))
     return final_position_logits(model, resid, (final_pos - start).repeat(n_points))
+
+
+def patching_points(locations: list[Location], pairs: PromptPairs) -> int:
+    """The points the sweep computes: those that patch a cell at or after the first position where a clean prompt
+    differs from its corrupted twin (earlier cells hold the same activations in both runs)."""
+    start = first_difference(pairs)
+    specs = list(dict.fromkeys(loc.positions for loc in locations))
+    masks = position_mask(specs, pairs.width, pairs.named_positions, pairs.n_pairs)[:, :, start:]
+    changes = dict(zip(specs, masks.flatten(1).any(1).tolist()))
+    return sum(changes[loc.positions] for loc in locations)

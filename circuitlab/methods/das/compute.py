@@ -30,7 +30,7 @@ from torch.nn.utils.parametrizations import orthogonal
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from circuitlab.config import DASTraining as Training
+from circuitlab.methods.das.config import DASTraining as Training
 from circuitlab.errors import ConfigError
 from circuitlab.locations import STREAMS, Location, head_mask, position_mask
 from circuitlab.engine.forward import final_position_logits, frozen_prefix, fused_gelu

@@ -1,0 +1,7 @@
+"""Activation patching: registered here; the schema in config.py, checks / planning / run in method.py, figures in figures.py."""
+
+from circuitlab.methods.registry import Method, register
+from circuitlab.methods.activation_patching.config import ActivationPatchingConfig
+from circuitlab.methods.activation_patching.figures import activation_patching_figures
+
+METHOD = register(Method("activation_patching", ActivationPatchingConfig, "circuitlab.methods.activation_patching.method", activation_patching_figures, (), shardable=True, ranks_cumulative_heads=True))

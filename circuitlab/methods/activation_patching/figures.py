@@ -1,0 +1,53 @@
+"""Activation patching: figures from its rows of results.csv and its side tables (pandas + plotnine only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from circuitlab.plotting import GROUP_SIGN, head_group_bars, heatmap, layer_position_heatmap, save
+
+
+def activation_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Whole streams: layer x position heatmaps by stream. Single heads: layer x head heatmaps (all
+    positions at once) or head x position heatmaps by layer. Head groups: bar plots. Tracked tokens: layer x
+    position heatmaps by token."""
+    experiment = results["experiment"].iloc[0]
+    heads = results["heads"].fillna("")
+    groups = results["group"].fillna("")
+    normalized = results["metric"] == "logit_diff_normalized"
+    label = "normalised\nlogit diff"
+    written: list[Path] = []
+    whole = results[normalized & (heads == "")]
+    if len(whole):
+        plot, w, h = layer_position_heatmap(whole, f"{experiment}: activation patching", label)
+        written += save(plot, out_dir, "patching_heatmap", w, h)
+    single = results[normalized & (heads != "") & (groups == "")].copy()
+    if len(single):
+        single["head_label"] = single["heads"]
+        if single["position_label"].nunique() == 1:
+            single["panel"] = single["stream"] + " · positions " + single["position_label"]
+            plot, w, h = heatmap(single, "head_label", "layer", "panel", f"{experiment}: patching each head", label, "head", "layer")
+            written += save(plot, out_dir, "head_heatmap", w, h)
+        else:
+            single["panel"] = single["stream"] + " layer " + single["layer"].astype(str)
+            plot, w, h = heatmap(single, "position_label", "head_label", "panel", f"{experiment}: patching each head at each position", label, "position (first prompt's token)", "head")
+            written += save(plot, out_dir, "head_position_heatmap", w, h)
+    for group in ("leave_one_out", "cumulative"):
+        bars = results[normalized & (groups == group)].copy()
+        if bars["position_label"].nunique() > 2:
+            bars["bar"] = [f"{GROUP_SIGN[group]}head {h}" for h in bars["head"]]
+            bars["panel"] = bars["stream"] + " layer " + bars["layer"].astype(str)
+            plot, w, h = heatmap(bars, "position_label", "bar", "panel", f"{experiment}: {group.replace('_', '-')} head groups", label, "position (first prompt's token)", "")
+            written += save(plot, out_dir, f"heads_{group}", w, h)
+        elif len(bars):
+            plot, w, h = head_group_bars(bars, f"{experiment}: {group.replace('_', '-')} head groups")
+            written += save(plot, out_dir, f"heads_{group}", w, h)
+    probs = results[results["metric"].str.startswith("prob:") & (groups == "")].copy()
+    if len(probs):
+        where = probs["stream"] + probs["heads"].fillna("").map(lambda h: f" head {h}" if h else "")
+        probs["token"] = where + " · P(" + probs["metric"].str.removeprefix("prob:") + ")"
+        plot, w, h = layer_position_heatmap(probs, f"{experiment}: tracked token probabilities", "probability", facet="token")
+        written += save(plot, out_dir, "token_probabilities", w, h)
+    return written

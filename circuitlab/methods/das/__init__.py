@@ -1,0 +1,7 @@
+"""Interchange interventions / DAS: registered here; the schema in config.py, checks / planning / run in method.py, figures in figures.py."""
+
+from circuitlab.methods.registry import Method, register
+from circuitlab.methods.das.config import DASConfig
+from circuitlab.methods.das.figures import das_figures
+
+METHOD = register(Method("das", DASConfig, "circuitlab.methods.das.method", das_figures, (), shardable=False, ranks_cumulative_heads=False))

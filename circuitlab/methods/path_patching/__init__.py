@@ -1,0 +1,7 @@
+"""Path patching: registered here; the schema in config.py, checks / planning / run in method.py, figures in figures.py."""
+
+from circuitlab.methods.registry import Method, register
+from circuitlab.methods.path_patching.config import PathPatchingConfig
+from circuitlab.methods.path_patching.figures import path_patching_figures
+
+METHOD = register(Method("path_patching", PathPatchingConfig, "circuitlab.methods.path_patching.method", path_patching_figures, ('receiver',), shardable=True, ranks_cumulative_heads=False))

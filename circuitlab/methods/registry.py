@@ -1,0 +1,51 @@
+"""The method registry: one `Method` record per method, registered once by name (a second registration of a name is
+refused). The record holds what needs no torch (the config schema, the figures, the CSV columns, capabilities); the
+method's own checks, planning and run live in its `module` and are imported only when a run needs them, so that
+`circuitlab figures` works without torch."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from circuitlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Method:
+    """`module` defines `validate(cfg)` (checks without the tokenizer or weights), `plan(cfg, shape, pairs, tokenizer,
+    locations) -> (locations, method_plan)` (checks against the model's shape and the prompts; `method_plan` is the
+    method's own part of the Plan) and `run(cfg, plan, model) -> MethodOutput`; optionally `shard_points(cfg,
+    locations, pairs) -> (count, what)`, the points its chunks hold, for the shard check."""
+
+    name: str
+    schema: type  # its config dataclass, stored in Hydra's ConfigStore as method/base_<name>
+    module: str
+    figures: Callable[..., list[Path]] | None = None  # (its rows of results.csv, figures dir) -> written files
+    columns: tuple[str, ...] = ()  # its own results.csv columns, beyond the shared ones
+    shardable: bool = True
+    ranks_cumulative_heads: bool = False  # sweep.heads=cumulative without head_order: ranks heads by their own effect
+
+    @property
+    def hooks(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    if method.name in METHODS:
+        raise ValueError(f"a method named {method.name} is registered already")
+    METHODS[method.name] = method
+    return method
+
+
+def get(name: str) -> Method:
+    """The registered method, or one line naming the registered ones."""
+    if name not in METHODS:
+        raise ConfigError("method.name", name, list(METHODS))
+    return METHODS[name]

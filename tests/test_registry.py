@@ -1,0 +1,73 @@
+"""Methods are plugins: one registry record each, its YAML, and nothing else to edit; figures need no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from circuitlab import cli
+from circuitlab.methods import registry
+from circuitlab.plan import prepare
+from circuitlab.run import run_experiment
+from circuitlab.results import csv_columns
+
+QUIET = ["progress=false", "figures=false", "task.n_prompts=8"]
+# a task (and model) each method can plan with, offline
+METHOD_SETTINGS = {"das": ["task=ioi_counterfactual", "sweep=named_positions"], "path_patching": ["sweep=senders"], "ablation": ["sweep=senders"]}
+TASK_SETTINGS = {"factual": ["model=toy-facts", "sweep=named_positions", "sweep.positions=[COUNTRY,END]"], "addition": ["model=toy-addition"], "repeat_first": ["model=known-circuit"],
+                 "ioi_counterfactual": ["sweep=named_positions"]}
+
+
+def test_every_method_yaml_is_a_registered_method_and_back():
+    assert set(cli.group_options("method")) == set(registry.METHODS)
+    for name, method in registry.METHODS.items():
+        assert method.name == name and method.hooks.run and method.hooks.validate and method.hooks.plan
+
+
+def test_a_name_registers_once():
+    with pytest.raises(ValueError, match="registered already"):
+        registry.register(registry.METHODS["ablation"])
+
+
+def test_csv_columns_come_from_the_methods():
+    columns = csv_columns()
+    assert columns[-2:] == ["metric", "value"] and ["receiver", "scale", "in_circuit"] == [c for c in columns if c in ("receiver", "scale", "in_circuit")]
+
+
+@pytest.mark.parametrize("method", sorted(registry.METHODS))
+def test_every_method_option_plans(method):
+    plan = prepare(cli.compose_config([f"method={method}", *METHOD_SETTINGS.get(method, []), *QUIET]))
+    assert plan.locations and plan.pairs.n_pairs > 0
+
+
+@pytest.mark.parametrize("task", [t for t in cli.group_options("task") if t != "pairs"])
+def test_every_task_option_plans(task):
+    plan = prepare(cli.compose_config([f"task={task}", *TASK_SETTINGS.get(task, []), *QUIET]))
+    assert plan.pairs.n_pairs > 0 and plan.locations
+
+
+@pytest.mark.parametrize("sweep", cli.group_options("sweep"))
+def test_every_sweep_option_plans(sweep):
+    assert prepare(cli.compose_config([f"sweep={sweep}", *QUIET])).locations
+
+
+def test_figures_work_where_torch_cannot_be_imported(tmp_path):
+    run_experiment(cli.compose_config(["+experiment=ioi_heads", "progress=false", "figures=false", "task.n_prompts=8"]), tmp_path / "run")
+    script = textwrap.dedent(f"""
+        import builtins, sys
+        real = builtins.__import__
+        def guarded(name, *args, **kwargs):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is not installed here")
+            return real(name, *args, **kwargs)
+        builtins.__import__ = guarded
+        from circuitlab import cli
+        cli.main(["figures", {str(tmp_path / "run")!r}])
+        assert "torch" not in sys.modules
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "figures").is_dir() and any((tmp_path / "run" / "figures").glob("*.png"))
