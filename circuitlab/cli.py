@@ -77,13 +77,13 @@ def check_group_choices(overrides: list[str], config_dirs: Sequence[Path] = ()) 
 
 def preflight(overrides: list[str], config_dirs: Sequence[Path] = ()):
     """Compose the config as Hydra will and validate it, before any run dir or model exists."""
-    from circuitlab.run import prepare
+    from circuitlab.plan import prepare_once
 
     check_group_choices(overrides, config_dirs)
     from circuitlab import resume
 
     cfg = compose_config([o for o in overrides if not o.lstrip("+~").startswith("hydra")], config_dirs)
-    prepare(cfg)
+    prepare_once(cfg)
     resume.preflight(cfg)  # results_dir / run.dir, the dir's lock, config and inputs; the model when the dir holds files
     return cfg
 

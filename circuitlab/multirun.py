@@ -62,7 +62,7 @@ def preflight_multirun(overrides: list[str], config_dirs: Sequence[Path] = ()) -
     Hydra makes the sweep dir or runs job 0; the first bad job ends in one line naming it. Hydra's own side (the
     launcher's settings) is composed too, once per distinct set of `hydra...` overrides."""
     check_group_choices(overrides, config_dirs)
-    from circuitlab.plan import prepare
+    from circuitlab.plan import prepare_once
 
     jobs = sweep_jobs(overrides, config_dirs)
     hydra_sets = []
@@ -71,7 +71,7 @@ def preflight_multirun(overrides: list[str], config_dirs: Sequence[Path] = ()) -
         own = [o for o in job if not o.lstrip("+~").startswith("hydra")]
         hydra = [o for o in job if o.lstrip("+~").startswith("hydra")]
         try:
-            prepare(compose_config(own, config_dirs))
+            prepare_once(compose_config(own, config_dirs))
             if hydra not in hydra_sets:
                 hydra_sets.append(hydra)
                 compose_hydra(job, config_dirs)

@@ -4,6 +4,7 @@ and (per method) receivers or training pairs planned. Bad input fails here, in o
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 
@@ -134,7 +135,7 @@ def validate_static(cfg: DictConfig) -> None:
     for metric in cfg.method.get("metrics", []):
         if metric not in METRICS:
             raise ConfigError("method.metrics", metric, METRICS)
-    if "prob" in cfg.method.get("metrics", []) and not cfg.task.get("track") and cfg.task.name != "pairs":
+    if "prob" in cfg.method.get("metrics", []) and not cfg.task.get("track") and not getattr(TASKS[cfg.task.name], "TRACKS_OWN_TOKENS", False):
         raise ConfigError("task.track", "[]", "one or more tokens, e.g. task.track=[' Mary'], for method.metrics=[prob]")
     check_shard(cfg)
     check_cumulative_order(cfg)
@@ -202,6 +203,30 @@ def plan_locations(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPair
         raise ConfigError("sweep.positions", "[]", f"every, all, one or more of {', '.join(pairs.named_positions)} or position indices")
     heads, order = plain(cfg.sweep.heads), plain(cfg.sweep.get("head_order"))
     return enumerate_locations(list(cfg.sweep.streams), layers, positions, heads, order, shape)
+
+
+PREPARED: dict[str, Plan] = {}  # plans this process built, by the config they were built from
+MAX_PREPARED = 64
+
+
+def prepare_once(cfg: DictConfig) -> Plan:
+    """`prepare`, once per config in a process: the plan the CLI's pre-flight check built is the one the run uses
+    (keyed by the whole config but its run dir, which is timestamped, and by the digests of the files it reads, so
+    any other value, an edited dataset or a changed checkpoint is checked and planned again; a multirun's jobs each
+    keep theirs)."""
+    from circuitlab import inputs
+    from circuitlab.resume import resolved
+
+    try:
+        files = inputs.digests(cfg)
+    except Exception:  # noqa: BLE001  a file that cannot be read: prepare says what is wrong, in one line
+        return prepare(cfg)
+    key = json.dumps([{k: v for k, v in resolved(cfg).items() if k != "run"}, files], sort_keys=True, default=str)
+    if key not in PREPARED:
+        if len(PREPARED) >= MAX_PREPARED:
+            PREPARED.pop(next(iter(PREPARED)))
+        PREPARED[key] = prepare(cfg)
+    return PREPARED[key]
 
 
 def prepare(cfg: DictConfig) -> Plan:

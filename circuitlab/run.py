@@ -22,7 +22,7 @@ from circuitlab import inputs, resume, rundir
 from circuitlab.engine import chunks
 from circuitlab import results as rs
 from circuitlab.models import loading
-from circuitlab.plan import prepare
+from circuitlab.plan import prepare_once
 from circuitlab.methods import registry
 
 log = logging.getLogger("circuitlab")
@@ -48,7 +48,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     with timer("prepare"):
-        plan = prepare(cfg)
+        plan = prepare_once(cfg)
     shape, pairs, locations = plan.shape, plan.pairs, plan.locations
     device = loading.resolve_device(cfg.device)
     if pairs.dropped:

@@ -23,7 +23,7 @@ from tests import hf_fixtures
 from tests.conftest import ioi_pairs
 from tests.test_ablation import LOCATIONS as ABLATED, by_hook
 from tests.test_das import counterfactual_splits
-from tests.test_path_patching import reference_path_patch
+from tests.path_patching_reference import reference_path_patch
 from tests.test_streams import HOOKS, direct_patch
 
 ATOL = 1e-4

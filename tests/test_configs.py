@@ -7,7 +7,7 @@ import yaml
 
 from circuitlab import cli
 from circuitlab.config import plain
-from circuitlab.run import prepare
+from circuitlab.plan import prepare
 
 PRESETS = cli.group_options("experiment")
 
@@ -21,7 +21,8 @@ def test_preset_composes_and_validates(preset):
     cfg = cli.compose_config([f"+experiment={preset}"])
     assert cfg.name == preset
     plan = prepare(cfg)
-    assert plan.locations and plan.pairs.n_pairs > 0
+    assert plan.pairs.n_pairs > 0
+    assert plan.locations if cfg.method.name != "direct_attribution" else plan.locations == []  # it reads the whole model
 
 
 @pytest.mark.parametrize("group", ["model", "task", "method", "sweep"])

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
@@ -15,20 +11,7 @@ from circuitlab.locations import Location
 from circuitlab.methods.path_patching.compute import Receiver, check_senders, parse_receiver, path_patch
 from circuitlab.metrics import logit_diff
 from circuitlab.tasks.base import PromptPairs
-
-BENCH = Path(__file__).parent.parent / "bench"
-
-
-def _reference():
-    """The benchmark's plain implementation (two full forwards per sender, TransformerLens hooks)."""
-    sys.path.insert(0, str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_path_patching", BENCH / "path_patching.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.reference_path_patch
-
-
-reference_path_patch = _reference()
+from tests.path_patching_reference import reference_path_patch
 
 
 def small_model(**overrides) -> HookedTransformer:

@@ -40,7 +40,7 @@ def test_csv_columns_come_from_the_methods():
 @pytest.mark.parametrize("method", sorted(registry.METHODS))
 def test_every_method_option_plans(method):
     plan = prepare(cli.compose_config([f"method={method}", *METHOD_SETTINGS.get(method, []), *QUIET]))
-    assert plan.locations and plan.pairs.n_pairs > 0
+    assert plan.pairs.n_pairs > 0 and (plan.locations if method != "direct_attribution" else plan.locations == [])
 
 
 @pytest.mark.parametrize("task", [t for t in cli.group_options("task") if t != "pairs"])
@@ -71,3 +71,16 @@ def test_figures_work_where_torch_cannot_be_imported(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "figures").is_dir() and any((tmp_path / "run" / "figures").glob("*.png"))
+
+
+def test_a_cli_run_plans_once(tmp_path, monkeypatch):
+    """The pre-flight plan is the run's plan: prompts and sweep points are built once per `circuitlab run`."""
+    from circuitlab import plan as planning
+
+    calls = []
+    real = planning.prepare
+    monkeypatch.setattr(planning, "prepare", lambda cfg: calls.append(1) or real(cfg))
+    monkeypatch.setattr(planning, "PREPARED", {})
+    monkeypatch.chdir(tmp_path)
+    cli.main(["run", "+experiment=ioi_patching", "task.n_prompts=8", "sweep.layers=[0]", "progress=false", "figures=false", f"run.dir={tmp_path / 'run'}"])
+    assert len(calls) == 1 and (tmp_path / "run" / "results.csv").is_file()

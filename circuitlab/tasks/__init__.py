@@ -1,5 +1,6 @@
 """Task registry: each task module offers `validate_config(cfg)` and `build_pairs(cfg, tokenizer, bos_id, pad_id,
-seed) -> PromptPairs` (whose `named_positions` name the positions it offers); ioi_counterfactual also `build_split`."""
+seed) -> PromptPairs` (whose `named_positions` name the positions it offers), and what it offers beyond that: `build_split`
+(train / test splits, which DAS needs: ioi_counterfactual), `TRACKS_OWN_TOKENS` (its data names tracked tokens: pairs)."""
 
 from circuitlab.tasks import addition, factual, ioi, ioi_counterfactual, pairs, repeat_first
 

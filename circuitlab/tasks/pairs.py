@@ -20,6 +20,7 @@ from circuitlab.tasks.base import (
     PromptPairs, Tokenizer, assemble_pairs, encode, json_type, read_json_lines, require_pairs, unknown_token_id,
 )
 
+TRACKS_OWN_TOKENS = True  # a line's "track" list joins task.track (method.metrics=[prob] needs no task.track)
 REQUIRED = ("clean", "corrupted", "answer", "wrong")
 OPTIONAL = ("corrupted_answer", "track")
 UNKNOWN_LABEL = "an answer unknown to the tokenizer"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from circuitlab.locations import heads_value, position_label
 from circuitlab.methods.das import compute as das
+from circuitlab.tasks import TASKS
 
 log = logging.getLogger("circuitlab")
 
@@ -22,8 +23,10 @@ log = logging.getLogger("circuitlab")
 def validate(cfg: DictConfig) -> None:
     if cfg.method.intervention not in das.INTERVENTIONS:
         raise ConfigError("method.intervention", cfg.method.intervention, das.INTERVENTIONS)
-    if cfg.task.name != "ioi_counterfactual":
-        raise ConfigError("task", cfg.task.name, "ioi_counterfactual (method=das needs base / source pairs with counterfactual labels)")
+    if not hasattr(TASKS[cfg.task.name], "build_split"):
+        with_splits = [name for name, task in TASKS.items() if hasattr(task, "build_split")]
+        raise ConfigError("task", cfg.task.name, f"{', '.join(with_splits)} (method=das needs base / source pairs with counterfactual "
+                          "labels, in train and test splits)")
     if cfg.method.load and not Path(cfg.method.load).expanduser().exists():
         raise ConfigError("method.load", cfg.method.load, "an existing run dir or interventions.pt")
 
@@ -31,7 +34,6 @@ def validate(cfg: DictConfig) -> None:
 def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations: list[Location]):
     """Subspaces that fit their locations, the train split (the Plan's method part), saved interventions that fit."""
     from circuitlab.plan import special_ids
-    from circuitlab.tasks import TASKS
 
     das.check_locations(locations, das.training_from(cfg.method), shape.n_heads, shape.d_head, shape.d_model, shape.d_mlp)
     train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, *special_ids(tokenizer), cfg.seed, "train")
