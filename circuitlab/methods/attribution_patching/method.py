@@ -11,27 +11,26 @@ from circuitlab.engine.rows import location_columns, patching_tensors, patching_
 from circuitlab.errors import ConfigError
 from circuitlab.locations import Location
 from circuitlab.tasks.base import PromptPairs
-from circuitlab.engine import sweep
+from circuitlab.methods.activation_patching import method as activation_patching
 from circuitlab.methods.attribution_patching import compute as attribution_patching
 
 log = logging.getLogger("circuitlab")
 
 
 def validate(cfg: DictConfig) -> None:
-    if cfg.method.direction not in sweep.DIRECTIONS:
-        raise ConfigError("method.direction", cfg.method.direction, sweep.DIRECTIONS)
+    activation_patching.validate(cfg)  # the same direction
 
 
 def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations: list[Location]):
-    """Nothing of its own to plan: the sweep's locations as they are."""
-    return locations, None
+    return activation_patching.plan(cfg, shape, pairs, tokenizer, locations)
 
 
 def shard_points(cfg: DictConfig, locations: list[Location], pairs: PromptPairs) -> tuple[int, str]:
+    """Activation patching's points (the exact sweep beside the estimates); estimates alone are not chunked."""
     if not cfg.method.get("compare_exact", True):
         raise ConfigError("sweep.num_shards", cfg.sweep.num_shards, "1 for method=attribution_patching with compare_exact=false (the "
                           "estimates take one pass over every point; only the exact patching beside them is split into chunks)")
-    return sweep.patching_points(locations, pairs), "points that patch a position where clean and corrupted prompts differ"
+    return activation_patching.shard_points(cfg, locations, pairs)
 
 
 def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
