@@ -11,7 +11,6 @@ is not read at all: the blob's name is its digest.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -126,14 +125,10 @@ def digests(cfg) -> dict[str, dict]:
 
 def stored(run_dir: Path) -> dict | None:
     """The inputs recorded in a run dir (None: none recorded, e.g. a dir from before they were)."""
-    path = Path(run_dir) / INPUTS_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise CircuitlabError(f"{path}: damaged (not JSON); choose another run.dir, or run.resume=false to start that dir over") from None
-    return data if isinstance(data, dict) else {}
+    from circuitlab.rundir import read_record
+
+    data = read_record(Path(run_dir) / INPUTS_FILE)
+    return data if isinstance(data, dict) or data is None else {}
 
 
 def first_change(old: dict, new: dict) -> tuple[str, str | None, str | None] | None:

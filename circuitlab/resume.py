@@ -12,7 +12,6 @@ when the dir already holds files, so that a failing load leaves an existing dir 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -55,14 +54,9 @@ def first_difference(old, new, path: str = "") -> tuple[str, object, object] | N
 
 def stored_config(run_dir: Path) -> dict | None:
     path = Path(run_dir) / CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        raise CircuitlabError(f"{path}: damaged (not JSON); choose another run.dir, or run.resume=false to start that dir over") from None
-    if not isinstance(config, dict):
-        raise CircuitlabError(f"{path}: damaged (not a config); choose another run.dir, or run.resume=false to start that dir over")
+    config = rundir.read_record(path)
+    if config is not None and not isinstance(config, dict):
+        raise CircuitlabError(f"{path}: damaged (not a config); {rundir.START_OVER}")
     return config
 
 

@@ -190,3 +190,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+START_OVER = "choose another run.dir, or run.resume=false to start that dir over"
+
+
+def read_record(path: Path):
+    """A JSON record the run dir keeps (run_config.json, inputs.json): None when it is not there; one line when it is
+    damaged."""
+    import json
+
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise CircuitlabError(f"{path}: damaged (not JSON); {START_OVER}") from None
