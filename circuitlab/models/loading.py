@@ -151,8 +151,10 @@ def ensure_hub_or_cache(name: str) -> None:
     _go_offline()
 
 
+@lru_cache(maxsize=8)
 def pretrained_config(name: str):
-    """TransformerLens' config of a pretrained name (from the hub, or the local cache when offline)."""
+    """TransformerLens' config of a pretrained name (from the hub, or the local cache when offline); read once per
+    process (planning asks for the shape and the tokenizer's name)."""
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
     ensure_hub_or_cache(name)
