@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from circuitlab import inputs, resume, rundir
+from circuitlab import inputs, report, resume, rundir
 from circuitlab.engine import chunks
 from circuitlab import results as rs
 from circuitlab.models import loading
@@ -41,8 +41,9 @@ class PhaseTimer:
         self.seconds[phase] = round(time.perf_counter() - start, 3)
 
 
-def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run one experiment into `run_dir`; returns the manifest."""
+def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] | None = None) -> dict:
+    """Run one experiment into `run_dir`; returns the manifest. `overrides`, the command line's (or the notebook
+    call's), are recorded in the manifest for the report's command that reproduces the run."""
     run_dir = Path(run_dir)
     timer = PhaseTimer()
     random.seed(cfg.seed)
@@ -61,10 +62,10 @@ def run_experiment(cfg: DictConfig, run_dir: Path) -> dict:
     with timer("load_model"):  # before the run dir is touched: a checkpoint that fails to load changes nothing there
         model = loading.load_model(cfg.model, device=device)
     with rundir.locked(run_dir):
-        return _run_locked(cfg, run_dir, plan, model, device, timer)
+        return _run_locked(cfg, run_dir, plan, model, device, timer, overrides)
 
 
-def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer: PhaseTimer) -> dict:
+def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer: PhaseTimer, overrides: list[str] | None = None) -> dict:
     pairs, locations = plan.pairs, plan.locations
     store, finished = None, False
     try:
@@ -75,7 +76,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer:
             log.warning("sweep.shard=%d owned none of the sweep's %d chunks (num_shards=%d): its results are NaN; "
                         "use fewer shards", store.shard, store.planned, store.num_shards)
         finished = True
-        return _write_run(cfg, run_dir, pairs, locations, model, device, timer, store, output)
+        return _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides)
     except KeyboardInterrupt as err:
         rundir.clear_progress_bars()
         if store is None:
@@ -84,7 +85,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer:
         raise rundir.Interrupted(rundir.kept_message(run_dir, signum, store.kept(), finished), signum) from None
 
 
-def _write_run(cfg, run_dir, pairs, locations, model, device, timer, store, output) -> dict:
+def _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides) -> dict:
+    pairs, locations = plan.pairs, plan.locations
     with timer("write_results"):
         rs.write_csv(run_dir / "results.csv", rs.tidy_frame(output.rows))
         rs.write_tensors(run_dir / "results.pt", output.tensors)
@@ -93,6 +95,9 @@ def _write_run(cfg, run_dir, pairs, locations, model, device, timer, store, outp
             rs.write_csv(run_dir / name, frame)
         for name, data in output.tensor_files.items():
             rs.write_tensors(run_dir / name, data)
+        for name, data in output.json_files.items():
+            rs.write_json(run_dir / name, data)
+        rs.write_json(run_dir / report.EXAMPLES_FILE, examples(pairs, plan.tokenizer))
     figures = []
     if cfg.figures:
         from circuitlab.figures import render_run
@@ -113,15 +118,54 @@ def _write_run(cfg, run_dir, pairs, locations, model, device, timer, store, outp
         "inputs": inputs.digests(cfg),
         "baselines": {"clean": output.clean, "corrupted": output.corrupted},
         **output.extra,
+        **({"overrides": list(overrides)} if overrides is not None else {}),
         "versions": rs.package_versions(),
         "git_commit": rs.git_commit(Path(__file__).parent),
         "wall_time_seconds": timer.seconds,
-        "files": ["results.csv", "results.pt", "dataset.pt", resume.CONFIG_FILE, inputs.INPUTS_FILE, *output.tables, *output.tensor_files, *[str(Path(f).relative_to(run_dir)) for f in figures]],
+        "files": ["results.csv", "results.pt", "dataset.pt", resume.CONFIG_FILE, inputs.INPUTS_FILE, *output.tables, *output.tensor_files, report.EXAMPLES_FILE,
+                  *[str(Path(f).relative_to(run_dir)) for f in figures], report.REPORT_FILE],
     }
     rs.write_json(run_dir / "manifest.json", manifest)
+    try:
+        report.write_report(run_dir)
+    except Exception as err:  # noqa: BLE001  the run's numbers are written; a report that fails says so and no more
+        log.warning("report.html not written (%s: %s); `circuitlab report %s` retries", type(err).__name__, err, run_dir)
     if "logit_diff" in output.clean and "logit_diff" in output.corrupted:
         log.info("clean logit diff %.3f | corrupted %.3f", output.clean["logit_diff"], output.corrupted["logit_diff"])
     log.info("results: %s", run_dir)
     if figures:
         log.info("figures: %s", ", ".join(figures))
     return manifest
+
+
+def examples(pairs, tokenizer, count: int = 3) -> dict:
+    """The first `count` prompt pairs token by token, with their named positions and answers, as plain JSON for the
+    report (which reads no torch file)."""
+
+    def text(ids) -> list[str]:
+        return [_token(tokenizer, int(i)) for i in ids]
+
+    chosen = []
+    for b in range(min(count, pairs.n_pairs)):
+        length = int(pairs.lengths[b])
+        answers = {"answer": _token(tokenizer, int(pairs.answer_tokens[b])), "wrong": _token(tokenizer, int(pairs.wrong_tokens[b]))}
+        if pairs.corrupted_answer_tokens is not None:
+            answers["corrupted answer"] = _token(tokenizer, int(pairs.corrupted_answer_tokens[b]))
+        chosen.append({"clean": text(pairs.clean_tokens[b, :length].tolist()), "corrupted": text(pairs.corrupted_tokens[b, :length].tolist()),
+                       "length": length, "positions": {k: int(v[b]) for k, v in pairs.named_positions.items()}, "answers": answers,
+                       "clean_text": pairs.clean_texts[b] if b < len(pairs.clean_texts) else "",
+                       "corrupted_text": pairs.corrupted_texts[b] if b < len(pairs.corrupted_texts) else ""})
+    return {"n_pairs": pairs.n_pairs, "prompt_names": ["clean", "corrupted"], "pairs": chosen}
+
+
+def _token(tokenizer, token_id: int) -> str:
+    """One token as text (the tokenizer's decoding of it alone; its vocabulary name where decoding fails)."""
+    if tokenizer is None:
+        return str(token_id)
+    try:
+        return tokenizer.decode([token_id])
+    except Exception:  # noqa: BLE001  tokenizers without decode (id tokenizers): the vocabulary's name, else the id
+        try:
+            return str(tokenizer.convert_ids_to_tokens([token_id])[0])
+        except Exception:  # noqa: BLE001
+            return str(token_id)

@@ -25,7 +25,7 @@ class Plan:
 @dataclass
 class MethodOutput:
     """What a method hands back for writing: tidy rows, tensors, extra CSV tables by file name, the
-    unpatched baselines and extra manifest entries."""
+    unpatched baselines, extra manifest entries, .pt files and JSON files by name."""
 
     rows: list[dict]
     tensors: dict
@@ -34,3 +34,4 @@ class MethodOutput:
     tables: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
     tensor_files: dict = field(default_factory=dict)
+    json_files: dict = field(default_factory=dict)
