@@ -7,3 +7,6 @@ from circuitlab.methods import path_patching  # noqa: F401
 from circuitlab.methods import das  # noqa: F401
 from circuitlab.methods import direct_attribution  # noqa: F401
 from circuitlab.methods import ablation  # noqa: F401
+from circuitlab.methods import eap  # noqa: F401
+from circuitlab.methods import eap_ig  # noqa: F401
+from circuitlab.methods import edge_patching  # noqa: F401

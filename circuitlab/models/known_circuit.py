@@ -12,6 +12,8 @@ Every other node (heads 0.1-0.3, 1.1-1.3, mlp.1) has random weights that read an
 JUNK, which nothing in the circuit reads: ablating them changes nothing, exactly. Removing any circuit node
 zeroes ANSWER, which is the "no" answer of the corrupted prompts.
 
+At the edge level (`CIRCUIT_EDGES`, also in circuit.json) the circuit depends on the counterfactual: see below.
+
 `python -m circuitlab.models.known_circuit DIR` writes it in the InterpBench layout (ll_model_cfg.json,
 model.safetensors) with a word-level tokenizer; the copy in `embedded/known-circuit` was written so.
 """
@@ -27,6 +29,15 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 SYMBOLS = ("a", "b", "c", "d", "e", "f")
 CIRCUIT = ("head.0.0", "mlp.0", "head.1.0")
+# The same circuit as edges (circuitlab/edges/graph.py naming), per counterfactual of the edge methods. The
+# corrupted prompts change only the last symbol: head.0.0 reads position 1 in both prompts, so under patching only
+# the path through the last token's symbol differs. Zero ablation also cuts head.0.0's inputs and both circuit
+# heads' positional queries and keys. Every other edge changes nothing (junk writes only JUNK).
+CIRCUIT_EDGES = {
+    "patching": ("input->m0", "m0->a1.h0<v>", "a1.h0->logits"),
+    "zero": ("input->a0.h0<q>", "input->a0.h0<k>", "input->a0.h0<v>", "input->m0", "a0.h0->m0", "m0->a1.h0<v>",
+             "input->a1.h0<q>", "input->a1.h0<k>", "a1.h0->logits"),
+}
 N_CTX = 8
 TOK, POS, FIRST, MATCH, ANSWER, JUNK = slice(0, 6), slice(6, 14), slice(14, 20), 20, 21, slice(22, 32)
 ATTENTION_SHARPNESS = 40.0
@@ -106,7 +117,13 @@ def save(directory: Path, seed: int = 0) -> None:
     tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": N_CTX, **SPECIAL_TOKENS}
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     (directory / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
-    (directory / "circuit.json").write_text(json.dumps({"circuit": list(CIRCUIT), "task": "repeat_first", "seed": seed}, indent=2) + "\n")
+    (directory / "circuit.json").write_text(circuit_json(seed))
+
+
+def circuit_json(seed: int = 0) -> str:
+    """circuit.json beside the weights: the circuit's nodes and, per counterfactual, its edges."""
+    record = {"circuit": list(CIRCUIT), "edges": {k: list(v) for k, v in CIRCUIT_EDGES.items()}, "task": "repeat_first", "seed": seed}
+    return json.dumps(record, indent=2) + "\n"
 
 
 if __name__ == "__main__":

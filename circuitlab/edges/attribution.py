@@ -1,0 +1,140 @@
+"""EAP and EAP-IG: first-order estimates of every edge's effect at once.
+
+An edge s -> r carries sender s's output into receiver r's input. Patching it alone adds (source_s - clean_s)
+to r's input, which changes the metric m (the mean logit difference at the final position) by about
+grad_r . (source_s - clean_s), summed over positions. The score of an edge is minus that estimate:
+m(clean) - m(edge patched), positive for an edge that carries the clean behaviour. EAP takes grad_r at the clean
+run (a forward on the counterfactual prompts, then one forward and one backward on the clean ones); EAP-IG
+averages grad_r over `ig_steps` runs whose input embeddings lie on the line from the counterfactual's to the
+clean ones (alpha = k / ig_steps, k = 1..ig_steps: one step is EAP).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from circuitlab.edges import counterfactual as cf
+from circuitlab.edges.graph import EdgeGraph
+from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, receiver_hooks, sender_hooks, stack_senders
+from circuitlab.engine.forward import final_position_logits
+from circuitlab.metrics import logit_diff
+from circuitlab.tasks.base import PromptPairs
+
+
+def edge_scores(
+    model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, counterfactual: str, ig_steps: int | None = None,
+    batch_size: int | None = None, progress: bool = False,
+) -> Float[Tensor, "sender receiver"]:
+    """EAP (ig_steps None or 1) or EAP-IG scores of every (sender, receiver) pair (0 where there is no edge), in
+    logit-difference units, averaged over prompts."""
+    n = pairs.n_pairs
+    batch_size = batch_size or n
+    steps = ig_steps or 1
+    sources = cf.prepare(model, pairs, graph, counterfactual, batch_size)
+    scores = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
+    batches = [torch.arange(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
+    bar = tqdm(total=len(batches) * steps, desc="edge attribution", unit="backward", disable=not progress)
+    for rows in batches:
+        scores += _batch_scores(model, pairs, graph, sources, rows, steps, bar)
+    bar.close()
+    return (scores / n).float() * graph.real
+
+
+def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sources, rows: Tensor, steps: int, bar) -> Tensor:
+    """Minus the sum over the batch's prompts of grad . (source - clean), per (sender, receiver)."""
+    device = model.cfg.device
+    clean_tokens = pairs.clean_tokens[rows].to(device)
+    final = pairs.final_positions[rows].to(device)
+    answer, wrong = pairs.answer_tokens[rows].to(device), pairs.wrong_tokens[rows].to(device)
+    source_input = None
+    if steps > 1:
+        source_input = cf_input(model, pairs, graph, sources, rows)
+    grads: dict[str, Tensor] = {}
+    clean_cache: dict[str, Tensor] = {}
+    wanted = set(sender_hooks(graph))
+
+    def keep(activation: Tensor, hook) -> Tensor:
+        if hook.name == INPUT_HOOK and not activation.requires_grad:  # the weights are frozen: the input is the leaf
+            activation = activation.detach().requires_grad_(True)
+        if hook.name in wanted and record[0]:
+            clean_cache[hook.name] = activation.detach()
+        if hook.name in receivers:
+            activation.register_hook(lambda g, name=hook.name: _accumulate(grads, name, g))
+        return activation
+
+    receivers = set(receiver_hooks(graph))
+    record = [False]
+    for k in range(steps, 0, -1):  # the clean run (alpha = 1) first: it gives the clean senders' outputs
+        record[0] = k == steps
+        hooks = [(name, keep) for name in wanted | receivers]
+        if k < steps:
+            alpha = k / steps
+            clean_input = clean_cache[INPUT_HOOK]
+
+            def interpolate(activation: Tensor, hook, alpha=alpha) -> Tensor:
+                return source_input + alpha * (clean_input - source_input)
+
+            hooks = [(INPUT_HOOK, interpolate)] + hooks
+        with edges_exposed(model), frozen_weights(model), torch.enable_grad():
+            resid = model.run_with_hooks(clean_tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
+            logit_diff(final_position_logits(model, resid, final), answer, wrong).sum().backward()
+        bar.update(1)
+    clean = stack_senders(clean_cache, graph)
+    source = sources.for_rows(model, pairs, graph, rows, clean)
+    return -_contract(graph, (source - clean).float(), grads) / steps
+
+
+@contextmanager
+def frozen_weights(model: HookedTransformer):
+    """No weight gradients while the backward runs (only the activations' are read)."""
+    before = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in before:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in before:
+            p.requires_grad_(flag)
+
+
+def cf_input(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sources, rows: Tensor) -> Tensor:
+    """The counterfactual's input embeddings (the start of EAP-IG's line)."""
+    if sources.kind == "patching":
+        with torch.no_grad():
+            _, cache = model.run_with_cache(pairs.corrupted_tokens[rows].to(model.cfg.device), names_filter=INPUT_HOOK, stop_at_layer=1)
+        return cache[INPUT_HOOK]
+    shape = (len(rows), pairs.width, graph.d_model or model.cfg.d_model)
+    if sources.kind == "zero":
+        return torch.zeros(shape, device=model.cfg.device, dtype=model.cfg.dtype)
+    return sources.mean[:, :, 0].expand(shape)
+
+
+def _accumulate(grads: dict[str, Tensor], name: str, grad: Tensor) -> None:
+    grads[name] = grad if name not in grads else grads[name] + grad
+
+
+def _contract(graph: EdgeGraph, difference: Float[Tensor, "batch pos sender d_model"], grads: dict[str, Tensor]) -> Tensor:
+    """sum over prompts and positions of grad_r . difference_s, for every sender feeding each receiver."""
+    scores = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
+    for layer in range(graph.n_layers):
+        for x in "qkv":
+            grad = grads.get(f"blocks.{layer}.hook_{x}_input")
+            first = graph.head_receiver(layer, x, 0)
+            fed = graph.feeding(first)
+            if grad is not None:
+                scores[:fed, first:first + graph.n_heads] = torch.einsum("bpsd,bphd->sh", difference[:, :, :fed], grad.float()).double()
+        grad = grads.get(f"blocks.{layer}.hook_mlp_in")
+        if graph.has_mlp and grad is not None:
+            receiver = graph.mlp_receiver(layer)
+            fed = graph.feeding(receiver)
+            scores[:fed, receiver] = torch.einsum("bpsd,bpd->s", difference[:, :, :fed], grad.float()).double()
+    grad = grads.get(f"blocks.{graph.n_layers - 1}.hook_resid_post")
+    if grad is not None:
+        scores[:, graph.logits_receiver] = torch.einsum("bpsd,bpd->s", difference, grad.float()).double()
+    return scores

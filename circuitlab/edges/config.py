@@ -1,0 +1,28 @@
+"""The config schema the edge methods share (extends MethodConfig; method/eap.yaml, eap_ig.yaml and
+edge_patching.yaml fill it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from circuitlab.config import MethodConfig
+
+
+@dataclass
+class EdgeMethodConfig(MethodConfig):
+    """Edge scores and the circuit cut from them. `counterfactual`: patching (the pair's corrupted prompt), mean
+    (over the clean prompts, per position) or zero. `select`: topn / greedy (`n_edges` edges) or threshold
+    (`threshold`); `absolute`: rank by |score|. `curve`: percentages of edges kept for MIB's faithfulness curve
+    ([] skips it). `expected`: edges of a known circuit, for the AUROC of the scores against it.
+    `batch_size`: prompts per backward (null: all)."""
+
+    name: str = "eap"
+    counterfactual: str = "patching"
+    select: str = "topn"
+    n_edges: int = 20
+    threshold: float = 0.0
+    absolute: bool = True
+    curve: list[Any] = field(default_factory=lambda: [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100])
+    expected: Optional[list[str]] = None
+    batch_size: Optional[int] = None

@@ -1,0 +1,83 @@
+"""A forward in which every edge outside a circuit carries its counterfactual value, many circuits per forward.
+
+Row block c of the batch runs circuit c. Each sender's hook records (source - current output) in this very run
+(its output changes when edges upstream of it are ablated); each receiver's hook adds, over the senders feeding it,
+the recorded difference of every edge the circuit leaves out. So an edge in the circuit carries the sender's
+output as the circuit computes it, and an edge outside it the sender's counterfactual output (as EAP-IG's and
+MIB's evaluation). The empty circuit is the counterfactual run itself; the full one is the clean run.
+"""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from circuitlab.edges import counterfactual as cf
+from circuitlab.edges.graph import EdgeGraph
+from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, logits_hook
+from circuitlab.engine.batching import memory_budget
+from circuitlab.engine.forward import final_position_logits
+from circuitlab.metrics import logit_diff
+from circuitlab.tasks.base import PromptPairs
+
+
+def circuits_logit_diff(
+    model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sources,
+    keep: Bool[Tensor, "circuit sender receiver"], memory_budget_mb: int | None = None,
+) -> tuple[Float[Tensor, " circuit"], int]:
+    """The mean logit difference of each circuit, and the number of masked forwards it took."""
+    device = model.cfg.device
+    per_copy = pairs.n_pairs * pairs.width * (len(graph.senders) + 4 * graph.n_heads + 8) * model.cfg.d_model * 4
+    copies = max(1, int(memory_budget(device, memory_budget_mb) * 2**20 // per_copy))
+    source = sources.of_all(model, pairs, graph)
+    values, forwards = [], 0
+    for first in range(0, keep.shape[0], copies):
+        values.append(_masked(model, pairs, graph, source, keep[first:first + copies].to(device)))
+        forwards += 1
+    return torch.cat(values), forwards
+
+
+def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, source: Tensor, keep: Tensor) -> Tensor:
+    device, dtype = model.cfg.device, model.cfg.dtype
+    copies, n, width = keep.shape[0], pairs.n_pairs, pairs.width
+    ablate = (~keep).to(dtype)  # circuit sender receiver
+    source = source.to(device=device, dtype=dtype).expand(n, width, len(graph.senders), model.cfg.d_model)
+    differences = torch.zeros(copies, n, width, len(graph.senders), model.cfg.d_model, device=device, dtype=dtype)
+
+    def record(first: int, count: int):
+        def hook(activation: Tensor, hook) -> Tensor:
+            current = activation.reshape(copies, n, width, count, -1)
+            differences[:, :, :, first:first + count] = source[None, :, :, first:first + count] - current
+            return activation
+        return hook
+
+    def construct(receivers: slice | int, fed: int, per_head: bool):
+        def hook(activation: Tensor, hook) -> Tensor:
+            weights = ablate[:, :fed, receivers]
+            if per_head:
+                update = torch.einsum("cbpsd,csh->cbphd", differences[:, :, :, :fed], weights)
+            else:
+                update = torch.einsum("cbpsd,cs->cbpd", differences[:, :, :, :fed], weights)
+            return activation + update.reshape(activation.shape)
+        return hook
+
+    hooks = [(INPUT_HOOK, record(0, 1))]
+    for layer in range(graph.n_layers):
+        for x in "qkv":
+            first = graph.head_receiver(layer, x, 0)
+            hooks.append((f"blocks.{layer}.hook_{x}_input", construct(slice(first, first + graph.n_heads), graph.feeding(first), True)))
+        hooks.append((f"blocks.{layer}.attn.hook_result", record(graph.head_sender(layer, 0), graph.n_heads)))
+        if graph.has_mlp:
+            receiver = graph.mlp_receiver(layer)
+            hooks.append((f"blocks.{layer}.hook_mlp_in", construct(receiver, graph.feeding(receiver), False)))
+            hooks.append((f"blocks.{layer}.hook_mlp_out", record(graph.mlp_sender(layer), 1)))
+    hooks.append((logits_hook(graph), construct(graph.logits_receiver, len(graph.senders), False)))
+    tokens = pairs.clean_tokens.to(device).repeat(copies, 1)
+    final = pairs.final_positions.to(device).repeat(copies)
+    with torch.no_grad(), edges_exposed(model):
+        resid = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
+        logits = final_position_logits(model, resid, final)
+    answer, wrong = pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)
+    return logit_diff(logits.view(copies, n, -1), answer, wrong).mean(1).float().cpu()

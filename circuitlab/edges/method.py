@@ -1,0 +1,174 @@
+"""What the three edge methods share: their checks, planning, and the run that turns scores into the outputs.
+
+A run scores every edge (the method's own `score` function), cuts a circuit from the scores, evaluates it and
+MIB's faithfulness curve with masked forwards, and writes
+- results.csv: one row per edge (`sender`, `receiver`, metric `score`: the drop of the mean logit difference when
+  the edge alone takes its counterfactual value, estimated by EAP / EAP-IG, exact for edge patching);
+- edges.csv: sender, receiver, edge, score, rank (by |score|), in_circuit;
+- faithfulness.csv: per ranking (signed / absolute) and percentage, the edges kept after pruning and the
+  faithfulness; the chosen circuit's row too;
+- circuit.json: the EAP-IG Graph JSON (cfg, nodes, edges with score and in_graph);
+- manifest: CPR, CMD, the circuit's faithfulness, AUROC against `method.expected` when given.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+from omegaconf import DictConfig
+
+from circuitlab.config import plain
+from circuitlab.edges import circuits
+from circuitlab.edges import counterfactual as cf
+from circuitlab.edges.graph import EdgeGraph
+from circuitlab.edges.hooks import check_additive
+from circuitlab.engine.records import MethodOutput, Plan
+from circuitlab.errors import ConfigError
+from circuitlab.tasks.base import PromptPairs
+
+log = logging.getLogger("circuitlab")
+
+
+def _positive_int(value, field: str, allowed: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(field, value, allowed)
+    return value
+
+
+def _number(value, field: str, allowed: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(float(value)):
+        raise ConfigError(field, value, allowed)
+    return float(value)
+
+
+def validate(cfg: DictConfig) -> None:
+    m = cfg.method
+    if m.counterfactual not in cf.COUNTERFACTUALS:
+        raise ConfigError("method.counterfactual", m.counterfactual, cf.COUNTERFACTUALS)
+    if m.select not in circuits.SELECTIONS:
+        raise ConfigError("method.select", m.select, circuits.SELECTIONS)
+    _positive_int(m.n_edges, "method.n_edges", "a whole number of edges >= 0", minimum=0)
+    _number(m.threshold, "method.threshold", "a number")
+    if not isinstance(m.absolute, bool):
+        raise ConfigError("method.absolute", m.absolute, "true or false")
+    curve = plain(m.curve)
+    if curve is None or not isinstance(curve, list):
+        raise ConfigError("method.curve", curve, "a list of percentages of edges kept, each in (0, 100] (or [])")
+    for percent in curve:
+        value = _number(percent, "method.curve", "percentages of edges kept, each in (0, 100]")
+        if not 0 < value <= 100:
+            raise ConfigError("method.curve", percent, "percentages of edges kept, each in (0, 100]")
+    if sorted(float(p) for p in curve) != [float(p) for p in curve] or len(set(curve)) != len(curve):
+        raise ConfigError("method.curve", curve, "increasing percentages (e.g. [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100])")
+    if m.batch_size is not None:
+        _positive_int(m.batch_size, "method.batch_size", "a number of prompts >= 1, or null for all")
+    if cfg.task.get("n_prompts") is not None and m.get("ig_steps") is not None:
+        _positive_int(m.ig_steps, "method.ig_steps", "a whole number of steps >= 1 (1 is EAP)")
+
+
+def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations):
+    """The graph of the model; every named edge exists in it; the circuit size fits. No sweep points."""
+    graph = EdgeGraph.of(shape)
+    if cfg.method.n_edges > graph.n_edges:
+        raise ConfigError("method.n_edges", cfg.method.n_edges, f"0..{graph.n_edges} (the model's edges)")
+    expected = plain(cfg.method.expected)
+    if expected is not None:
+        if not isinstance(expected, list) or not expected:
+            raise ConfigError("method.expected", expected, "a non-empty list of edges, e.g. [input->m0, m0->a1.h0<v>], or null")
+        for name in expected:
+            graph.parse_edge(name, "method.expected")
+    if not pairs.same_length and cfg.method.counterfactual == "mean":
+        log.info("prompts of different lengths: the mean counterfactual averages each position over the prompts that have it and padding")
+    return [], graph
+
+
+def expected_mask(graph: EdgeGraph, names: list[str] | None) -> torch.Tensor | None:
+    if names is None:
+        return None
+    mask = torch.zeros_like(graph.real)
+    for name in names:
+        mask[graph.parse_edge(name, "method.expected")] = True
+    return mask
+
+
+def run_edges(cfg: DictConfig, plan: Plan, model, score: Callable[[], tuple[torch.Tensor, dict]]) -> MethodOutput:
+    """`score()` -> ((sender, receiver) scores, extra manifest entries); the rest is the same for every method."""
+    import pandas as pd
+
+    from circuitlab.edges.masked import circuits_logit_diff
+
+    check_additive(model.cfg)
+    graph: EdgeGraph = plan.method_plan
+    graph = EdgeGraph(graph.n_layers, graph.n_heads, graph.parallel_attn_mlp, graph.has_mlp, model.cfg.d_model)
+    m = cfg.method
+    scores, extra = score()
+    complete = not bool(torch.isnan(scores[graph.real]).any())
+    keep = circuits.select(graph, torch.nan_to_num(scores), m.select, m.n_edges, float(m.threshold), m.absolute) if complete else torch.zeros_like(graph.real)
+    rank = torch.zeros_like(scores, dtype=torch.long)
+    flat = [(s, r) for s, r in graph.edges]
+    order = sorted(range(len(flat)), key=lambda i: -abs(float(scores[flat[i]])) if not math.isnan(float(scores[flat[i]])) else math.inf)
+    for position, i in enumerate(order, 1):
+        rank[flat[i]] = position
+    edge_rows, rows = [], []
+    common = {"experiment": cfg.name, "method": m.name, "stream": "edge", "heads": "", "group": "", "position": "all", "position_label": "all"}
+    for s, r in flat:
+        value = float(scores[s, r])
+        edge_rows.append({"sender": graph.senders[s], "receiver": graph.receivers[r], "edge": graph.edge_name(s, r), "score": value,
+                          "rank": int(rank[s, r]), "in_circuit": bool(keep[s, r])})
+        rows.append({**common, "layer": graph.receiver_layer(r), "head": _receiver_head(graph, r), "sender": graph.senders[s],
+                     "receiver": graph.receivers[r], "metric": "score", "value": value})
+    tables = {"edges.csv": pd.DataFrame(edge_rows).sort_values(["rank"], kind="stable")}
+    json_files = {}
+    sources = cf.prepare(model, plan.pairs, graph, m.counterfactual, m.batch_size or plan.pairs.n_pairs)
+    baselines = {}
+    if complete:
+        curve = [float(p) for p in plain(m.curve)]
+        masks = [torch.zeros_like(graph.real), graph.real.clone(), keep]
+        labels = [("empty", 0.0), ("full", 100.0), ("circuit", None)]
+        how = "greedy" if m.select == "greedy" else "topn"
+        for ranking, absolute in (("signed", False), ("absolute", True)):
+            for percent in curve:
+                masks.append(circuits.select(graph, scores, how, circuits.edges_for_percent(graph, percent), 0.0, absolute))
+                labels.append((ranking, percent))
+        values, forwards = circuits_logit_diff(model, plan.pairs, graph, sources, torch.stack(masks), cfg.memory_budget_mb)
+        empty, full = float(values[0]), float(values[1])
+        span = full - empty
+        faithfulness = lambda v: (v - empty) / span if span != 0 else float("nan")  # noqa: E731
+        table = []
+        for (ranking, percent), mask, value in zip(labels[2:], masks[2:], values[2:].tolist()):
+            table.append({"ranking": ranking, "percent": percent if percent is not None else float("nan"),
+                          "edges_requested": int(mask.sum()) if percent is None else circuits.edges_for_percent(graph, percent),
+                          "edges_kept": int(mask.sum()), "logit_diff": value, "faithfulness": faithfulness(value)})
+        tables["faithfulness.csv"] = pd.DataFrame(table)
+        by = lambda name: [row["faithfulness"] for row in table if row["ranking"] == name]  # noqa: E731
+        cpr = circuits.area(curve, by("signed")) if len(curve) > 1 else float("nan")
+        cmd = circuits.area(curve, [abs(1 - f) for f in by("absolute")]) if len(curve) > 1 else float("nan")
+        circuit_f = table[0]["faithfulness"]
+        extra.update(cpr=cpr, cmd=cmd, masked_forwards=forwards, full_logit_diff=full, empty_logit_diff=empty,
+                     circuit={"select": m.select, "n_edges": m.n_edges if m.select != "threshold" else None,
+                              "threshold": float(m.threshold) if m.select == "threshold" else None, "absolute": m.absolute,
+                              "edges_kept": int(keep.sum()), "faithfulness": circuit_f})
+        json_files["circuit.json"] = circuits.graph_json(graph, scores, keep)
+        log.info("circuit: %d edges (%s), faithfulness %.3f | CPR %.3f | CMD %.3f | %d masked forwards", int(keep.sum()), m.select,
+                 circuit_f, cpr, cmd, forwards)
+        baselines = {"clean": {"logit_diff": full}, "corrupted": {"logit_diff": empty}}
+    else:
+        log.warning("%d edges have no score (another shard's: `circuitlab merge` cuts the circuit; or outside method.sample): "
+                    "no circuit or faithfulness curve", int(torch.isnan(scores[graph.real]).sum()))
+    expected = expected_mask(graph, plain(m.expected))
+    if expected is not None and complete:
+        extra["auroc"] = circuits.auroc(scores, expected, graph.real)
+        log.info("AUROC of |score| against the %d expected edges: %.3f", int(expected.sum()), extra["auroc"])
+    extra.update(n_edges_in_graph=graph.n_edges, counterfactual=m.counterfactual)
+    tensors = {"scores": scores, "edge_exists": graph.real}
+    return MethodOutput(rows, tensors, baselines.get("clean", {}), baselines.get("corrupted", {}), tables=tables, extra=extra,
+                        json_files=json_files)
+
+
+def _receiver_head(graph: EdgeGraph, receiver: int):
+    from circuitlab.edges.patching import receiver_kind
+
+    return receiver_kind(graph, receiver)[1]

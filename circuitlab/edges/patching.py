@@ -1,0 +1,139 @@
+"""Exact edge patching: the metric with one edge alone carrying its counterfactual value, many edges per forward.
+
+Patching edge s -> r adds (source_s - clean_s) to receiver r's input and nothing else. Every row block of a
+batched forward patches one edge (the auto-circuit / EAP-IG evaluation trick), and the forward is as short as the
+edge allows:
+- it starts at the receiver's block, from the clean run's residual stream there;
+- it computes only positions from the first one where clean and corrupted prompts differ (the senders' outputs
+  are equal before it; earlier keys and values come from the clean run), for the `patching` counterfactual;
+- the last block runs at the final position only, and only the final position is unembedded;
+- an edge into the logits needs no block at all.
+Edges are grouped by receiver block and cut into chunks that fit the memory budget; each chunk is stored as it
+finishes (`engine/chunks.py`), so a rerun resumes and `sweep.num_shards` splits the edges.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
+
+from circuitlab.edges import counterfactual as cf
+from circuitlab.edges.graph import QKV, EdgeGraph
+from circuitlab.edges.hooks import edges_exposed, sender_hooks, stack_senders
+from circuitlab.engine import chunks
+from circuitlab.engine.batching import halving_on_oom, points_per_chunk
+from circuitlab.engine.forward import final_position_logits, frozen_prefix, fused_gelu, last_block_final_row
+from circuitlab.engine.sweep import first_difference
+from circuitlab.metrics import logit_diff
+from circuitlab.tasks.base import PromptPairs
+
+
+def patch_edges(
+    model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, counterfactual: str, edges: list[tuple[int, int]],
+    memory_budget_mb: int | None = None, progress: bool = False,
+) -> tuple[Float[Tensor, " edge"], float]:
+    """The mean logit difference with each edge patched alone (NaN for edges another shard computes), and the
+    clean one."""
+    device = model.cfg.device
+    n_layers = model.cfg.n_layers
+    final = pairs.final_positions.to(device)
+    answer, wrong = pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)
+    wanted = set(sender_hooks(graph)) | {f"blocks.{l}.hook_resid_pre" for l in range(n_layers)}
+    wanted |= {f"blocks.{l}.attn.hook_{kv}" for l in range(n_layers) for kv in "kv"}
+    with torch.no_grad(), edges_exposed(model, split=False), fused_gelu(model):
+        resid, cache = model.run_with_cache(pairs.clean_tokens.to(device), names_filter=lambda n: n in wanted, stop_at_layer=n_layers)
+        clean_ld = logit_diff(final_position_logits(model, resid, final), answer, wrong).mean().item()
+        clean = stack_senders(cache, graph)
+        sources = cf.prepare(model, pairs, graph, counterfactual, pairs.n_pairs)
+        difference = sources.for_rows(model, pairs, graph, torch.arange(pairs.n_pairs), clean) - clean
+        start = first_difference(pairs) if counterfactual == "patching" else 0
+        start = min(start, pairs.width - 1)
+        results = torch.full((len(edges),), float("nan"))
+        chunk = points_per_chunk(model, pairs.n_pairs, pairs.width - start, memory_budget_mb)
+        call = f"edge_patching:{counterfactual}"
+        bar = tqdm(total=len(edges), desc="edge patching", unit="edge", disable=not progress)
+        order = sorted(range(len(edges)), key=lambda i: (graph.receiver_layer(edges[i][1]), i))
+        for block, group in itertools.groupby(order, key=lambda i: graph.receiver_layer(edges[i][1])):
+            group = list(group)
+            size = len(group) if block == n_layers else chunk
+            for part in [group[i:i + size] for i in range(0, len(group), size)]:
+                def compute(points: list[int], block=block) -> dict[str, Tensor]:
+                    chosen = [edges[j] for j in points]
+                    if block == n_layers:
+                        patched = resid[None] + torch.stack([difference[:, :, s] for s, _ in chosen])
+                        logits = final_position_logits(model, patched.flatten(0, 1), final.repeat(len(chosen)))
+                    else:
+                        logits = _from_block(model, graph, block, start, cache, difference, chosen, final, pairs.same_length)
+                    values = logit_diff(logits.view(len(chosen), pairs.n_pairs, -1), answer, wrong).mean(1)
+                    return {"logit_diff": values}
+
+                keys = chunks.point_keys(call, [graph.edge_name(*edges[j]) for j in part])
+                found = chunks.compute_or_load(keys, lambda part=part: halving_on_oom(compute, part))
+                if found is not None:
+                    results[part] = found["logit_diff"].cpu()
+                bar.update(len(part))
+        bar.close()
+    return results, clean_ld
+
+
+def _from_block(model: HookedTransformer, graph: EdgeGraph, block: int, start: int, cache, difference: Tensor,
+                chosen: list[tuple[int, int]], final: Tensor, same_length: bool) -> Float[Tensor, "rows vocab"]:
+    """Final-position logits of len(chosen) row blocks, block b patching edge chosen[b], from `block` on."""
+    cfg = model.cfg
+    copies, n = len(chosen), difference.shape[0]
+    resid = cache[f"blocks.{block}.hook_resid_pre"][:, start:].repeat(copies, 1, 1)
+    tail = difference[:, start:]
+
+    def add(kind: str):
+        def hook(activation: Tensor, hook) -> Tensor:
+            view = activation.view(copies, n, *activation.shape[1:])
+            for c, (s, r) in enumerate(chosen):
+                what, head = receiver_kind(graph, r)
+                if what == kind:
+                    if head is None:
+                        view[c] += tail[:, :, s]
+                    else:
+                        view[c, :, :, head] += tail[:, :, s]
+            return activation
+        return hook
+
+    hooks = [(f"blocks.{block}.hook_{x}_input", add(x)) for x in QKV] + ([(f"blocks.{block}.hook_mlp_in", add("mlp"))] if graph.has_mlp else [])
+    last = cfg.n_layers - 1
+    with model.hooks(fwd_hooks=hooks):
+        for layer in range(block, cfg.n_layers):
+            prefix = frozen_prefix(model, cache, layer, start, copies)
+            if layer == block:
+                with edges_exposed(model):
+                    resid = model.blocks[layer](resid, past_kv_cache_entry=_ungrouped(model, prefix))
+            elif layer == last and same_length:
+                resid = last_block_final_row(model, resid, prefix)
+            else:
+                resid = model.blocks[layer](resid, past_kv_cache_entry=prefix)
+    if resid.shape[1] == 1:
+        return final_position_logits(model, resid, torch.zeros_like(final.repeat(copies)))
+    return final_position_logits(model, resid, final.repeat(copies) - start)
+
+
+def _ungrouped(model: HookedTransformer, prefix: TransformerLensKeyValueCacheEntry | None):
+    """A frozen prefix with one key / value per query head, for a block run with grouped-query attention ungrouped."""
+    cfg = model.cfg
+    if prefix is None or cfg.n_key_value_heads is None or cfg.n_key_value_heads == cfg.n_heads:
+        return prefix
+    repeats = cfg.n_heads // cfg.n_key_value_heads
+    return TransformerLensKeyValueCacheEntry(prefix.past_keys.repeat_interleave(repeats, 2), prefix.past_values.repeat_interleave(repeats, 2), frozen=True)
+
+
+def receiver_kind(graph: EdgeGraph, receiver: int) -> tuple[str, int | None]:
+    """('q' | 'k' | 'v', head), ('mlp', None) or ('logits', None)."""
+    if receiver == graph.logits_receiver:
+        return "logits", None
+    within = receiver % graph.per_layer_receivers
+    if within >= 3 * graph.n_heads:
+        return "mlp", None
+    return QKV[within // graph.n_heads], within % graph.n_heads
