@@ -24,6 +24,8 @@ commands:
                          (any Hydra override; -m for multirun; --cfg job to print the config;
                          --config-dir DIR adds your own presets, e.g. DIR/experiment/NAME.yaml)
   figures [DIR ...]      redraw the figures of every run under DIR (default: results/) from its CSV
+  report [DIR ...]       write report.html in every run under DIR (default: results/) and index.html in
+                         each sweep dir and in DIR, from the run dirs' files (no model, no torch)
   train-toy task=ioi     retrain an embedded toy model by its recipe [out=DIR] [steps=N]
   merge DIR... --out OUT combine the shard dirs of one sweep (sweep.num_shards=N) into one run dir
   list [WHAT]            list streams, models, tasks, launchers, experiments (default: all)
@@ -220,6 +222,24 @@ def figures_command(args: list[str]) -> None:
         raise CircuitlabError(f"figures: none of the {skipped} runs under {', '.join(map(str, roots))} could be read; nothing drawn")
 
 
+def report_command(args: list[str]) -> None:
+    """report.html for every finished run under the dirs, index.html for each dir of runs and each DIR; a run that
+    cannot be read is skipped with one line on stderr (its row in the index says why). Exit 2 when DIR holds no run."""
+    from circuitlab.report import run_dirs_under, write_reports
+
+    roots = [Path(a) for a in args] or [Path("results")]
+    for root in roots:
+        if not root.is_dir():
+            raise ConfigError("report DIR", root, "an existing directory: a run dir, a multirun dir or results/")
+    if not any(run_dirs_under(root) for root in roots):
+        raise CircuitlabError(f"report: no runs under {', '.join(map(str, roots))}")
+    written, skipped = write_reports(roots)
+    for run_dir, why in skipped:
+        print(f"circuitlab: warning: no report for {run_dir}: {why}", file=sys.stderr)
+    for path in written:
+        print(path)
+
+
 def train_toy_command(args: list[str]) -> None:
     options = dict(a.split("=", 1) for a in args if "=" in a)
     unknown = set(options) - {"task", "out", "steps"}
@@ -292,7 +312,7 @@ def list_command(args: list[str]) -> None:
             print(f"  {name:<28} {about}")
 
 
-COMMANDS = {"run": run_command, "figures": figures_command, "train-toy": train_toy_command, "merge": merge_command, "list": list_command}
+COMMANDS = {"run": run_command, "figures": figures_command, "report": report_command, "train-toy": train_toy_command, "merge": merge_command, "list": list_command}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,16 @@ def render_run(run_dir: Path) -> list[Path]:
     return written
 
 
+def plots(run_dir: Path) -> dict:
+    """Every figure of a run as a plotnine object (stem -> ggplot), drawn from its CSVs as `render_run` draws them,
+    nothing written."""
+    from circuitlab.plotting import capture
+
+    with capture() as captured:
+        render_run(run_dir)
+    return captured
+
+
 def check_readable(run_dir: Path) -> None:
     """Refuse, in one line naming the file, a run whose results.csv is missing, empty, not UTF-8, truncated (a last
     line cut short, a row with fewer or more fields than the header), of another layout, or holds a value that is not a

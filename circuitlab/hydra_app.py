@@ -31,10 +31,13 @@ def hydra_main(cfg: DictConfig) -> None:
             if gpu is not None:
                 with open_dict(cfg):
                     cfg.device = gpu
-            run_experiment(cfg, Path(hydra_cfg.runtime.output_dir))
+            run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), overrides=list(hydra_cfg.overrides.task))
     except CircuitlabError as err:
         print(f"circuitlab: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     finally:
         if multirun:
             write_sweep_index(Path(hydra_cfg.sweep.dir))
+            from circuitlab.report import write_index_quietly
+
+            write_index_quietly(Path(hydra_cfg.sweep.dir))

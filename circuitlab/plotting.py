@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -11,10 +13,29 @@ import plotnine as p9
 GROUP_SIGN = {"leave_one_out": "−", "cumulative": "+"}  # bar labels: "−head 3" left out, "+head 3" added
 
 
+_CAPTURED: list[dict[str, p9.ggplot]] = []
+
+
+@contextlib.contextmanager
+def capture() -> Iterator[dict[str, p9.ggplot]]:
+    """Within it, `save` writes nothing and hands each plot to the yielded dict instead (stem -> ggplot): the figures
+    as plotnine objects, for a notebook."""
+    plots: dict[str, p9.ggplot] = {}
+    _CAPTURED.append(plots)
+    try:
+        yield plots
+    finally:
+        _CAPTURED.remove(plots)
+
+
 def save(plot: p9.ggplot, out_dir: Path, stem: str, width: float, height: float) -> list[Path]:
-    """Write `stem.png` and `stem.pdf` (atomically: a temp name of this process's own, then rename)."""
+    """Write `stem.png` and `stem.pdf` (atomically: a temp name of this process's own, then rename); inside
+    `capture()`, record the plot instead."""
     from circuitlab.results import atomic_write
 
+    if _CAPTURED:
+        _CAPTURED[-1][stem] = plot + p9.theme(figure_size=(width, height))
+        return []
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for ext in ("png", "pdf"):

@@ -4,4 +4,4 @@ from circuitlab.methods.registry import Method, register
 from circuitlab.methods.ablation.config import AblationConfig
 from circuitlab.methods.ablation.figures import ablation_figures
 
-METHOD = register(Method("ablation", AblationConfig, "circuitlab.methods.ablation.method", ablation_figures, ('scale', 'in_circuit'), shardable=True, ranks_cumulative_heads=False))
+METHOD = register(Method("ablation", AblationConfig, "circuitlab.methods.ablation.method", ablation_figures, ('scale', 'in_circuit'), shardable=True, ranks_cumulative_heads=False, key_metric="effect"))

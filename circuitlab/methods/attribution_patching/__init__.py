@@ -4,4 +4,4 @@ from circuitlab.methods.registry import Method, register
 from circuitlab.methods.attribution_patching.config import AttributionPatchingConfig
 from circuitlab.methods.attribution_patching.figures import attribution_patching_figures
 
-METHOD = register(Method("attribution_patching", AttributionPatchingConfig, "circuitlab.methods.attribution_patching.method", attribution_patching_figures, (), shardable=True, ranks_cumulative_heads=True))
+METHOD = register(Method("attribution_patching", AttributionPatchingConfig, "circuitlab.methods.attribution_patching.method", attribution_patching_figures, (), shardable=True, ranks_cumulative_heads=True, key_metric="attribution_normalized"))

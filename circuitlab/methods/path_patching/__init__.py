@@ -4,4 +4,4 @@ from circuitlab.methods.registry import Method, register
 from circuitlab.methods.path_patching.config import PathPatchingConfig
 from circuitlab.methods.path_patching.figures import path_patching_figures
 
-METHOD = register(Method("path_patching", PathPatchingConfig, "circuitlab.methods.path_patching.method", path_patching_figures, ('receiver',), shardable=True, ranks_cumulative_heads=False))
+METHOD = register(Method("path_patching", PathPatchingConfig, "circuitlab.methods.path_patching.method", path_patching_figures, ('receiver',), shardable=True, ranks_cumulative_heads=False, key_metric="logit_diff_variation", table_sort=(('important_heads.csv', 'logit_diff_variation'),)))

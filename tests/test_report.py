@@ -1,0 +1,317 @@
+"""report.html and index.html: every figure and table of the run dir is in the page with the CSV's numbers, the page
+needs nothing outside itself, it is written without torch, and (where Chromium is installed) it loads in a real
+browser with no console error and every figure decoded. The notebook API returns what the CLI writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import shutil
+import subprocess
+import sys
+import textwrap
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import circuitlab
+from circuitlab import cli, report
+from circuitlab.methods import registry
+from circuitlab.run import run_experiment
+from tests import chromium
+from tests.test_registry import METHOD_SETTINGS
+
+SMALL = ["progress=false", "device=cpu"]
+# one run of each method kind, small; a method registered later runs its own YAML with test_registry's settings
+RUNS = {
+    "activation_patching": ["+experiment=ioi_patching", "task.n_prompts=8"],
+    "attribution_patching": ["+experiment=ioi_attribution", "task.n_prompts=8"],
+    "path_patching": ["+experiment=ioi_path_to_name_movers", "task.n_prompts=8"],
+    "das": ["+experiment=ioi_position_heads_loo", "task.n_prompts=8", "task.n_train=16", "method.epochs=1"],
+    "direct_attribution": ["+experiment=ioi_dla", "task.n_prompts=8"],
+    "ablation": ["+experiment=known_circuit_scales", "task.n_prompts=8"],
+}
+
+
+def overrides_for(method: str) -> list[str]:
+    return RUNS.get(method) or [f"method={method}", *METHOD_SETTINGS.get(method, []), "task.n_prompts=8"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A finished run dir of every registered method (figures drawn, report written at the end of the run)."""
+    root = tmp_path_factory.mktemp("reports")
+    out = {}
+    for method in registry.METHODS:
+        run_dir = root / method
+        overrides = [*overrides_for(method), *SMALL, f"run.dir={run_dir}"]
+        run_experiment(cli.compose_config(overrides), run_dir, overrides=overrides)
+        out[method] = run_dir
+    return out
+
+
+class Page(HTMLParser):
+    """The parts of a report the tests read: tables (id -> rows of cells), images, code and links."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tables: dict[str, list[list[dict]]] = {}
+        self.row_ids: dict[str, list[str | None]] = {}
+        self.images: list[dict] = []
+        self.links: list[str] = []
+        self.scripts: list[str] = []
+        self.code: list[str] = []
+        self._table: str | None = None
+        self._cell: dict | None = None
+        self._in: str | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "table":
+            self._table = attrs.get("id") or f"table{len(self.tables)}"
+            self.tables[self._table], self.row_ids[self._table] = [], []
+        elif tag == "tr" and self._table and self._in != "thead":
+            self.tables[self._table].append([])
+            self.row_ids[self._table].append(attrs.get("data-row"))
+        elif tag == "thead":
+            self._in = "thead"
+        elif tag == "td" and self._table and self.tables[self._table]:
+            self._cell = {**attrs, "text": ""}
+            self.tables[self._table][-1].append(self._cell)
+        elif tag == "img":
+            self.images.append(attrs)
+        elif tag == "a" and "href" in attrs:
+            self.links.append(attrs["href"])
+        elif tag in ("script", "code"):
+            self._in = tag
+            (self.scripts if tag == "script" else self.code).append("")
+        if tag == "link" or (tag == "script" and "src" in attrs):
+            self.links.append(attrs.get("href") or attrs.get("src"))
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
+        elif tag == "td":
+            self._cell = None
+        elif tag in ("thead", "script", "code"):
+            self._in = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell["text"] += data
+        if self._in == "script":
+            self.scripts[-1] += data
+        elif self._in == "code":
+            self.code[-1] += data
+
+
+def read_page(path: Path) -> Page:
+    return Page(path.read_text(encoding="utf-8"))
+
+
+def same_number(shown: str, value) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return shown in ("", "nan")
+    return float(shown) == float(value)
+
+
+@pytest.mark.parametrize("method", sorted(registry.METHODS))
+def test_the_report_holds_every_figure_and_table_with_the_csv_numbers(runs, method):
+    run_dir = runs[method]
+    page = read_page(run_dir / report.REPORT_FILE)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    # every figure, inline, byte for byte the PNG on disk
+    pngs = sorted((run_dir / "figures").glob("*.png"))
+    assert pngs, "each method's small run draws at least one figure"
+    inline = {img["data-figure"]: img["src"] for img in page.images if img.get("data-figure")}
+    assert set(inline) == {p.name for p in pngs}
+    for png in pngs:
+        assert inline[png.name] == "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode()
+    # nothing outside the page: no network or file resource, no script source; links are in-page or data
+    assert all(link.startswith(("#", "data:")) for link in page.links), page.links
+    # the main table: every location of results.csv, every value equal to the CSV row it names
+    results = pd.read_csv(run_dir / "results.csv", keep_default_na=False, na_values=[""])
+    rows = page.tables["table-results"]
+    metrics = list(dict.fromkeys(results["metric"]))
+    shown = [c for r in rows for c in r if "data-row" in c]
+    assert len(rows) == min(report.MAX_ROWS, len(results.drop(columns=["metric", "value"]).drop_duplicates()))
+    assert len(shown) == min(len(results), report.MAX_ROWS * len(metrics)) or len(rows) == report.MAX_ROWS
+    for c in shown:
+        assert same_number(c["data-v"], results["value"].iloc[int(c["data-row"])])
+    # listed by |key metric|, largest first
+    key = report.key_metric(circuitlab.load(run_dir).results, method)
+    values = [abs(float(c["data-v"])) for r in rows for c in r if "data-row" in c and results["metric"].iloc[int(c["data-row"])] == key and c["data-v"]]
+    assert values == sorted(values, reverse=True)
+    # every side table, each row equal to the CSV row it names
+    for csv in sorted(run_dir.glob("*.csv")):
+        if csv.name == "results.csv":
+            continue
+        table = pd.read_csv(csv, keep_default_na=False, na_values=[""])
+        shown_rows, ids = page.tables[f"table-{csv.stem}"], page.row_ids[f"table-{csv.stem}"]
+        assert len(shown_rows) == min(report.MAX_ROWS, len(table))
+        for cells, row_id in zip(shown_rows, ids):
+            expected = table.iloc[int(row_id)]
+            for c, (column, value) in zip(cells, expected.items()):
+                if "data-v" in c:
+                    assert same_number(c["data-v"], value), (csv.name, column)
+                else:
+                    assert c["text"] == ("" if pd.isna(value) else str(value)), (csv.name, column)
+    # baselines, the command that reproduces the run, the manifest's timings and versions
+    if not any(manifest["baselines"].values()):
+        assert "no baselines recorded" in (run_dir / report.REPORT_FILE).read_text()
+    for side, cells in zip(manifest["baselines"], page.tables.get("table-baselines", [])):
+        assert cells[0]["text"] == side
+        for value, c in zip(manifest["baselines"][side].values(), cells[1:]):
+            assert same_number(c["data-v"], value)
+    assert any(code.startswith("circuitlab run +experiment=") or code.startswith("circuitlab run method=") for code in page.code)
+    html = (run_dir / report.REPORT_FILE).read_text()
+    for name, version in manifest["versions"].items():
+        assert f"<td>{name}</td><td>{version}</td>" in html
+    for phase in manifest["wall_time_seconds"]:
+        assert f"<td>{phase}</td>" in html
+
+
+def test_the_report_shows_prompt_pairs_token_by_token(runs):
+    run_dir = runs["activation_patching"]
+    examples = json.loads((run_dir / report.EXAMPLES_FILE).read_text())
+    html = (run_dir / report.REPORT_FILE).read_text()
+    pair = examples["pairs"][0]
+    assert set(pair["positions"]) >= {"IO", "S1", "S2", "END"}
+    for label in pair["positions"]:
+        assert f'<td class="mark">{label}</td>' in html
+    changed = [i for i, (a, b) in enumerate(zip(pair["clean"], pair["corrupted"])) if a != b]
+    assert changed == [pair["positions"]["S2"]]  # ABC corruption: only the second subject mention
+    assert f'<td class="named diff">{pair["corrupted"][changed[0]]}</td>' in html
+
+
+def test_reports_and_index_need_no_torch(runs, tmp_path):
+    """`circuitlab report` in a process where torch cannot be imported: the same report, and an index."""
+    root = tmp_path / "results"
+    shutil.copytree(runs["activation_patching"], root / "ioi_patching" / "run")
+    before = (root / "ioi_patching" / "run" / report.REPORT_FILE).read_text()
+    (root / "ioi_patching" / "run" / report.REPORT_FILE).unlink()
+    script = textwrap.dedent(f"""
+        import builtins, sys
+        real = builtins.__import__
+        def guarded(name, *args, **kwargs):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is not installed here")
+            return real(name, *args, **kwargs)
+        builtins.__import__ = guarded
+        from circuitlab import cli
+        cli.main(["report", {str(root)!r}])
+        assert "torch" not in sys.modules
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (root / "ioi_patching" / "run" / report.REPORT_FILE).read_text() == before
+    assert (root / report.INDEX_FILE).is_file() and (root / "ioi_patching" / report.INDEX_FILE).is_file()
+
+
+def test_the_index_of_a_sweep_has_a_row_per_run_and_shows_failed_jobs(runs, tmp_path):
+    sweep = tmp_path / "multirun"
+    for number, method in enumerate(["activation_patching", "path_patching"]):
+        shutil.copytree(runs[method], sweep / str(number))
+    failed = sweep / "2"  # a job that started (its config written) and never finished
+    failed.mkdir()
+    shutil.copy(runs["das"] / "run_config.json", failed / "run_config.json")
+    (failed / ".hydra").mkdir()
+    (failed / ".hydra" / "overrides.yaml").write_text("- +experiment=ioi_position\n- task.n_prompts=8\n")
+    (failed / "hydra_app.log").write_text("[12:00:00] circuitlab: error: something broke here\n")
+    cli.main(["report", str(sweep)])
+    page = read_page(sweep / report.INDEX_FILE)
+    [table] = [rows for name, rows in page.tables.items()]
+    assert len(table) == 3
+    status = [row[3]["text"] for row in table]
+    assert status == ["done", "done", "failed"]
+    assert "0/report.html" in page.links and "1/report.html" in page.links and "2/" in page.links
+    assert "something broke here" in table[2][2]["text"]
+    assert "+experiment=ioi_position task.n_prompts=8" in page.code
+    for number, method in enumerate(["activation_patching", "path_patching"]):
+        headline = report.key_number(circuitlab.load(sweep / str(number)).results, method)
+        assert same_number(table[number][2]["data-v"], headline["value"])
+        assert table[number][0].get("text") == ""  # the thumbnail cell holds an image only
+    assert sum(1 for img in page.images if img["src"].startswith("data:image/png;base64,")) == 2
+
+
+def test_report_refuses_a_dir_without_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["report", str(tmp_path)])
+    assert exit_.value.code == 2 and "report: no runs under" in capsys.readouterr().err
+
+
+def test_the_notebook_api_writes_what_the_cli_writes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    overrides = ["task.n_prompts=8", "sweep.layers=[1]", "progress=false"]
+    cli.main(["run", "+experiment=ioi_patching", *overrides, f"run.dir={tmp_path / 'cli'}"])
+    result = circuitlab.run("ioi_patching", *overrides, f"run.dir={tmp_path / 'api'}", model="toy-ioi")
+    assert isinstance(result, circuitlab.Result) and result.run_dir == tmp_path / "api"
+    assert (tmp_path / "api" / "results.csv").read_bytes() == (tmp_path / "cli" / "results.csv").read_bytes()
+    assert set(result.figures) == {p.stem for p in (tmp_path / "api" / "figures").glob("*.png")}
+    assert type(result.figures["patching_heatmap"]).__name__ == "ggplot"
+    assert set(result.tensors) == set(circuitlab.load(tmp_path / "cli").tensors)
+    assert result.manifest["overrides"][0] == "+experiment=ioi_patching"
+    shown = Page(result._repr_html_())
+    assert shown.images and "circuitlab.run('ioi_patching', 'task.n_prompts=8', 'sweep.layers=[1]', 'progress=false'" in "".join(shown.code)
+    # load round-trips: the same object for the finished dir
+    again = circuitlab.load(result.run_dir)
+    pd.testing.assert_frame_equal(again.results, result.results)
+    assert again.manifest == result.manifest and again.key_number == result.key_number
+    # the default run dir is the CLI's: results/<name>/<timestamp>/ under the working directory
+    assert circuitlab.run("ioi_patching", *overrides).run_dir.parent == tmp_path / "results" / "ioi_patching"
+
+
+@pytest.mark.parametrize("arguments", [("ioi_patchin",), ("ioi_patching", "task.n_promts=3"), ("ioi_patching", "sweep.layers=[7]")])
+def test_bad_notebook_input_raises_the_cli_line(arguments, capsys):
+    with pytest.raises(circuitlab.CircuitlabError) as raised:
+        circuitlab.run(*arguments)
+    with pytest.raises(SystemExit):
+        cli.main(["run", *(f"+experiment={a}" if i == 0 else a for i, a in enumerate(arguments))])
+    assert capsys.readouterr().err.strip() == f"circuitlab: error: {raised.value}"
+
+
+def test_load_refuses_what_is_not_a_finished_run(tmp_path):
+    with pytest.raises(circuitlab.CircuitlabError, match="results.csv: missing"):
+        circuitlab.load(tmp_path)
+    with pytest.raises(circuitlab.CircuitlabError, match="not a directory"):
+        circuitlab.load(tmp_path / "nothing")
+
+
+def test_import_circuitlab_stays_light():
+    proc = subprocess.run([sys.executable, "-c", "import sys, circuitlab; assert callable(circuitlab.run) and callable(circuitlab.load); "
+                           "heavy = {'torch', 'transformer_lens', 'hydra', 'pandas', 'plotnine'} & set(sys.modules); assert not heavy, heavy"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+BROWSER = chromium.find()
+
+
+@pytest.mark.skipif(BROWSER is None, reason="no Chromium here (Debian: apt-get install chromium; .ci/run installs it when it can)")
+def test_reports_open_in_headless_chromium(runs, tmp_path):
+    """Each method's report and a sweep's index in a real browser, from file://: no console error or uncaught
+    exception, no request outside the file itself, every figure decoded (naturalWidth > 0), the tables sort."""
+    sweep = tmp_path / "multirun"
+    for number, run_dir in enumerate(runs.values()):
+        shutil.copytree(run_dir, sweep / str(number))
+    report.write_index(sweep)
+    browser = chromium.Browser(BROWSER)
+    sort_check = """(() => { const t = document.getElementById('table-results'); const heads = t.tHead.rows[0].cells;
+        const last = heads[heads.length - 1]; last.click();
+        const values = Array.from(t.tBodies[0].rows).map(r => r.cells[heads.length - 1].getAttribute('data-v')).filter(v => v !== '').map(Number);
+        return values.every((v, i) => i === 0 || values[i - 1] <= v) && last.getAttribute('data-dir') === 'asc'; })()"""
+    try:
+        for method, run_dir in [*runs.items(), ("index", sweep)]:
+            page = run_dir / (report.INDEX_FILE if method == "index" else report.REPORT_FILE)
+            seen = browser.open(page.as_uri(), screenshot=tmp_path / f"{method}.png", script=None if method == "index" else sort_check)
+            assert not seen["errors"], (method, seen["errors"])
+            assert seen["images"] and all(width > 0 for _, width in seen["images"]), (method, seen["images"])
+            assert all(url.startswith(("file:", "data:")) for url in seen["requests"]), (method, seen["requests"])
+            assert method == "index" or seen["value"] is True, method
+            assert seen["screenshot"].stat().st_size > 20_000  # a rendered page, not a blank one
+    finally:
+        browser.close()
