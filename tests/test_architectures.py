@@ -216,3 +216,41 @@ def test_a_stream_the_architecture_lacks_is_refused(zoo):
         with pytest.raises(ConfigError, match=r"sweep.streams=resid_mid is not allowed; allowed: resid_pre, resid_post.*side by side"):
             check_present(["resid_pre", "resid_mid"], shape)
     check_present(list(HOOKS), zoo("llama")[1].cfg)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_edge_methods_equal_plain_references(zoo, arch):
+    """Exact edge patching of a sample of edges (every receiver kind, k / v per query head under grouped-query
+    attention) = two forwards per edge; EAP = hand gradient x difference; the masked forward's empty / full
+    circuits = the corrupted / clean runs. Post-norm Gemma-2 is refused in one line."""
+    from circuitlab.edges import attribution, masked
+    from circuitlab.edges import counterfactual as cf
+    from circuitlab.edges.graph import EdgeGraph
+    from circuitlab.edges.hooks import check_additive
+    from circuitlab.edges.patching import patch_edges
+    from circuitlab.errors import CircuitlabError
+    from tests import edge_reference
+    from tests.test_edges import sample_edges
+
+    _, model = zoo(arch)
+    if arch == "gemma2":
+        with pytest.raises(CircuitlabError, match="not additive"):
+            check_additive(model.cfg)
+        return
+    check_additive(model.cfg)
+    pairs = ioi_pairs(model, n_prompts=4)
+    graph = EdgeGraph.of(model.cfg)
+    edges = sample_edges(graph, 14, seed=1)
+    names = [graph.edge_name(s, r) for s, r in edges]
+    exact, clean = patch_edges(model, pairs, graph, "patching", edges)
+    reference = torch.tensor([edge_reference.patch_edge(model, pairs, name) for name in names])
+    assert torch.allclose(exact, reference, atol=ATOL), (arch, (exact - reference).abs().max())
+    scores = attribution.edge_scores(model, pairs, graph, "patching")
+    estimates = torch.tensor([float(scores[s, r]) for s, r in edges])
+    assert torch.allclose(estimates, torch.tensor(edge_reference.attribution(model, pairs, names)), atol=ATOL)
+    sources = cf.prepare(model, pairs, graph, "patching", pairs.n_pairs)
+    values, _ = masked.circuits_logit_diff(model, pairs, graph, sources, torch.stack([torch.zeros_like(graph.real), graph.real]))
+    with torch.no_grad():
+        rows = torch.arange(pairs.n_pairs)
+        corrupted = logit_diff(model(pairs.corrupted_tokens)[rows, pairs.final_positions], pairs.answer_tokens, pairs.wrong_tokens).mean()
+    assert abs(float(values[0]) - float(corrupted)) < ATOL and abs(float(values[1]) - clean) < ATOL
