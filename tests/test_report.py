@@ -315,3 +315,69 @@ def test_reports_open_in_headless_chromium(runs, tmp_path):
             assert seen["screenshot"].stat().st_size > 20_000  # a rendered page, not a blank one
     finally:
         browser.close()
+
+
+# --- figures a researcher can trust (drawn from the same small runs, as plotnine objects) ----------------------------
+
+def geoms(plot) -> list[str]:
+    return [type(layer.geom).__name__ for layer in plot.layers]
+
+
+def test_no_cell_reads_minus_zero_and_unit_quantities_use_a_0_to_1_scale(runs):
+    for method, run_dir in runs.items():
+        for stem, plot in circuitlab.load(run_dir).figures.items():
+            if plot.data is not None and "cell" in plot.data.columns:
+                assert not plot.data["cell"].astype(str).str.fullmatch(r"-0(\.0+)?%?").any(), (method, stem)
+    das = circuitlab.load(runs["das"]).figures
+    for stem, plot in das.items():
+        fills = [s for s in plot.scales if "fill" in s.aesthetics]
+        if stem.startswith("iia"):
+            assert fills and all(type(s).__name__ == "scale_fill_gradient" and tuple(s.limits) == (0, 1) for s in fills), stem
+
+
+def test_attribution_vs_exact_says_its_slope_not_only_r(runs):
+    plot = circuitlab.load(runs["attribution_patching"]).figures["attribution_vs_exact"]
+    results = circuitlab.load(runs["attribution_patching"]).results
+    for stream, panel in plot.data.groupby("stream")["panel"].first().items():
+        both = plot.data[plot.data["stream"] == stream]
+        slope = (both["value_exact"] * both["value_attribution"]).sum() / (both["value_exact"] ** 2).sum()
+        assert f"slope = {slope:.2f}" in panel and "r = " in panel and "points away from 0" in panel
+    assert geoms(plot).count("geom_abline") == 2 and set(results["stream"]) == set(plot.data["stream"])
+
+
+def test_ablation_lines_are_named(runs):
+    plot = circuitlab.load(runs["ablation"]).figures["ablation_scales"]
+    [labels] = [layer._data for layer in plot.layers if type(layer.geom).__name__ == "geom_text"]
+    named = " ".join(labels["text"])
+    nodes = [str(n).removesuffix(" *") for n in plot.data["node"].unique()]
+    assert all(n in named or "more" in named for n in nodes)
+    assert {"in circuit", "not in circuit"} <= set(plot.data["circuit"])  # solid / dashed by membership
+
+
+def test_iia_by_layer_ticks_whole_layers_and_merges_identical_streams(tmp_path):
+    from circuitlab.methods.das.figures import iia_by_layer
+
+    rows = [{"stream": s, "layer": l, "value": v, "position_label": "END"}
+            for s, values in (("resid_pre", [0.0, 1.0]), ("resid_post", [0.0, 1.0]), ("mlp_out", [0.5, 0.0])) for l, v in enumerate(values)]
+    plot, _, _ = iia_by_layer(pd.DataFrame(rows), "x")
+    [x] = [s for s in plot.scales if "x" in s.aesthetics]
+    assert list(x.breaks) == [0, 1]
+    assert set(plot.data["streams"]) == {"resid_pre = resid_post", "mlp_out"} and "share one line" in plot.labels.subtitle
+
+
+def test_titles_and_marks_say_what_was_done(runs, tmp_path):
+    from circuitlab.methods.activation_patching.figures import activation_patching_figures
+    from circuitlab.plotting import capture
+
+    dla = circuitlab.load(runs["direct_attribution"]).figures
+    assert "geom_col" in geoms(dla["layer_attribution"]) and "geom_line" not in geoms(dla["layer_attribution"])
+    assert "geom_line" in geoms(circuitlab.load(runs["direct_attribution"]).figures.get("logit_lens", dla["layer_attribution"])) or "logit_lens" not in dla
+    path = circuitlab.load(runs["path_patching"]).figures
+    assert "restores the normal answer" in path["path_patching_heatmap"].labels.subtitle
+    assert "mean over" in path["attention_patterns"].labels.title
+    run_dir = tmp_path / "all_heads"
+    run_experiment(cli.compose_config(["+experiment=ioi_heads", "sweep.heads=all", "task.n_prompts=8", "figures=false", *SMALL, f"run.dir={run_dir}"]), run_dir)
+    with capture() as plots:
+        activation_patching_figures(circuitlab.load(run_dir).results, run_dir / "figures")
+    [title] = [p.labels.title for p in plots.values()]
+    assert "head sets" in title and "each head" not in title

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
-
 from circuitlab.plotting import GROUP_SIGN, head_group_bars, heatmap, layer_position_heatmap, save
 
 
@@ -26,13 +24,15 @@ def activation_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Pa
     single = results[normalized & (heads != "") & (groups == "")].copy()
     if len(single):
         single["head_label"] = single["heads"]
+        together = single["heads"].str.contains(",").any()  # sweep.heads=all or lists of heads: sets patched together
+        what, axis = ("head sets (the heads listed patched together)", "heads") if together else ("each head", "head")
         if single["position_label"].nunique() == 1:
             single["panel"] = single["stream"] + " · positions " + single["position_label"]
-            plot, w, h = heatmap(single, "head_label", "layer", "panel", f"{experiment}: patching each head", label, "head", "layer")
+            plot, w, h = heatmap(single, "head_label", "layer", "panel", f"{experiment}: patching {what}", label, axis, "layer")
             written += save(plot, out_dir, "head_heatmap", w, h)
         else:
             single["panel"] = single["stream"] + " layer " + single["layer"].astype(str)
-            plot, w, h = heatmap(single, "position_label", "head_label", "panel", f"{experiment}: patching each head at each position", label, "position (first prompt's token)", "head")
+            plot, w, h = heatmap(single, "position_label", "head_label", "panel", f"{experiment}: patching {what} at each position", label, "position (first prompt's token)", axis)
             written += save(plot, out_dir, "head_position_heatmap", w, h)
     for group in ("leave_one_out", "cumulative"):
         bars = results[normalized & (groups == group)].copy()
@@ -48,6 +48,6 @@ def activation_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Pa
     if len(probs):
         where = probs["stream"] + probs["heads"].fillna("").map(lambda h: f" head {h}" if h else "")
         probs["token"] = where + " · P(" + probs["metric"].str.removeprefix("prob:") + ")"
-        plot, w, h = layer_position_heatmap(probs, f"{experiment}: tracked token probabilities", "probability", facet="token")
+        plot, w, h = layer_position_heatmap(probs, f"{experiment}: tracked token probabilities", "probability", facet="token", unit_interval=True)
         written += save(plot, out_dir, "token_probabilities", w, h)
     return written

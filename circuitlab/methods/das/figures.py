@@ -22,36 +22,58 @@ def das_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     grid = whole[whole["stream"].map(by_stream) > 1]
     if len(grid):
         plot, w, h = heatmap(grid, "position_label", "layer", "stream", f"{experiment}: interchange intervention accuracy", "IIA",
-                             "position (first prompt's token)", "layer")
+                             "position (first prompt's token)", "layer", unit_interval=True)
         written += save(plot, out_dir, "iia_heatmap", w, h)
     lines = whole[whole["stream"].map(by_stream) == 1]
     if len(lines):
-        lines["label"] = lines["value"].map(lambda v: f"{v:.2f}")
-        plot = (
-            p9.ggplot(lines, p9.aes("layer", "value", color="stream"))
-            + p9.geom_line()
-            + p9.geom_point(size=2)
-            + p9.geom_text(p9.aes(label="label"), nudge_y=0.03, size=7, show_legend=False)
-            + p9.ylim(0, 1.05)
-            + p9.labs(x="layer", y="IIA", title=f"{experiment}: IIA by layer ({lines['position_label'].iloc[0]})")
-            + p9.theme_minimal()
-        )
-        written += save(plot, out_dir, "iia_by_layer", 8, 3.5)
+        plot, w, h = iia_by_layer(lines, experiment)
+        written += save(plot, out_dir, "iia_by_layer", w, h)
     singles = iia[(heads != "") & (groups == "") & iia["head"].notna()]
     if len(singles):
         singles = singles.assign(head_label=singles["heads"])
         singles["panel"] = singles["stream"] + " · " + singles["position_label"]
-        plot, w, h = heatmap(singles, "head_label", "layer", "panel", f"{experiment}: IIA per head", "IIA", "head", "layer")
+        plot, w, h = heatmap(singles, "head_label", "layer", "panel", f"{experiment}: IIA per head", "IIA", "head", "layer", unit_interval=True)
         written += save(plot, out_dir, "iia_heads", w, h)
     for group in ("leave_one_out", "cumulative"):
         bars = iia[groups == group]
         if len(bars):
-            plot, w, h = head_group_bars(bars, f"{experiment}: {group.replace('_', '-')} head groups", y_label="IIA")
+            plot, w, h = head_group_bars(bars, f"{experiment}: {group.replace('_', '-')} head groups", y_label="IIA", unit_interval=True)
             written += save(plot, out_dir, f"iia_heads_{group}", w, h)
     weights_csv = Path(out_dir).parent / "rotation_weights.csv"
     if weights_csv.exists():
         written += rotation_weight_histograms(pd.read_csv(weights_csv), out_dir, experiment)
     return written
+
+
+def iia_by_layer(lines: pd.DataFrame, experiment: str) -> tuple[p9.ggplot, float, float]:
+    """IIA against layer, one line per stream, on integer layer ticks; streams with the same IIA at every layer are
+    drawn as one line, labelled with all their names, so that none hides another."""
+    df = lines.copy()
+    df["layer"] = df["layer"].astype(int)
+    profile = df.sort_values("layer").groupby("stream", sort=False)["value"].apply(lambda v: tuple(round(float(x), 4) for x in v))
+    members: dict[tuple, list[str]] = {}
+    for stream, values in profile.items():
+        members.setdefault(values, []).append(stream)
+    names = {stream: " = ".join(group) for group in members.values() for stream in group}
+    df["streams"] = df["stream"].map(names)
+    df = df[df["stream"].isin([group[0] for group in members.values()])]
+    df["label"] = df["value"].map(lambda v: f"{v:.2f}" if v >= 0.005 else "")  # zeros read off the axis; their labels would pile up
+    layers = sorted(df["layer"].unique())
+    dodge = p9.position_dodge(width=0.12 * min(len(members) - 1, 4) / max(len(members) - 1, 1))  # lines meeting at a value side by side
+    df["label_y"] = df["value"] + 0.045
+    plot = (
+        p9.ggplot(df, p9.aes("layer", "value", color="streams", group="streams"))
+        + p9.geom_line(position=dodge)
+        + p9.geom_point(size=2, position=dodge)
+        + p9.geom_text(p9.aes(y="label_y", label="label"), size=6.5, show_legend=False, position=dodge)
+        + p9.scale_x_continuous(breaks=layers, limits=(min(layers) - 0.3, max(layers) + 0.3))
+        + p9.scale_y_continuous(limits=(0, 1.08), breaks=[0, 0.25, 0.5, 0.75, 1])
+        + p9.labs(x="layer", y="IIA", color="stream", title=f"{experiment}: IIA by layer ({df['position_label'].iloc[0]})",
+                  subtitle="streams with the same IIA at every layer share one line (named a = b)" if len(members) < len(names) else None)
+        + p9.theme_minimal()
+        + p9.theme(panel_grid_minor=p9.element_blank())
+    )
+    return plot, 8 + 0.04 * max(len(n) for n in names.values()), 3.8
 
 
 def rotation_weight_histograms(weights: pd.DataFrame, out_dir: Path, experiment: str) -> list[Path]:

@@ -44,8 +44,27 @@ def mean_patterns(
     return patterns.cpu(), int(same.sum())
 
 
+def shared_labels(tokens: Int[Tensor, "batch pos"], lengths: Int[Tensor, " batch"], named_positions: dict[str, Int[Tensor, " batch"]],
+                  tokenizer) -> list[str]:
+    """A label per position that holds for every prompt `mean_patterns` averages (those as long as the first): its
+    token where they all share it, else the named position (IO, S1, ...) every one of them has there, else
+    `(varies)`."""
+    same = lengths == lengths[0]
+    length = int(lengths[0])
+    rows = tokens[same, :length]
+    first = tokenizer.convert_ids_to_tokens(rows[0].tolist())
+    labels = []
+    for i in range(length):
+        if bool((rows[:, i] == rows[0, i]).all()):
+            labels.append(first[i])
+            continue
+        names = [name for name, where in named_positions.items() if bool((where[same] == i).all())]
+        labels.append(names[0] if names else "(varies)")
+    return labels
+
+
 def patterns_frame(patterns: Float[Tensor, "head query key"], heads: list[tuple[int, int]], tokens: list[str], prompts: str, n_prompts: int) -> pd.DataFrame:
-    """One row per (head, query, key): the mean attention weight, with `i:token` labels of the first prompt."""
+    """One row per (head, query, key): the mean attention weight, with `i:label` labels (`shared_labels`)."""
     labels = [f"{i}:{t}".replace("\n", "\\n") for i, t in enumerate(tokens)]  # a newline token stays visible
     n = patterns.shape[-1]
     rows = [

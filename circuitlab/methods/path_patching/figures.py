@@ -23,7 +23,10 @@ def path_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     variation["layer"] = variation["layer"].astype(str)
     variation["panel"] = "receiver: " + variation["receiver"].fillna("")
     plot, w, h = heatmap(variation, "layer", "sender", "panel", f"{experiment}: path patching results", "logit diff\nvariation (%)",
-                         "sender layer", "sender", cell_format="{:.0f}", min_limit=5.0)
+                         "sender layer", "sender", cell_format="{:.0f}", min_limit=5.0,
+                         subtitle="blue, negative: the sender's path restores the normal answer\n"
+                                  "(−100 %: fully); 0: no effect; red, positive: it pushes the\n"
+                                  "output further towards the contrast answer")
     written = save(plot, out_dir, "path_patching_heatmap", w, h)
     patterns_csv = Path(out_dir).parent / "attention_patterns.csv"
     if patterns_csv.exists():
@@ -39,13 +42,14 @@ def attention_pattern_figure(patterns: pd.DataFrame, out_dir: Path, experiment: 
     df["query_label"] = pd.Categorical(df["query_label"], categories=order[::-1], ordered=True)
     df["head"] = pd.Categorical("head " + df["head"], categories=list(dict.fromkeys("head " + df["head"])), ordered=True)
     n_tokens, n_heads = len(order), df["head"].nunique()
-    prompts = f"{df['prompts'].iloc[0]} prompts, mean of {df['n_prompts'].iloc[0]}"
+    prompts = f"mean over {df['n_prompts'].iloc[0]} {df['prompts'].iloc[0]} prompts"
     plot = (
         p9.ggplot(df, p9.aes("key_label", "query_label", fill="weight"))
         + p9.geom_tile()
         + p9.scale_fill_gradient(low="white", high="#08306b", limits=(0, 1), name="attention")
         + p9.facet_wrap("~head", ncol=min(4, n_heads))
-        + p9.labs(x="key", y="query", title=f"{experiment}: attention patterns ({prompts})")
+        + p9.labs(x="key", y="query", title=f"{experiment}: attention patterns ({prompts})",
+                  subtitle="position:token where every prompt has that token, else the named position they share, else (varies)")
         + p9.theme_minimal()
         + p9.theme(axis_text_x=p9.element_text(rotation=90, size=5), axis_text_y=p9.element_text(size=5), panel_grid=p9.element_blank())
     )

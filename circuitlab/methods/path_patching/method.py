@@ -63,7 +63,7 @@ def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     if heads:
         tokens = plan.pairs.corrupted_tokens if cfg.method.pattern_prompts == "corrupted" else plan.pairs.clean_tokens
         patterns, n_prompts = attention.mean_patterns(model, tokens, plan.pairs.lengths, heads)
-        labels = plan.tokenizer.convert_ids_to_tokens(tokens[0, : patterns.shape[-1]].tolist())
+        labels = attention.shared_labels(tokens, plan.pairs.lengths, plan.pairs.named_positions, plan.tokenizer)
         tables["attention_patterns.csv"] = attention.patterns_frame(patterns, heads, labels, cfg.method.pattern_prompts, n_prompts)
         tensors.update(attention_patterns=patterns, attention_heads=[f"{l}.{h}" for l, h in heads])
     return MethodOutput(rows, tensors, result.clean, result.corrupted, tables, {"receivers": [r.label for r in plan.method_plan]})
