@@ -12,10 +12,10 @@ from circuitlab.methods import registry
 def render_run(run_dir: Path) -> list[Path]:
     """(Re)draw every figure of one run directory from its results.csv (a CSV of another layout is skipped
     with a warning)."""
-    from circuitlab.results import csv_columns, read_results
+    from circuitlab.results import read_results, required_columns
 
     results = read_results(run_dir)
-    missing = [c for c in csv_columns() if c not in results.columns]
+    missing = [c for c in required_columns() if c not in results.columns]
     if missing:
         warnings.warn(f"{run_dir}: results.csv lacks {', '.join(missing)} (written by an older circuitlab?); no figures drawn", stacklevel=2)
         return []
@@ -46,7 +46,7 @@ def check_readable(run_dir: Path) -> None:
     import json
 
     from circuitlab.errors import CircuitlabError
-    from circuitlab.results import csv_columns
+    from circuitlab.results import required_columns
 
     path = Path(run_dir) / "results.csv"
     if not path.is_file():
@@ -65,7 +65,7 @@ def check_readable(run_dir: Path) -> None:
     except csv.Error as err:
         raise CircuitlabError(f"{path}: not a CSV file ({err})") from None
     header = rows[0]
-    missing = [c for c in csv_columns() if c not in header]
+    missing = [c for c in required_columns() if c not in header]
     if missing:
         raise CircuitlabError(f"{path}: lacks the columns {', '.join(missing)} (another layout, or written by an older circuitlab?)")
     value = header.index("value")

@@ -29,6 +29,7 @@ INDEX_FILE = "index.html"
 EXAMPLES_FILE = "examples.json"
 MAX_ROWS = 500  # rows of one table shown inline (the whole CSV is a download link)
 MAX_DOWNLOAD_BYTES = 4 << 20
+MAX_JSON_CHARS = 200_000
 THUMBNAIL_WIDTH = 360
 LOCATION_ORDER = ("stream", "layer", "head", "heads", "group", "position", "position_label", "receiver", "scale", "in_circuit")
 SORT_COLUMNS = ("score",)  # a side table with one of these columns is listed by its |value|, largest first
@@ -213,7 +214,10 @@ def describe_location(row: pd.Series, columns: list[str]) -> str:
         elif column == "in_circuit":
             parts.append("in circuit" if str(value) == "True" else "not in circuit")
         elif column == "receiver":
-            parts.append(f"→ {value}")
+            sender = row.get("sender") if "sender" in columns else None
+            parts.append(f"{sender} → {value}" if isinstance(sender, str) and sender else f"→ {value}")
+        elif column == "sender":
+            continue  # with its receiver
         else:
             parts.append(str(value))
     return " ".join(parts)
@@ -502,6 +506,11 @@ def report_body(run_dir: Path) -> str:
     for path in tables:
         note, table = side_table(path, method)
         parts.append(f'<h3>{esc(path.name)}</h3><p class="note">{esc(note)} {download_link(path)}</p>{table}')
+    records = [p for p in sorted(run_dir.glob("*.json")) if p.name not in ("manifest.json", "run_config.json", "inputs.json", EXAMPLES_FILE)]
+    for path in records:  # a method's own JSON (circuit.json, ...): shown as it is, collapsed
+        text = path.read_text(encoding="utf-8", errors="replace")
+        shown = text if len(text) <= MAX_JSON_CHARS else text[:MAX_JSON_CHARS] + f"\n... ({len(text) - MAX_JSON_CHARS} more characters in {path.name})"
+        parts.append(f"<details><summary>{esc(path.name)} ({len(text) / 1024:.1f} KiB)</summary><pre>{esc(shown)}</pre></details>")
     parts.append('<h2 id="data">Prompts</h2>')
     parts.append(examples_section(run_dir))
     parts.append('<h2 id="manifest">Manifest</h2>')

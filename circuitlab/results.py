@@ -22,6 +22,14 @@ def csv_columns() -> list[str]:
 
     own = [c for method in registry.METHODS.values() for c in method.columns]
     return [*SHARED_COLUMNS, *dict.fromkeys(own), "metric", "value"]
+
+
+def required_columns() -> list[str]:
+    """The columns every results.csv has, whichever methods were registered when it was written (a method's own
+    columns are added by the methods registered since, and read as empty)."""
+    return [*SHARED_COLUMNS, "metric", "value"]
+
+
 PACKAGES = ("circuitlab", "torch", "transformer-lens", "transformers", "hydra-core", "pandas", "plotnine", "numpy")
 
 
@@ -98,8 +106,10 @@ def read_results(run_dir: Path) -> pd.DataFrame:
         frame["scale"] = pd.to_numeric(frame["scale"], errors="coerce")
     if "in_circuit" in frame.columns:
         frame["in_circuit"] = frame["in_circuit"].map({"True": True, "False": False}).astype("boolean")
-    for column, empty, dtype in (("receiver", "", "string"), ("scale", float("nan"), "float64"), ("in_circuit", None, "boolean")):  # newer than some runs
+    kinds = {"scale": (float("nan"), "float64"), "in_circuit": (None, "boolean")}
+    for column in csv_columns():  # a method's own columns are newer than the runs of other methods: filled empty
         if column not in frame.columns and "metric" in frame.columns:
+            empty, dtype = kinds.get(column, ("", "string"))
             frame.insert(frame.columns.get_loc("metric"), column, pd.Series([empty] * len(frame), dtype=dtype))
     return frame
 
