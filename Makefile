@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 EXPERIMENT ?= ioi_patching
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-slow figures bench clean
+.PHONY: help install demo test test-slow figures seeds bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,7 +23,8 @@ demo: install ## run the main experiment on the embedded toy model; print where 
 	@$(BIN)/circuitlab run +experiment=$(EXPERIMENT)
 	@latest=$$(ls -td results/$(EXPERIMENT)/*/ | head -n 1); \
 	  echo ""; echo "results: $${latest}results.csv (also results.pt, dataset.pt, manifest.json)"; \
-	  echo "figures: $${latest}figures/"; ls $${latest}figures/
+	  echo "figures: $${latest}figures/"; ls $${latest}figures/; \
+	  echo "report:  $${latest}report.html (open it in a browser)"
 
 test: install ## run the fast test suite (slow tests excluded)
 	$(BIN)/python -m pytest -q
@@ -31,8 +32,12 @@ test: install ## run the fast test suite (slow tests excluded)
 test-slow: install ## run only the slow tests (toy-model retraining, every preset end to end)
 	$(BIN)/python -m pytest -q -m slow
 
-figures: install ## redraw every run's figures under results/ from its CSV (no model is loaded)
+figures: install ## redraw every run's figures and report.html under results/ from its CSVs, and the index.html pages (no model is loaded)
 	$(BIN)/circuitlab figures results
+	$(BIN)/circuitlab report results
+
+seeds: install ## run the seeds' notebooks section by section (scripts/reproduce_seeds.sh); one gallery index.html of their reports
+	bash scripts/reproduce_seeds.sh
 
 bench: install ## benchmarks against peers (see bench/; installs pyvene for bench/das.py)
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN) -e ".[test,bench]"

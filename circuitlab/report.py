@@ -564,7 +564,8 @@ def run_dirs_under(root: Path) -> list[Path]:
         if is_run_dir(directory):
             found.append(directory)
             return
-        for child in sorted(p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        children = [p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        for child in sorted(children, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)):  # job 2 before job 10
             walk(child)
 
     if root.is_dir():
