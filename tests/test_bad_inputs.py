@@ -53,12 +53,12 @@ def jsonl(*records) -> bytes:
 
 
 def interventions(das_locations) -> bytes:
-    """A valid interventions.pt for the DAS preset's locations (a 64 x 1 basis each, as toy-ioi's block_output has)."""
+    """A valid interventions.pt for the DAS preset's locations (an 80 x 1 basis each, as positional-ioi's block_output has)."""
     import io
 
     buffer = io.BytesIO()
     torch.save({"intervention": "das", "low_rank_dimension": 1, "locations": das_locations,
-                "states": [{"basis": torch.linalg.qr(torch.randn(64, 1))[0]} for _ in das_locations]}, buffer)
+                "states": [{"basis": torch.linalg.qr(torch.randn(80, 1))[0]} for _ in das_locations]}, buffer)
     return buffer.getvalue()
 
 
@@ -202,12 +202,12 @@ def test_method_load_of_the_wrong_kind_is_refused_before_loading(tmp_path, capsy
     assert "holds no interventions.pt" in refused(["run", DAS, f"method.load={patching_run}"], capsys)
     other = tmp_path / "other.pt"
     other.write_bytes(torch_bytes({"intervention": "das", "low_rank_dimension": 1, "locations": ["resid_post|0|IO|"],
-                                   "states": [{"basis": torch.zeros(64, 1)}]}))
+                                   "states": [{"basis": torch.zeros(80, 1)}]}))
     assert "missing resid_post|0|S1|" in refused(["run", DAS, f"method.load={other}"], capsys)
     narrow = tmp_path / "narrow.pt"
     narrow.write_bytes(torch_bytes({"intervention": "das", "low_rank_dimension": 1, "locations": das_locations,
                                     "states": [{"basis": torch.zeros(32, 1)} for _ in das_locations]}))
-    assert "a 32x1 basis, 64 wide expected" in refused(["run", DAS, f"method.load={narrow}"], capsys)
+    assert "a 32x1 basis, 80 wide expected" in refused(["run", DAS, f"method.load={narrow}"], capsys)
     keys = tmp_path / "keys.pt"
     keys.write_bytes(torch_bytes({"weights": torch.zeros(2)}))
     assert "not the interventions.pt of a method=das run" in refused(["run", DAS, f"method.load={keys}"], capsys)
