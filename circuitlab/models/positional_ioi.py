@@ -197,7 +197,7 @@ def description() -> dict:
         "task": "ioi",
         "circuit": list(CIRCUIT),
         "template_heads": list(TEMPLATE_HEADS),
-        "variable": "S1's name slot: +1 when the subject's first mention is the second name (ABB), -1 when the first (BAB)",
+        "variable": f"S1's name slot: +{EPSILON} when the subject's first mention is the second name (ABB), -{EPSILON} when the first (BAB)",
         "variable_locations": [{"stream": s, "layer": layer, "position": p, "subspace": "S1_SLOT" if p == "S2" else "S1_SLOT_END"}
                                for s, layer, p in LOCATIONS],
         "subspaces": {name: span(s) for name, s in SUBSPACES.items()},
