@@ -21,7 +21,7 @@ from transformer_lens import HookedTransformer
 
 from circuitlab.edges import counterfactual as cf
 from circuitlab.edges.graph import EdgeGraph
-from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, receiver_hooks, sender_hooks, stack_senders
+from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, logits_hook, sender_hooks, stack_senders
 from circuitlab.engine.forward import final_position_logits
 from circuitlab.metrics import logit_diff
 from circuitlab.tasks.base import PromptPairs
@@ -47,47 +47,87 @@ def edge_scores(
 
 
 def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sources, rows: Tensor, steps: int, bar) -> Tensor:
-    """Minus the sum over the batch's prompts of grad . (source - clean), per (sender, receiver)."""
+    """Minus the sum over the batch's prompts of grad . (source - clean), per (sender, receiver).
+
+    The forwards are the model's own (no per-head copies of the residual stream): a head's q / k / v input gradient
+    is recovered from the gradient at its query / key / value (`hook_q` ...) through W_Q^T and the norm's
+    vector-Jacobian product at the cached residual stream, exactly the gradient TransformerLens' split-input hook
+    would see (chain rule); an MLP's from `hook_mlp_in`; the logits' from the final residual stream."""
     device = model.cfg.device
     clean_tokens = pairs.clean_tokens[rows].to(device)
     final = pairs.final_positions[rows].to(device)
     answer, wrong = pairs.answer_tokens[rows].to(device), pairs.wrong_tokens[rows].to(device)
-    source_input = None
-    if steps > 1:
-        source_input = cf_input(model, pairs, graph, sources, rows)
-    grads: dict[str, Tensor] = {}
-    clean_cache: dict[str, Tensor] = {}
-    wanted = set(sender_hooks(graph))
+    source_input = cf_input(model, pairs, graph, sources, rows) if steps > 1 else None
+    senders, gradient_at = set(sender_hooks(graph)), set(gradient_hooks(graph))
+    residuals = {f"blocks.{layer}.hook_resid_pre" for layer in range(graph.n_layers)}
+    grads: dict[str, Tensor] = {}  # this step's
+    total: dict[str, Tensor] = {}  # summed over the steps, at the receivers' inputs
+    cache: dict[str, Tensor] = {}  # the clean senders' outputs
+    norm_inputs: dict[str, Tensor] = {}
+    record = [True]
 
     def keep(activation: Tensor, hook) -> Tensor:
         if hook.name == INPUT_HOOK and not activation.requires_grad:  # the weights are frozen: the input is the leaf
             activation = activation.detach().requires_grad_(True)
-        if hook.name in wanted and record[0]:
-            clean_cache[hook.name] = activation.detach()
-        if hook.name in receivers:
+        if hook.name in residuals:  # the norms' inputs: every step's own
+            norm_inputs[hook.name] = activation.detach()
+        if record[0] and hook.name in senders:
+            cache[hook.name] = activation.detach()
+        if hook.name in gradient_at:
             activation.register_hook(lambda g, name=hook.name: _accumulate(grads, name, g))
         return activation
 
-    receivers = set(receiver_hooks(graph))
-    record = [False]
+    names = senders | gradient_at | residuals
     for k in range(steps, 0, -1):  # the clean run (alpha = 1) first: it gives the clean senders' outputs
         record[0] = k == steps
-        hooks = [(name, keep) for name in wanted | receivers]
+        hooks = [(name, keep) for name in names]
         if k < steps:
-            alpha = k / steps
-            clean_input = clean_cache[INPUT_HOOK]
+            clean_input = cache[INPUT_HOOK]
 
-            def interpolate(activation: Tensor, hook, alpha=alpha) -> Tensor:
+            def interpolate(activation: Tensor, hook, alpha=k / steps) -> Tensor:
                 return source_input + alpha * (clean_input - source_input)
 
             hooks = [(INPUT_HOOK, interpolate)] + hooks
-        with edges_exposed(model), frozen_weights(model), torch.enable_grad():
+        grads.clear()
+        with edges_exposed(model, split=False, mlp_in=True, ungroup=True), frozen_weights(model), torch.enable_grad():
             resid = model.run_with_hooks(clean_tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
             logit_diff(final_position_logits(model, resid, final), answer, wrong).sum().backward()
+            for name, grad in _receiver_gradients(model, graph, grads, norm_inputs).items():
+                _accumulate(total, name, grad)
         bar.update(1)
-    clean = stack_senders(clean_cache, graph)
+    clean = stack_senders(cache, graph, model)
     source = sources.for_rows(model, pairs, graph, rows, clean)
-    return -_contract(graph, (source - clean).float(), grads) / steps
+    return -_contract(graph, (source - clean).float(), total) / steps
+
+
+def gradient_hooks(graph: EdgeGraph) -> list[str]:
+    """Where the backward is read: each layer's queries, keys and values, MLP input, and the final residual stream."""
+    per_layer = [f"attn.hook_{x}" for x in "qkv"] + (["hook_mlp_in"] if graph.has_mlp else [])
+    return [f"blocks.{l}.{name}" for l in range(graph.n_layers) for name in per_layer] + [logits_hook(graph)]
+
+
+def _receiver_gradients(model: HookedTransformer, graph: EdgeGraph, grads: dict[str, Tensor], cache: dict[str, Tensor]) -> dict[str, Tensor]:
+    """d metric / d (each head's q, k, v input before the norm), per layer as (batch, pos, head, d_model); the MLP
+    inputs' and the final residual stream's as they were read."""
+    out = {name: grads[name] for name in grads if not name.endswith(("hook_q", "hook_k", "hook_v"))}
+    for layer in range(graph.n_layers):
+        block = model.blocks[layer]
+        weights = {"q": block.attn.W_Q, "k": block.attn.W_K, "v": block.attn.W_V}
+        for x in "qkv":
+            grad = grads.get(f"blocks.{layer}.attn.hook_{x}")
+            if grad is None:
+                continue
+            normalized = torch.einsum("bphe,hde->bphd", grad, weights[x])  # d metric / d ln1(input), per head
+            out[f"blocks.{layer}.hook_{x}_input"] = norm_vjp(block.ln1, cache[f"blocks.{layer}.hook_resid_pre"], normalized)
+    return out
+
+
+def norm_vjp(norm, x: Float[Tensor, "batch pos d_model"], cotangent: Float[Tensor, "batch pos k d_model"]) -> Tensor:
+    """cotangent^T d norm(x) / dx at every position, for k cotangents per position (the norm's own autograd)."""
+    with torch.enable_grad():
+        copies = x.detach()[:, :, None].expand_as(cotangent).clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(norm(copies), copies, cotangent)
+    return grad
 
 
 @contextmanager

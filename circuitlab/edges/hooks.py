@@ -1,7 +1,7 @@
 """Where senders' outputs and receivers' inputs live in a TransformerLens model, and the settings that expose them.
 
-Senders: `blocks.0.hook_resid_pre` (the input: token + position embeddings), `blocks.L.attn.hook_result` (one
-output per head) and `blocks.L.hook_mlp_out`. Receivers: `blocks.L.hook_{q,k,v}_input` (one copy of the residual
+Senders: `blocks.0.hook_resid_pre` (the input: token + position embeddings), each head's output (its `hook_z`
+times its W_O: TransformerLens' `hook_result`, computed only for the runs that need it) and `blocks.L.hook_mlp_out`. Receivers: `blocks.L.hook_{q,k,v}_input` (one copy of the residual
 stream per head, before the norm), `blocks.L.hook_mlp_in` and the final residual stream
 `blocks.{n-1}.hook_resid_post`. The residual stream any receiver reads is the sum of the outputs of the senders
 before it (plus constant biases), which is what makes an edge's contribution separable.
@@ -36,7 +36,7 @@ def check_additive(cfg) -> None:
 
 def sender_hooks(graph: EdgeGraph) -> list[str]:
     return [INPUT_HOOK] + [f"blocks.{l}.{name}" for l in range(graph.n_layers)
-                           for name in ("attn.hook_result", "hook_mlp_out")[: 1 + graph.has_mlp]]
+                           for name in ("attn.hook_z", "hook_mlp_out")[: 1 + graph.has_mlp]]
 
 
 def receiver_hooks(graph: EdgeGraph) -> list[str]:
@@ -49,13 +49,15 @@ def logits_hook(graph: EdgeGraph) -> str:
 
 
 @contextmanager
-def edges_exposed(model: HookedTransformer, split: bool = True):
-    """Per-head outputs, per-head q / k / v inputs (one per query head under grouped-query attention) and MLP
-    inputs as hook points, restored afterwards. `split=False` leaves the q / k / v inputs fused (a forward that
-    needs only the senders' outputs)."""
+def edges_exposed(model: HookedTransformer, split: bool = True, mlp_in: bool | None = None, ungroup: bool | None = None):
+    """Per-head outputs, per-head q / k / v inputs and MLP inputs as hook points, restored afterwards. `split=False`
+    leaves the q / k / v inputs fused and the per-head outputs unmaterialised; `mlp_in` (default: `split`) exposes
+    the MLP input alone; `ungroup` (default: `split`) gives grouped-query attention one key and value per query
+    head (the same numbers: the shared weights repeated)."""
     cfg = model.cfg
-    wanted = {"use_attn_result": True, "use_split_qkv_input": split, "use_hook_mlp_in": split and not cfg.attn_only}
-    if split and cfg.n_key_value_heads is not None:
+    mlp_in = split if mlp_in is None else mlp_in
+    wanted = {"use_attn_result": split, "use_split_qkv_input": split, "use_hook_mlp_in": mlp_in and not cfg.attn_only}
+    if (split if ungroup is None else ungroup) and cfg.n_key_value_heads is not None:
         wanted["ungroup_grouped_query_attention"] = True
     before = {name: getattr(cfg, name) for name in wanted}
     try:
@@ -67,11 +69,16 @@ def edges_exposed(model: HookedTransformer, split: bool = True):
             setattr(cfg, name, value)
 
 
-def stack_senders(cache, graph: EdgeGraph) -> Float[Tensor, "batch pos sender d_model"]:
-    """Every sender's output from a run's cache, in the graph's sender order."""
+def head_outputs(model: HookedTransformer, layer: int, z: Tensor) -> Float[Tensor, "batch pos head d_model"]:
+    """Each head's output (z_h W_O_h, without the shared bias), as TransformerLens' `hook_result` computes it."""
+    return torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O)
+
+
+def stack_senders(cache, graph: EdgeGraph, model: HookedTransformer) -> Float[Tensor, "batch pos sender d_model"]:
+    """Every sender's output from a run's cache (of `sender_hooks`), in the graph's sender order."""
     parts = [cache[INPUT_HOOK][:, :, None]]
     for layer in range(graph.n_layers):
-        parts.append(cache[f"blocks.{layer}.attn.hook_result"])
+        parts.append(head_outputs(model, layer, cache[f"blocks.{layer}.attn.hook_z"]))
         if graph.has_mlp:
             parts.append(cache[f"blocks.{layer}.hook_mlp_out"][:, :, None])
     return torch.cat(parts, 2)
@@ -80,6 +87,6 @@ def stack_senders(cache, graph: EdgeGraph) -> Float[Tensor, "batch pos sender d_
 def sender_outputs(model: HookedTransformer, tokens: Tensor, graph: EdgeGraph) -> Float[Tensor, "batch pos sender d_model"]:
     """The senders' outputs of one run (no gradients; the forward stops after the last block)."""
     names = set(sender_hooks(graph))
-    with torch.no_grad(), edges_exposed(model, split=False):
+    with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=model.cfg.n_layers)
-    return stack_senders(cache, graph)
+    return stack_senders(cache, graph, model)

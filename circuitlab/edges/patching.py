@@ -49,7 +49,7 @@ def patch_edges(
     with torch.no_grad(), edges_exposed(model, split=False), fused_gelu(model):
         resid, cache = model.run_with_cache(pairs.clean_tokens.to(device), names_filter=lambda n: n in wanted, stop_at_layer=n_layers)
         clean_ld = logit_diff(final_position_logits(model, resid, final), answer, wrong).mean().item()
-        clean = stack_senders(cache, graph)
+        clean = stack_senders(cache, graph, model)
         sources = cf.prepare(model, pairs, graph, counterfactual, pairs.n_pairs)
         difference = sources.for_rows(model, pairs, graph, torch.arange(pairs.n_pairs), clean) - clean
         start = first_difference(pairs) if counterfactual == "patching" else 0
