@@ -25,7 +25,8 @@ commands:
                          --config-dir DIR adds your own presets, e.g. DIR/experiment/NAME.yaml)
   figures [DIR ...]      redraw the figures of every run under DIR (default: results/) from its CSV
   report [DIR ...]       write report.html in every run under DIR (default: results/) and index.html in
-                         each sweep dir and in DIR, from the run dirs' files (no model, no torch)
+                         each sweep dir and in DIR, from the run dirs' files (no model, no torch);
+                         --title TEXT names DIR's index page
   train-toy task=ioi     retrain an embedded toy model by its recipe [out=DIR] [steps=N]
   merge DIR... --out OUT combine the shard dirs of one sweep (sweep.num_shards=N) into one run dir
   list [WHAT]            list streams, models, tasks, launchers, experiments (default: all)
@@ -227,13 +228,19 @@ def report_command(args: list[str]) -> None:
     cannot be read is skipped with one line on stderr (its row in the index says why). Exit 2 when DIR holds no run."""
     from circuitlab.report import run_dirs_under, write_reports
 
+    title = None
+    if "--title" in args:
+        at = args.index("--title")
+        if at == len(args) - 1:
+            raise ConfigError("report --title", "(nothing)", "a title for the index page, e.g. --title 'seed 000'")
+        title, args = args[at + 1], args[:at] + args[at + 2:]
     roots = [Path(a) for a in args] or [Path("results")]
     for root in roots:
         if not root.is_dir():
             raise ConfigError("report DIR", root, "an existing directory: a run dir, a multirun dir or results/")
     if not any(run_dirs_under(root) for root in roots):
         raise CircuitlabError(f"report: no runs under {', '.join(map(str, roots))}")
-    written, skipped = write_reports(roots)
+    written, skipped = write_reports(roots, title)
     for run_dir, why in skipped:
         print(f"circuitlab: warning: no report for {run_dir}: {why}", file=sys.stderr)
     for path in written:

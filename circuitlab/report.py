@@ -90,6 +90,11 @@ def number(value: float) -> str:
     return "0" if float(text) == 0 else text
 
 
+def headline(value: float) -> str:
+    """A key number as the index and the summary show it: two decimals where that reads well (1.00, 0.97, -36.46)."""
+    return f"{value:.2f}" if 0.01 <= abs(value) < 1e4 else number(value)
+
+
 def _numeric(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -462,15 +467,17 @@ def report_body(run_dir: Path) -> str:
     else:
         items.append(("command", "(the overrides were not recorded)"))
     if results is not None:
-        headline = key_number(results, method)
-        if headline and headline["value"] is not None:
-            items.append(("key number", Markup(f"<b>{esc(headline['metric'])} = {esc(number(headline['value']))}</b> at {esc(headline['where'] or 'the only location')}"
-                                               f" (largest |value| of {headline['n']})")))
+        key = key_number(results, method)
+        if key and key["value"] is not None:
+            items.append(("key number", Markup(f"<b>{esc(key['metric'])} = {esc(headline(key['value']))}</b> at {esc(key['where'] or 'the only location')}"
+                                               f" (largest |value| of {key['n']})")))
     if problem:
         items.append(("results.csv", problem))
     if status == "failed" and failure_line(run_dir):
         items.append(("error", failure_line(run_dir)))
-    items += [("run dir", (config.get("run") or {}).get("dir", str(run_dir)) if isinstance(config, dict) else str(run_dir))]
+    configured = (config.get("run") or {}).get("dir") if isinstance(config, dict) else None
+    # where the report is written (a multirun job's dir is Hydra's, not run.dir), except a merge's temporary dir
+    items += [("run dir", configured if run_dir.name.startswith(".") and configured else str(run_dir))]
     parts.append(kv_table(items))
     model = dict(manifest.get("model") or {})
     dropped = manifest.get("dropped_prompt_pairs") or {}
@@ -621,7 +628,7 @@ def index_body(root: Path, title: str | None = None) -> str:
             thumb = f'<a href="{esc(href)}"><img class="thumb" alt="{esc(row["experiment"])}" src="{row["thumbnail"]}"></a>' if row["thumbnail"] else ""
             key = row["key"]
             key_cell = (f'<td data-v="{esc(repr(key["value"]))}" title="{esc(key["metric"])} at {esc(key["where"])}">'
-                        f'{esc(key["metric"])} <b>{esc(number(key["value"]))}</b><br><span class="note">{esc(key["where"])}</span></td>'
+                        f'{esc(key["metric"])} <b>{esc(headline(key["value"]))}</b><br><span class="note">{esc(key["where"])}</span></td>'
                         if key and key["value"] is not None else f'<td>{esc(row["problem"])}</td>')
             overrides = " ".join(row["overrides"]) if row["overrides"] is not None else "(not recorded)"
             body.append(
@@ -662,7 +669,7 @@ def sweep_dirs(root: Path) -> list[Path]:
     return sorted({run.parent for run in run_dirs_under(root) if run.parent != run})
 
 
-def write_reports(roots: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+def write_reports(roots: list[Path], title: str | None = None) -> tuple[list[Path], list[tuple[Path, str]]]:
     """`circuitlab report`: report.html in every run dir under `roots` that finished, index.html in each dir of runs
     and in each root. Returns (written files, [(run dir, why it was skipped)])."""
     from circuitlab.figures import check_readable
@@ -684,5 +691,5 @@ def write_reports(roots: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]
             if directory.is_relative_to(Path(root)) and directory != Path(root) and not is_run_dir(directory):
                 written.append(write_index(directory))
         if not is_run_dir(Path(root)):
-            written.append(write_index(Path(root)))
+            written.append(write_index(Path(root), title))
     return written, skipped

@@ -40,6 +40,6 @@ for section in "${SECTIONS[@]}"; do
     > "$OUT/$name.log" 2>&1 || { echo "reproduce_seeds: $name failed (the gallery shows it); its log: $OUT/$name.log" >&2; tail -n 3 "$OUT/$name.log" >&2; }
   echo "   $(( $(date +%s) - t0 )) s"
 done
-"$BIN/circuitlab" report "$OUT" > /dev/null
+"$BIN/circuitlab" report "$OUT" --title "The seeds' notebooks on the embedded toy models (circuitlab $(git rev-parse --short HEAD 2>/dev/null || echo))" > /dev/null
 echo "all sections: $(( $(date +%s) - start )) s"
 echo "gallery: $OUT/index.html"
