@@ -39,8 +39,10 @@ figures: install ## redraw every run's figures and report.html under results/ fr
 seeds: install ## run the seeds' notebooks section by section (scripts/reproduce_seeds.sh); one gallery index.html of their reports
 	bash scripts/reproduce_seeds.sh
 
-bench: install ## benchmarks against peers (see bench/; installs pyvene for bench/das.py)
+bench: install ## benchmarks against peers (see bench/; installs pyvene for bench/das.py, auto-circuit for bench/circuit_discovery.py)
 	$(BIN)/python -m pip install --quiet $(TORCH_PIN) -e ".[test,bench]"
+	@# auto-circuit 1.0.1 declares tracr / JAX dependencies its EAP path never imports: install it without them
+	$(BIN)/python -m pip install --quiet --no-deps auto-circuit==1.0.1 attrs plotly blobfile lxml
 	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(BIN)/python $$b || exit 1; done || echo "no benchmarks yet"
 
 clean: ## remove the virtual environment and caches (results/ is kept)
