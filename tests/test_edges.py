@@ -257,3 +257,21 @@ def test_gemma2_post_norms_are_refused_in_one_line():
     with pytest.raises(CircuitlabError) as err:
         check_additive(SimpleNamespace(use_normalization_before_and_after=True, original_architecture="Gemma2ForCausalLM", model_name="g"))
     assert "not additive" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_eap_equals_auto_circuit_when_installed(model, pairs):
+    """auto-circuit 1.0.1's EAP (`mask_gradient_prune_scores`, mask_val=0; bench extra, `make bench` installs it)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    peer = pytest.importorskip("autocircuit_peer")
+    try:
+        peer.import_auto_circuit()
+    except ImportError as err:
+        pytest.skip(f"auto-circuit is not installed ({err}); `make bench` installs it")
+    graph = EdgeGraph.of(model.cfg)
+    theirs = peer.autocircuit_eap(model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.answer_tokens, pairs.wrong_tokens)
+    ours = attribution.edge_scores(model, pairs, graph, "patching")
+    assert set(theirs) == set(graph.edge_names)
+    # theirs: grad . (corrupted - clean); ours: minus it (the drop of the metric)
+    assert max(abs(float(ours[s, r]) + theirs[graph.edge_name(s, r)]) for s, r in graph.edges) < ATOL

@@ -40,13 +40,14 @@ def assert_same_run(a: Path, b: Path, atol: float = 0.0) -> None:
             torch.testing.assert_close(ta[key], tb[key], atol=atol, rtol=0, equal_nan=True, msg=key)
         else:
             assert ta[key] == tb[key], key
-    for table in ("faithfulness.csv", "important_heads.csv"):
+    for table in ("faithfulness.csv", "important_heads.csv", "edges.csv"):
         if (a / table).exists():
             pd.testing.assert_frame_equal(pd.read_csv(a / table), pd.read_csv(b / table), atol=atol, rtol=0, check_exact=not atol)
 
 
 @pytest.mark.parametrize("preset", [["+experiment=ioi_heads"], ["+experiment=known_circuit_scales"],
-                                    ["+experiment=addition_path_to_logits", "task.n_prompts=8", "memory_budget_mb=1"]])
+                                    ["+experiment=addition_path_to_logits", "task.n_prompts=8", "memory_budget_mb=1"],
+                                    ["+experiment=known_circuit_eap", "method=edge_patching", "task.n_prompts=8", "memory_budget_mb=1"]])
 def test_sharded_then_merged_equals_unsharded(tmp_path, preset):
     whole = run(preset, tmp_path / "whole")
     shards = [tmp_path / f"shard{i}" for i in range(3)]
