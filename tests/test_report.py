@@ -241,6 +241,18 @@ def test_the_index_of_a_sweep_has_a_row_per_run_and_shows_failed_jobs(runs, tmp_
     assert sum(1 for img in page.images if img["src"].startswith("data:image/png;base64,")) == 2
 
 
+def test_a_multirun_keeps_its_index_html(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli.main(["run", "-m", "+experiment=ioi_patching", "task.n_prompts=4,8", "sweep.layers=[1]", "progress=false", "figures=false",
+              f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    page = read_page(tmp_path / "sweep" / report.INDEX_FILE)
+    [rows] = page.tables.values()
+    assert [r[3]["text"] for r in rows] == ["done", "done"] and {"0/report.html", "1/report.html"} <= set(page.links)
+    assert [c.lower() for c in page.code if "task.n_prompts=" in c] == [  # (a multirun's overrides as Hydra's sweeper writes them)
+        "+experiment=ioi_patching task.n_prompts=4 sweep.layers=[1] progress=false figures=false",
+        "+experiment=ioi_patching task.n_prompts=8 sweep.layers=[1] progress=false figures=false"]
+
+
 def test_report_refuses_a_dir_without_runs(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["report", str(tmp_path)])
