@@ -21,7 +21,7 @@ SECTIONS=(
   "003_function_induction:addition_path_to_logits,addition_path_to_head,ioi_path_to_name_movers"
   "004_ablations:known_circuit_scales,toy_pca_ablation,toy_resample_scales"
 )
-PRESETS=$(ls circuitlab/configs/experiment/ 2>/dev/null | sed 's/\.yaml$//')
+PRESETS=$("$BIN/circuitlab" list experiments | awk 'NR > 1 {print $1}')   # the presets this circuitlab ships
 
 mkdir -p "$OUT"
 start=$(date +%s)
