@@ -37,13 +37,13 @@ def receiver_hook(name: str, n_layers: int) -> tuple[str, int | None]:
     return f"blocks.{layer}.hook_{x}_input", int(head)
 
 
-def exposed(model: HookedTransformer):
-    """TransformerLens' own switches for per-head results and split q / k / v and MLP inputs."""
-    model.set_use_attn_result(True)
-    model.set_use_split_qkv_input(True)
+def exposed(model: HookedTransformer, result: bool = True, split: bool = True, mlp_in: bool = True):
+    """TransformerLens' own switches for per-head results and split q / k / v and MLP inputs (only those asked)."""
+    model.set_use_attn_result(result)
+    model.set_use_split_qkv_input(split)
     if not model.cfg.attn_only:
-        model.set_use_hook_mlp_in(True)
-    if model.cfg.n_key_value_heads is not None:
+        model.set_use_hook_mlp_in(mlp_in)
+    if model.cfg.n_key_value_heads is not None and split:
         model.set_ungroup_grouped_query_attention(True)
 
 
@@ -66,7 +66,7 @@ def patch_edge(model: HookedTransformer, pairs, edge: str, counterfactual: str =
     s_hook, s_head = sender_hook(sender)
     r_hook, r_head = receiver_hook(receiver, model.cfg.n_layers)
     before = {f: getattr(model.cfg, f) for f in FLAGS}
-    exposed(model)
+    exposed(model, result=s_head is not None, split=r_hook.endswith(("q_input", "k_input", "v_input")), mlp_in=r_hook.endswith("mlp_in"))
     try:
         store = {}
 

@@ -275,3 +275,12 @@ def test_eap_equals_auto_circuit_when_installed(model, pairs):
     assert set(theirs) == set(graph.edge_names)
     # theirs: grad . (corrupted - clean); ours: minus it (the drop of the metric)
     assert max(abs(float(ours[s, r]) + theirs[graph.edge_name(s, r)]) for s, r in graph.edges) < ATOL
+
+
+def test_masked_forwards_split_prompts_and_circuits_under_a_small_budget(model, pairs):
+    graph = EdgeGraph.of(model.cfg)
+    sources = cf.prepare(model, pairs, graph, "mean", pairs.n_pairs)
+    masks = torch.stack([circuits.top_n(graph, torch.rand(graph.real.shape, generator=torch.Generator().manual_seed(i)), 30 * i) for i in range(4)])
+    whole, one = masked.circuits_logit_diff(model, pairs, graph, sources, masks)
+    split, many = masked.circuits_logit_diff(model, pairs, graph, sources, masks, memory_budget_mb=1)
+    assert one == 1 and many > 1 and torch.allclose(whole, split, atol=1e-5)

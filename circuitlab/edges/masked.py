@@ -27,21 +27,29 @@ def circuits_logit_diff(
     model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sources,
     keep: Bool[Tensor, "circuit sender receiver"], memory_budget_mb: int | None = None,
 ) -> tuple[Float[Tensor, " circuit"], int]:
-    """The mean logit difference of each circuit, and the number of masked forwards it took."""
+    """The mean logit difference of each circuit, and the number of masked forwards it took: as many circuits
+    per forward as the memory budget holds (all prompts at once unless they alone exceed it)."""
     device = model.cfg.device
-    per_copy = pairs.n_pairs * pairs.width * (len(graph.senders) + 4 * graph.n_heads + 8) * model.cfg.d_model * 4
-    copies = max(1, int(memory_budget(device, memory_budget_mb) * 2**20 // per_copy))
+    budget = memory_budget(device, memory_budget_mb) * 2**20
+    per_prompt = pairs.width * (len(graph.senders) + 4 * graph.n_heads + 8) * model.cfg.d_model * 4  # bytes per row
+    prompts = max(1, min(pairs.n_pairs, int(budget // per_prompt)))  # prompts per forward (all, unless too many)
+    copies = max(1, int(budget // (per_prompt * prompts)))  # circuits per forward
     source = sources.of_all(model, pairs, graph)
-    values, forwards = [], 0
-    for first in range(0, keep.shape[0], copies):
-        values.append(_masked(model, pairs, graph, source, keep[first:first + copies].to(device)))
-        forwards += 1
-    return torch.cat(values), forwards
+    totals, forwards = torch.zeros(keep.shape[0], dtype=torch.float64), 0
+    for first_prompt in range(0, pairs.n_pairs, prompts):
+        rows = torch.arange(first_prompt, min(pairs.n_pairs, first_prompt + prompts))
+        part = source if source.shape[0] == 1 else source[rows.to(source.device)]
+        for first in range(0, keep.shape[0], copies):
+            block = keep[first:first + copies].to(device)
+            totals[first:first + copies] += _masked(model, pairs, graph, part, block, rows).double() * len(rows)
+            forwards += 1
+    return (totals / pairs.n_pairs).float(), forwards
 
 
-def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, source: Tensor, keep: Tensor) -> Tensor:
+def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, source: Tensor, keep: Tensor, rows: Tensor) -> Tensor:
+    """The mean logit difference of the prompts `rows` under each circuit of `keep`, in one forward."""
     device, dtype = model.cfg.device, model.cfg.dtype
-    copies, n, width = keep.shape[0], pairs.n_pairs, pairs.width
+    copies, n, width = keep.shape[0], len(rows), pairs.width
     ablate = (~keep).to(dtype)  # circuit sender receiver
     source = source.to(device=device, dtype=dtype).expand(n, width, len(graph.senders), model.cfg.d_model)
     differences = torch.zeros(copies, n, width, len(graph.senders), model.cfg.d_model, device=device, dtype=dtype)
@@ -74,10 +82,10 @@ def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, sour
             hooks.append((f"blocks.{layer}.hook_mlp_in", construct(receiver, graph.feeding(receiver), False)))
             hooks.append((f"blocks.{layer}.hook_mlp_out", record(graph.mlp_sender(layer), 1)))
     hooks.append((logits_hook(graph), construct(graph.logits_receiver, len(graph.senders), False)))
-    tokens = pairs.clean_tokens.to(device).repeat(copies, 1)
-    final = pairs.final_positions.to(device).repeat(copies)
+    tokens = pairs.clean_tokens[rows].to(device).repeat(copies, 1)
+    final = pairs.final_positions[rows].to(device).repeat(copies)
     with torch.no_grad(), edges_exposed(model):
         resid = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
         logits = final_position_logits(model, resid, final)
-    answer, wrong = pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)
+    answer, wrong = pairs.answer_tokens[rows].to(device), pairs.wrong_tokens[rows].to(device)
     return logit_diff(logits.view(copies, n, -1), answer, wrong).mean(1).float().cpu()
