@@ -123,6 +123,13 @@ def counterfactual_splits(tokenizer, variable: str, n_train: int, n_prompts: int
     return tuple(ioi_counterfactual.build_split(task, tokenizer, bos, bos, 0, split) for split in ("train", "test"))
 
 
+def machine() -> str:
+    """torch, threads and the 1-minute load average when the table was made (other processes slow both sides)."""
+    import os
+
+    return f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
+
+
 def toy_table() -> str:
     from transformers import GPT2LMHeadModel
 
@@ -132,7 +139,7 @@ def toy_table() -> str:
     train, test = counterfactual_splits(tokenizer, "name", 200, 100)
     locations = [Location("resid_post", layer, position, None, "", None) for layer in LAYERS for position in POSITIONS]
     table = compare(model, hf_model, train, test, locations, ROWS)
-    where = f"toy-ioi, block_output at layers {LAYERS} x {POSITIONS} (IIA listed in that order), {train.n_pairs} train / {test.n_pairs} test pairs, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    where = f"toy-ioi, block_output at layers {LAYERS} x {POSITIONS} (IIA listed in that order), {train.n_pairs} train / {test.n_pairs} test pairs, {machine()}"
     return markdown_table(f"DAS against pyvene ({where})", HEADER, table_rows(table), left_columns=1)
 
 
@@ -157,7 +164,7 @@ def gpt2_shaped_table() -> str:
     epochs = GPT2_ROWS["DAS k=1 (position)"].epochs
     where = (f"random GPT-2-small-shaped model: 12 layers, d_model 768, 12 heads, 50257-token vocabulary; block_output at layers "
              f"{GPT2_LAYERS} x {GPT2_POSITIONS} (IIA listed in that order), the position variable, {train.n_pairs} train / "
-             f"{test.n_pairs} test pairs, DAS {epochs} epochs of batch 20, torch {torch.__version__}, {torch.get_num_threads()} threads")
+             f"{test.n_pairs} test pairs, DAS {epochs} epochs of batch 20, {machine()}")
     return markdown_table(f"DAS against pyvene ({where})", HEADER, table_rows(table), left_columns=1)
 
 
