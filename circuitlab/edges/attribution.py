@@ -123,7 +123,22 @@ def _receiver_gradients(model: HookedTransformer, graph: EdgeGraph, grads: dict[
 
 
 def norm_vjp(norm, x: Float[Tensor, "batch pos d_model"], cotangent: Float[Tensor, "batch pos k d_model"]) -> Tensor:
-    """cotangent^T d norm(x) / dx at every position, for k cotangents per position (the norm's own autograd)."""
+    """cotangent^T d norm(x) / dx at every position, for k cotangents per position. TransformerLens' norms in closed
+    form (one Jacobian per position, shared by the k cotangents); any other module through its own autograd."""
+    kind = type(norm).__name__
+    if kind in ("LayerNorm", "LayerNormPre", "RMSNorm", "RMSNormPre"):
+        x = x.float()[:, :, None]
+        if "LayerNorm" in kind:
+            x = x - x.mean(-1, keepdim=True)
+        scale = (x.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+        normalized = x / scale
+        v = cotangent.float() * (norm.w.float() if hasattr(norm, "w") else 1.0)
+        projected = v - normalized * (v * normalized).mean(-1, keepdim=True)
+        if "LayerNorm" in kind:
+            projected = projected - v.mean(-1, keepdim=True)
+        return (projected / scale).to(cotangent.dtype)
+    if isinstance(norm, torch.nn.Identity):
+        return cotangent
     with torch.enable_grad():
         copies = x.detach()[:, :, None].expand_as(cotangent).clone().requires_grad_(True)
         (grad,) = torch.autograd.grad(norm(copies), copies, cotangent)
@@ -160,21 +175,20 @@ def _accumulate(grads: dict[str, Tensor], name: str, grad: Tensor) -> None:
 
 
 def _contract(graph: EdgeGraph, difference: Float[Tensor, "batch pos sender d_model"], grads: dict[str, Tensor]) -> Tensor:
-    """sum over prompts and positions of grad_r . difference_s, for every sender feeding each receiver."""
+    """sum over prompts and positions of grad_r . difference_s for every (sender, receiver): one matmul per layer
+    of the senders before it against all of its receivers (pairs that are not edges are masked by the caller)."""
     scores = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
+    senders = difference.permute(2, 0, 1, 3).reshape(len(graph.senders), -1)  # sender x (batch pos d_model)
+    batch, pos, _, d_model = difference.shape
+    zeros = lambda *shape: torch.zeros(batch, pos, *shape, device=difference.device)  # noqa: E731  (no gradient reached it)
     for layer in range(graph.n_layers):
-        for x in "qkv":
-            grad = grads.get(f"blocks.{layer}.hook_{x}_input")
-            first = graph.head_receiver(layer, x, 0)
-            fed = graph.feeding(first)
-            if grad is not None:
-                scores[:fed, first:first + graph.n_heads] = torch.einsum("bpsd,bphd->sh", difference[:, :, :fed], grad.float()).double()
-        grad = grads.get(f"blocks.{layer}.hook_mlp_in")
-        if graph.has_mlp and grad is not None:
-            receiver = graph.mlp_receiver(layer)
-            fed = graph.feeding(receiver)
-            scores[:fed, receiver] = torch.einsum("bpsd,bpd->s", difference[:, :, :fed], grad.float()).double()
-    grad = grads.get(f"blocks.{graph.n_layers - 1}.hook_resid_post")
-    if grad is not None:
-        scores[:, graph.logits_receiver] = torch.einsum("bpsd,bpd->s", difference, grad.float()).double()
+        columns = [grads.get(f"blocks.{layer}.hook_{x}_input", zeros(graph.n_heads, d_model)).float().permute(0, 1, 3, 2) for x in "qkv"]
+        if graph.has_mlp:
+            columns.append(grads.get(f"blocks.{layer}.hook_mlp_in", zeros(d_model)).float()[..., None])
+        block = torch.cat(columns, -1).reshape(senders.shape[1], -1)
+        first = layer * graph.per_layer_receivers
+        fed = max(graph.feeding(r) for r in range(first, first + graph.per_layer_receivers))
+        scores[:fed, first:first + block.shape[1]] = (senders[:fed] @ block).double()
+    final = grads.get(f"blocks.{graph.n_layers - 1}.hook_resid_post", zeros(d_model)).float().reshape(-1, 1)
+    scores[:, graph.logits_receiver] = (senders @ final).double()[:, 0]
     return scores
