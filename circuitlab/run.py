@@ -24,6 +24,7 @@ from circuitlab import results as rs
 from circuitlab.models import loading
 from circuitlab.plan import prepare_once
 from circuitlab.methods import registry
+from circuitlab.tasks import TASKS
 
 log = logging.getLogger("circuitlab")
 
@@ -97,7 +98,8 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
             rs.write_tensors(run_dir / name, data)
         for name, data in output.json_files.items():
             rs.write_json(run_dir / name, data)
-        rs.write_json(run_dir / report.EXAMPLES_FILE, examples(pairs, plan.tokenizer))
+        names = getattr(TASKS.get(cfg.task.name), "PROMPT_NAMES", ("clean", "corrupted"))
+        rs.write_json(run_dir / report.EXAMPLES_FILE, examples(pairs, plan.tokenizer, names=list(names)))
     figures = []
     if cfg.figures:
         from circuitlab.figures import render_run
@@ -138,9 +140,9 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
     return manifest
 
 
-def examples(pairs, tokenizer, count: int = 3) -> dict:
+def examples(pairs, tokenizer, count: int = 3, names: list[str] | None = None) -> dict:
     """The first `count` prompt pairs token by token, with their named positions and answers, as plain JSON for the
-    report (which reads no torch file)."""
+    report (which reads no torch file); `names` call the clean and corrupted prompts what the task calls them."""
 
     def text(ids) -> list[str]:
         return [_token(tokenizer, int(i)) for i in ids]
@@ -155,7 +157,7 @@ def examples(pairs, tokenizer, count: int = 3) -> dict:
                        "length": length, "positions": {k: int(v[b]) for k, v in pairs.named_positions.items()}, "answers": answers,
                        "clean_text": pairs.clean_texts[b] if b < len(pairs.clean_texts) else "",
                        "corrupted_text": pairs.corrupted_texts[b] if b < len(pairs.corrupted_texts) else ""})
-    return {"n_pairs": pairs.n_pairs, "prompt_names": ["clean", "corrupted"], "pairs": chosen}
+    return {"n_pairs": pairs.n_pairs, "prompt_names": names or ["clean", "corrupted"], "pairs": chosen}
 
 
 def _token(tokenizer, token_id: int) -> str:

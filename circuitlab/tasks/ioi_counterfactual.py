@@ -20,6 +20,8 @@ import random
 
 
 from circuitlab.errors import ConfigError
+
+PROMPT_NAMES = ("source", "base")  # what its clean and corrupted prompts are (the report's labels)
 from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, require_pairs, single_token_id
 from circuitlab.tasks.ioi import NAMES, OBJECTS, PLACES, POSITION_LABELS, TEMPLATES, IOIPrompt, encode_pair
 
