@@ -217,6 +217,10 @@ def figures_command(args: list[str]) -> None:
             skipped += 1
             continue
         drawn += 1
+        if (run_dir / "report.html").is_file():  # its inline figures are these: rewritten with them
+            from circuitlab.report import write_report
+
+            paths = [*paths, write_report(run_dir)]
         for path in paths:
             print(path)
     if not drawn:
