@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from circuitlab.methods import registry
 import yaml
 
 from circuitlab import cli
@@ -22,7 +24,7 @@ def test_preset_composes_and_validates(preset):
     assert cfg.name == preset
     plan = prepare(cfg)
     assert plan.pairs.n_pairs > 0
-    assert plan.locations if cfg.method.name != "direct_attribution" else plan.locations == []  # it reads the whole model
+    assert (plan.locations if registry.get(cfg.method.name).sweeps else plan.locations == [])  # False: it reads the whole model
 
 
 @pytest.mark.parametrize("group", ["model", "task", "method", "sweep"])

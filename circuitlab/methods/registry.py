@@ -28,6 +28,7 @@ class Method:
     columns: tuple[str, ...] = ()  # its own results.csv columns, beyond the shared ones
     shardable: bool = True
     ranks_cumulative_heads: bool = False  # sweep.heads=cumulative without head_order: ranks heads by their own effect
+    sweeps: bool = True  # plans sweep points from the sweep group (False: it reads the whole model; plan.locations == [])
     key_metric: str | None = None  # the report's key number and main-table order (None: the first *_normalized metric, else the first)
     table_sort: tuple[tuple[str, str], ...] = ()  # (side-table file, column): the report lists that table by |column|, largest first
 

@@ -5,4 +5,4 @@ from circuitlab.edges.figures import edge_figures
 from circuitlab.methods.eap.config import EAPConfig
 from circuitlab.methods.registry import Method, register
 
-METHOD = register(Method("eap", EAPConfig, "circuitlab.methods.eap.method", edge_figures, ("sender",), shardable=False))
+METHOD = register(Method("eap", EAPConfig, "circuitlab.methods.eap.method", edge_figures, ("sender",), shardable=False, sweeps=False))

@@ -5,4 +5,4 @@ from circuitlab.edges.figures import edge_figures
 from circuitlab.methods.eap_ig.config import EAPIGConfig
 from circuitlab.methods.registry import Method, register
 
-METHOD = register(Method("eap_ig", EAPIGConfig, "circuitlab.methods.eap_ig.method", edge_figures, ("sender",), shardable=False))
+METHOD = register(Method("eap_ig", EAPIGConfig, "circuitlab.methods.eap_ig.method", edge_figures, ("sender",), shardable=False, sweeps=False))

@@ -5,4 +5,4 @@ from circuitlab.edges.figures import edge_figures
 from circuitlab.methods.edge_patching.config import EdgePatchingConfig
 from circuitlab.methods.registry import Method, register
 
-METHOD = register(Method("edge_patching", EdgePatchingConfig, "circuitlab.methods.edge_patching.method", edge_figures, ("sender",), shardable=True))
+METHOD = register(Method("edge_patching", EdgePatchingConfig, "circuitlab.methods.edge_patching.method", edge_figures, ("sender",), shardable=True, sweeps=False))
