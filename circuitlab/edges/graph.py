@@ -85,6 +85,15 @@ class EdgeGraph:
         """The block whose input the receiver is (`n_layers` for the logits)."""
         return min(receiver // self.per_layer_receivers, self.n_layers)
 
+    def receiver_kind(self, receiver: int) -> tuple[str, int | None]:
+        """('q' | 'k' | 'v', head), ('mlp', None) or ('logits', None)."""
+        if receiver == self.logits_receiver:
+            return "logits", None
+        within = receiver % self.per_layer_receivers
+        if within >= 3 * self.n_heads:
+            return "mlp", None
+        return QKV[within // self.n_heads], within % self.n_heads
+
     def sender_layer(self, sender: int) -> int:
         """-1 for the input, else the sender's block."""
         return -1 if sender == 0 else (sender - 1) // self.per_layer_senders

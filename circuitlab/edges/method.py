@@ -65,8 +65,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("method.curve", curve, "increasing percentages (e.g. [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100])")
     if m.batch_size is not None:
         _positive_int(m.batch_size, "method.batch_size", "a number of prompts >= 1, or null for all")
-    if cfg.task.get("n_prompts") is not None and m.get("ig_steps") is not None:
-        _positive_int(m.ig_steps, "method.ig_steps", "a whole number of steps >= 1 (1 is EAP)")
 
 
 def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations):
@@ -96,79 +94,89 @@ def expected_mask(graph: EdgeGraph, names: list[str] | None) -> torch.Tensor | N
 
 def run_edges(cfg: DictConfig, plan: Plan, model, score: Callable[[], tuple[torch.Tensor, dict]]) -> MethodOutput:
     """`score()` -> ((sender, receiver) scores, extra manifest entries); the rest is the same for every method."""
-    import pandas as pd
-
-    from circuitlab.edges.masked import circuits_logit_diff
-
     check_additive(model.cfg)
     graph: EdgeGraph = plan.method_plan
     graph = EdgeGraph(graph.n_layers, graph.n_heads, graph.parallel_attn_mlp, graph.has_mlp, model.cfg.d_model)
     m = cfg.method
     scores, extra = score()
-    complete = not bool(torch.isnan(scores[graph.real]).any())
-    keep = circuits.select(graph, torch.nan_to_num(scores), m.select, m.n_edges, float(m.threshold), m.absolute) if complete else torch.zeros_like(graph.real)
-    rank = torch.zeros_like(scores, dtype=torch.long)
-    flat = [(s, r) for s, r in graph.edges]
-    order = sorted(range(len(flat)), key=lambda i: -abs(float(scores[flat[i]])) if not math.isnan(float(scores[flat[i]])) else math.inf)
-    for position, i in enumerate(order, 1):
-        rank[flat[i]] = position
-    edge_rows, rows = [], []
-    common = {"experiment": cfg.name, "method": m.name, "stream": "edge", "heads": "", "group": "", "position": "all", "position_label": "all"}
-    for s, r in flat:
-        value = float(scores[s, r])
-        edge_rows.append({"sender": graph.senders[s], "receiver": graph.receivers[r], "edge": graph.edge_name(s, r), "score": value,
-                          "rank": int(rank[s, r]), "in_circuit": bool(keep[s, r])})
-        rows.append({**common, "layer": graph.receiver_layer(r), "head": _receiver_head(graph, r), "sender": graph.senders[s],
-                     "receiver": graph.receivers[r], "metric": "score", "value": value})
-    tables = {"edges.csv": pd.DataFrame(edge_rows).sort_values(["rank"], kind="stable")}
-    json_files = {}
-    sources = cf.prepare(model, plan.pairs, graph, m.counterfactual, m.batch_size or plan.pairs.n_pairs)
-    baselines = {}
-    if complete:
-        curve = [float(p) for p in plain(m.curve)]
-        masks = [torch.zeros_like(graph.real), graph.real.clone(), keep]
-        labels = [("empty", 0.0), ("full", 100.0), ("circuit", None)]
-        how = "greedy" if m.select == "greedy" else "topn"
-        for ranking, absolute in (("signed", False), ("absolute", True)):
-            for percent in curve:
-                masks.append(circuits.select(graph, scores, how, circuits.edges_for_percent(graph, percent), 0.0, absolute))
-                labels.append((ranking, percent))
-        values, forwards = circuits_logit_diff(model, plan.pairs, graph, sources, torch.stack(masks), cfg.memory_budget_mb)
-        empty, full = float(values[0]), float(values[1])
-        span = full - empty
-        faithfulness = lambda v: (v - empty) / span if span != 0 else float("nan")  # noqa: E731
-        table = []
-        for (ranking, percent), mask, value in zip(labels[2:], masks[2:], values[2:].tolist()):
-            table.append({"ranking": ranking, "percent": percent if percent is not None else float("nan"),
-                          "edges_requested": int(mask.sum()) if percent is None else circuits.edges_for_percent(graph, percent),
-                          "edges_kept": int(mask.sum()), "logit_diff": value, "faithfulness": faithfulness(value)})
-        tables["faithfulness.csv"] = pd.DataFrame(table)
-        by = lambda name: [row["faithfulness"] for row in table if row["ranking"] == name]  # noqa: E731
-        cpr = circuits.area(curve, by("signed")) if len(curve) > 1 else float("nan")
-        cmd = circuits.area(curve, [abs(1 - f) for f in by("absolute")]) if len(curve) > 1 else float("nan")
-        circuit_f = table[0]["faithfulness"]
-        extra.update(cpr=cpr, cmd=cmd, masked_forwards=forwards, full_logit_diff=full, empty_logit_diff=empty,
-                     circuit={"select": m.select, "n_edges": m.n_edges if m.select != "threshold" else None,
-                              "threshold": float(m.threshold) if m.select == "threshold" else None, "absolute": m.absolute,
-                              "edges_kept": int(keep.sum()), "faithfulness": circuit_f})
+    missing = int(torch.isnan(scores[graph.real]).sum())
+    keep = torch.zeros_like(graph.real)
+    if missing == 0:
+        keep = circuits.select(graph, scores, m.select, m.n_edges, float(m.threshold), m.absolute)
+    rows, edges_table = edge_rows(cfg, graph, scores, keep)
+    tables, json_files, baselines = {"edges.csv": edges_table}, {}, ({}, {})
+    if missing == 0:
+        faithfulness, found = evaluate(cfg, plan, model, graph, scores, keep)
+        tables["faithfulness.csv"] = faithfulness
+        extra.update(found)
         json_files["circuit.json"] = circuits.graph_json(graph, scores, keep)
-        log.info("circuit: %d edges (%s), faithfulness %.3f | CPR %.3f | CMD %.3f | %d masked forwards", int(keep.sum()), m.select,
-                 circuit_f, cpr, cmd, forwards)
-        baselines = {"clean": {"logit_diff": full}, "corrupted": {"logit_diff": empty}}
+        baselines = ({"logit_diff": found["full_logit_diff"]}, {"logit_diff": found["empty_logit_diff"]})
+        expected = expected_mask(graph, plain(m.expected))
+        if expected is not None:
+            extra["auroc"] = circuits.auroc(scores, expected, graph.real)
+            log.info("AUROC of |score| against the %d expected edges: %.3f", int(expected.sum()), extra["auroc"])
     else:
         log.warning("%d edges have no score (another shard's: `circuitlab merge` cuts the circuit; or outside method.sample): "
-                    "no circuit or faithfulness curve", int(torch.isnan(scores[graph.real]).sum()))
-    expected = expected_mask(graph, plain(m.expected))
-    if expected is not None and complete:
-        extra["auroc"] = circuits.auroc(scores, expected, graph.real)
-        log.info("AUROC of |score| against the %d expected edges: %.3f", int(expected.sum()), extra["auroc"])
+                    "no circuit or faithfulness curve", missing)
     extra.update(n_edges_in_graph=graph.n_edges, counterfactual=m.counterfactual)
-    tensors = {"scores": scores, "edge_exists": graph.real}
-    return MethodOutput(rows, tensors, baselines.get("clean", {}), baselines.get("corrupted", {}), tables=tables, extra=extra,
-                        json_files=json_files)
+    return MethodOutput(rows, {"scores": scores, "edge_exists": graph.real}, *baselines, tables=tables, extra=extra, json_files=json_files)
 
 
-def _receiver_head(graph: EdgeGraph, receiver: int):
-    from circuitlab.edges.patching import receiver_kind
+def edge_rows(cfg: DictConfig, graph: EdgeGraph, scores: torch.Tensor, keep: torch.Tensor):
+    """results.csv's rows (one per edge) and edges.csv (ranked by |score|, unscored edges last)."""
+    import pandas as pd
 
-    return receiver_kind(graph, receiver)[1]
+    senders, receivers = (torch.tensor(index) for index in zip(*graph.edges))
+    values = scores[senders, receivers]
+    order = torch.argsort(torch.nan_to_num(values.abs(), nan=-1.0), descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(1, len(order) + 1)
+    kept = keep[senders, receivers]
+    common = {"experiment": cfg.name, "method": cfg.method.name, "stream": "edge", "heads": "", "group": "", "position": "all",
+              "position_label": "all", "metric": "score"}
+    rows, table = [], []
+    for i, (s, r) in enumerate(graph.edges):
+        value = float(values[i])
+        rows.append({**common, "layer": graph.receiver_layer(r), "head": graph.receiver_kind(r)[1], "sender": graph.senders[s],
+                     "receiver": graph.receivers[r], "value": value})
+        table.append({"sender": graph.senders[s], "receiver": graph.receivers[r], "edge": graph.edge_name(s, r), "score": value,
+                      "rank": int(rank[i]), "in_circuit": bool(kept[i])})
+    return rows, pd.DataFrame(table).sort_values(["rank"], kind="stable")
+
+
+def evaluate(cfg: DictConfig, plan: Plan, model, graph: EdgeGraph, scores: torch.Tensor, keep: torch.Tensor):
+    """faithfulness.csv (the chosen circuit, then MIB's curve for signed and absolute rankings) and the manifest's
+    CPR, CMD, circuit and baselines, from masked forwards of every circuit plus the empty and full ones."""
+    import pandas as pd
+
+    from circuitlab.edges.masked import circuits_logit_diff
+
+    m = cfg.method
+    curve = [float(p) for p in plain(m.curve)]
+    how = "greedy" if m.select == "greedy" else "topn"
+    labels, masks = [("circuit", float("nan"))], [keep]
+    for ranking, absolute in (("signed", False), ("absolute", True)):
+        for percent in curve:
+            labels.append((ranking, percent))
+            masks.append(circuits.select(graph, scores, how, circuits.edges_for_percent(graph, percent), 0.0, absolute))
+    sources = cf.prepare(model, plan.pairs, graph, m.counterfactual, m.batch_size or plan.pairs.n_pairs)
+    everything = torch.stack([torch.zeros_like(graph.real), graph.real, *masks])
+    values, forwards = circuits_logit_diff(model, plan.pairs, graph, sources, everything, cfg.memory_budget_mb)
+    empty, full = float(values[0]), float(values[1])
+    faithful = lambda v: (v - empty) / (full - empty) if full != empty else float("nan")  # noqa: E731
+    table = pd.DataFrame([
+        {"ranking": ranking, "percent": percent,
+         "edges_requested": int(mask.sum()) if ranking == "circuit" else circuits.edges_for_percent(graph, percent),
+         "edges_kept": int(mask.sum()), "logit_diff": value, "faithfulness": faithful(value)}
+        for (ranking, percent), mask, value in zip(labels, masks, values[2:].tolist())])
+    along = lambda ranking: list(table[table["ranking"] == ranking]["faithfulness"])  # noqa: E731
+    cpr = circuits.area(curve, along("signed")) if len(curve) > 1 else float("nan")
+    cmd = circuits.area(curve, [abs(1 - f) for f in along("absolute")]) if len(curve) > 1 else float("nan")
+    circuit_f = float(table["faithfulness"].iloc[0])
+    log.info("circuit: %d edges (%s), faithfulness %.3f | CPR %.3f | CMD %.3f | %d masked forwards", int(keep.sum()), m.select,
+             circuit_f, cpr, cmd, forwards)
+    found = {"cpr": cpr, "cmd": cmd, "masked_forwards": forwards, "full_logit_diff": full, "empty_logit_diff": empty,
+             "circuit": {"select": m.select, "n_edges": m.n_edges if m.select != "threshold" else None,
+                         "threshold": float(m.threshold) if m.select == "threshold" else None, "absolute": m.absolute,
+                         "edges_kept": int(keep.sum()), "faithfulness": circuit_f}}
+    return table, found

@@ -21,10 +21,9 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
-from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 from circuitlab.edges import counterfactual as cf
-from circuitlab.edges.graph import QKV, EdgeGraph
+from circuitlab.edges.graph import EdgeGraph
 from circuitlab.edges.hooks import edges_exposed, sender_hooks, stack_senders
 from circuitlab.engine import chunks
 from circuitlab.engine.batching import halving_on_oom, points_per_chunk
@@ -45,7 +44,7 @@ def patch_edges(
     final = pairs.final_positions.to(device)
     answer, wrong = pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)
     wanted = set(sender_hooks(graph)) | {f"blocks.{l}.hook_resid_pre" for l in range(n_layers)}
-    wanted |= {f"blocks.{l}.attn.hook_{kv}" for l in range(n_layers) for kv in "kv"}
+    wanted |= {f"blocks.{l}.attn.hook_{kv}" for l in range(n_layers) for kv in "kvz"} | {f"blocks.{l}.hook_attn_out" for l in range(n_layers)}
     with torch.no_grad(), edges_exposed(model, split=False), fused_gelu(model):
         resid, cache = model.run_with_cache(pairs.clean_tokens.to(device), names_filter=lambda n: n in wanted, stop_at_layer=n_layers)
         clean_ld = logit_diff(final_position_logits(model, resid, final), answer, wrong).mean().item()
@@ -86,54 +85,62 @@ def _from_block(model: HookedTransformer, graph: EdgeGraph, block: int, start: i
                 chosen: list[tuple[int, int]], final: Tensor, same_length: bool) -> Float[Tensor, "rows vocab"]:
     """Final-position logits of len(chosen) row blocks, block b patching edge chosen[b], from `block` on."""
     cfg = model.cfg
-    copies, n = len(chosen), difference.shape[0]
-    resid = cache[f"blocks.{block}.hook_resid_pre"][:, start:].repeat(copies, 1, 1)
-    tail = difference[:, start:]
-
-    def add(kind: str):
-        def hook(activation: Tensor, hook) -> Tensor:
-            view = activation.view(copies, n, *activation.shape[1:])
-            for c, (s, r) in enumerate(chosen):
-                what, head = receiver_kind(graph, r)
-                if what == kind:
-                    if head is None:
-                        view[c] += tail[:, :, s]
-                    else:
-                        view[c, :, :, head] += tail[:, :, s]
-            return activation
-        return hook
-
-    hooks = [(f"blocks.{block}.hook_{x}_input", add(x)) for x in QKV] + ([(f"blocks.{block}.hook_mlp_in", add("mlp"))] if graph.has_mlp else [])
+    copies = len(chosen)
+    resid = _patched_block(model, graph, block, start, cache, difference, chosen)
     last = cfg.n_layers - 1
-    with model.hooks(fwd_hooks=hooks):
-        for layer in range(block, cfg.n_layers):
-            prefix = frozen_prefix(model, cache, layer, start, copies)
-            if layer == block:
-                with edges_exposed(model):
-                    resid = model.blocks[layer](resid, past_kv_cache_entry=_ungrouped(model, prefix))
-            elif layer == last and same_length:
-                resid = last_block_final_row(model, resid, prefix)
-            else:
-                resid = model.blocks[layer](resid, past_kv_cache_entry=prefix)
+    for layer in range(block + 1, cfg.n_layers):
+        prefix = frozen_prefix(model, cache, layer, start, copies)
+        if layer == last and same_length:
+            resid = last_block_final_row(model, resid, prefix)
+        else:
+            resid = model.blocks[layer](resid, past_kv_cache_entry=prefix)
     if resid.shape[1] == 1:
         return final_position_logits(model, resid, torch.zeros_like(final.repeat(copies)))
     return final_position_logits(model, resid, final.repeat(copies) - start)
 
 
-def _ungrouped(model: HookedTransformer, prefix: TransformerLensKeyValueCacheEntry | None):
-    """A frozen prefix with one key / value per query head, for a block run with grouped-query attention ungrouped."""
-    cfg = model.cfg
-    if prefix is None or cfg.n_key_value_heads is None or cfg.n_key_value_heads == cfg.n_heads:
-        return prefix
-    repeats = cfg.n_heads // cfg.n_key_value_heads
-    return TransformerLensKeyValueCacheEntry(prefix.past_keys.repeat_interleave(repeats, 2), prefix.past_values.repeat_interleave(repeats, 2), frozen=True)
+def _patched_block(model: HookedTransformer, graph: EdgeGraph, block: int, start: int, cache, difference: Tensor,
+                   chosen: list[tuple[int, int]]) -> Float[Tensor, "rows pos d_model"]:
+    """The receivers' block, row block c with edge chosen[c]: its query, key or value input (or its MLP input)
+    gets the sender's difference added. The attention runs once on the patched q / k / v inputs (row blocks
+    without a q patch take the clean one, and so on); only the receiving head's output is kept from it, every
+    other head keeps its clean output (cached), so no per-head copy of the residual stream is ever made."""
+    layer = model.blocks[block]
+    n = difference.shape[0]
+    copies = len(chosen)
+    x = cache[f"blocks.{block}.hook_resid_pre"][:, start:]
+    tail = difference[:, start:]
+    added = {kind: torch.zeros(copies, *x.shape, device=x.device, dtype=x.dtype) for kind in ("q", "k", "v", "mlp")}
+    heads = torch.zeros(copies, dtype=torch.long)
+    patches_head = torch.zeros(copies, dtype=torch.bool)
+    for c, (s, r) in enumerate(chosen):
+        kind, head = graph.receiver_kind(r)
+        added[kind][c] = tail[:, :, s]
+        if head is not None:
+            heads[c], patches_head[c] = head, True
+    rows = lambda t: t.flatten(0, 1)  # noqa: E731  copies x batch -> rows
+    x_rows = x.repeat(copies, 1, 1)
+    attn_out = cache[f"blocks.{block}.hook_attn_out"][:, start:].repeat(copies, 1, 1)
+    if patches_head.any():
+        captured = {}
 
+        def keep_z(z: Tensor, hook) -> Tensor:
+            captured["z"] = z
+            return z
 
-def receiver_kind(graph: EdgeGraph, receiver: int) -> tuple[str, int | None]:
-    """('q' | 'k' | 'v', head), ('mlp', None) or ('logits', None)."""
-    if receiver == graph.logits_receiver:
-        return "logits", None
-    within = receiver % graph.per_layer_receivers
-    if within >= 3 * graph.n_heads:
-        return "mlp", None
-    return QKV[within // graph.n_heads], within % graph.n_heads
+        normalized = {kind: layer.ln1(x_rows + rows(added[kind])) for kind in ("q", "k", "v")}
+        with model.hooks(fwd_hooks=[(f"blocks.{block}.attn.hook_z", keep_z)]):
+            layer.attn(query_input=normalized["q"], key_input=normalized["k"], value_input=normalized["v"],
+                       past_kv_cache_entry=frozen_prefix(model, cache, block, start, copies))
+        z_new = captured["z"].view(copies, n, *captured["z"].shape[1:])  # copies batch pos head d_head
+        heads = heads.to(z_new.device)
+        z_clean = cache[f"blocks.{block}.attn.hook_z"][:, start:]  # batch pos head d_head
+        receiving_new = z_new[torch.arange(copies, device=z_new.device), :, :, heads]  # copies batch pos d_head
+        receiving_clean = z_clean[:, :, heads].permute(2, 0, 1, 3)
+        change = (receiving_new - receiving_clean) * patches_head.to(z_new.device)[:, None, None, None]
+        attn_out = attn_out + rows(torch.einsum("cbpe,ced->cbpd", change, layer.attn.W_O[heads]))
+    if graph.has_mlp:
+        mlp_reads = x_rows if model.cfg.parallel_attn_mlp else x_rows + attn_out
+        mlp_out = layer.apply_mlp(layer.ln2(mlp_reads + rows(added["mlp"])))
+        return x_rows + attn_out + mlp_out
+    return x_rows + attn_out
