@@ -1,0 +1,117 @@
+"""Edge-level circuit discovery: circuitlab against its references and auto-circuit, side by side in one process.
+
+GPT-2-small-shaped model with random weights (no download; 32,491 edges), 8 prompts x 18 tokens; the corrupted
+prompts differ at positions 2, 5 and 11 (bench/patching.py's prompts). Rows:
+- EAP over every edge, against one plain clean forward + backward of the same batch (full logits, weights
+  differentiable: what any gradient method costs at least); and auto-circuit 1.0.1's EAP
+  (`mask_gradient_prune_scores`, mask_val=0) on the same model, prompts and answers, scores compared;
+- exact edge patching of a seeded random sample of 300 edges, against the plain reference (two forwards per edge,
+  hooks on the receiver's input: tests/edge_reference.py), per edge, equal to 1e-4;
+- MIB's faithfulness curve: 10 circuits (0.1 ... 100 % of the edges), masked forwards counted.
+Prints a table and writes it to bench/results/circuit_discovery.md (default CPU setting only).
+
+    python bench/circuit_discovery.py
+    python bench/circuit_discovery.py --edges 300 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from patching import markdown_table, model_and_prompts, recorded_setting, setting_line, timed  # noqa: E402
+from circuitlab.edges import attribution, circuits, masked  # noqa: E402
+from circuitlab.edges import counterfactual as cf  # noqa: E402
+from circuitlab.edges.graph import EdgeGraph  # noqa: E402
+from circuitlab.edges.patching import patch_edges  # noqa: E402
+from circuitlab.metrics import logit_diff  # noqa: E402
+from circuitlab.results import write_text  # noqa: E402
+from tests import edge_reference  # noqa: E402
+
+
+def forward_backward(model, pairs) -> float:
+    """One plain clean forward (full logits) and backward of the mean logit difference."""
+    with torch.enable_grad():
+        logits = model(pairs.clean_tokens)
+        rows = torch.arange(pairs.n_pairs, device=logits.device)
+        metric = logit_diff(logits[rows, pairs.final_positions], pairs.answer_tokens, pairs.wrong_tokens).mean()
+        metric.backward()
+    model.zero_grad(set_to_none=True)
+    return metric.item()
+
+
+def autocircuit_row(model, pairs, graph, ours):
+    """(seconds, max abs diff to ours) of auto-circuit's EAP, or (None, reason) when it cannot run here."""
+    try:
+        from autocircuit_peer import time_autocircuit_eap
+    except ImportError as err:  # pragma: no cover
+        return None, f"not importable: {err}"
+    try:
+        seconds, theirs = time_autocircuit_eap(model, pairs.clean_tokens, pairs.corrupted_tokens, pairs.answer_tokens, pairs.wrong_tokens)
+    except ImportError as err:
+        return None, f"auto-circuit is not installed ({err.name}); pip install --no-deps auto-circuit==1.0.1 attrs plotly blobfile lxml"
+    names = graph.edge_names
+    missing = [n for n in names if n not in theirs]
+    if missing:
+        return seconds, f"its graph lacks {len(missing)} of our edges (e.g. {missing[0]})"
+    ours_flat = torch.tensor([float(ours[s, r]) for s, r in graph.edges])
+    theirs_flat = -torch.tensor([theirs[n] for n in names])  # theirs: grad . difference; ours: minus it
+    return seconds, float((ours_flat - theirs_flat).abs().max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--edges", type=int, default=300, help="edges in the exact-patching sample (>= 300 for the record)")
+    args, model, pairs = model_and_prompts(parser)
+    graph = EdgeGraph.of(model.cfg)
+    print(f"{graph.n_edges} edges", flush=True)
+    forward_backward(model, pairs)  # warm-up
+    base_s = min(timed(lambda: forward_backward(model, pairs), args.device)[1] for _ in range(3))
+    scores, eap_s = timed(lambda: attribution.edge_scores(model, pairs, graph, "patching"), args.device)
+    eap_s = min(eap_s, timed(lambda: attribution.edge_scores(model, pairs, graph, "patching"), args.device)[1])
+    print(f"EAP: {eap_s:.2f} s = {eap_s / base_s:.2f}x one forward + backward ({base_s:.2f} s)", flush=True)
+    ac_s, ac_diff = autocircuit_row(model, pairs, graph, scores)
+    print(f"auto-circuit EAP: {ac_s if ac_s is None else round(ac_s, 2)} s, agreement {ac_diff}", flush=True)
+
+    generator = torch.Generator().manual_seed(0)
+    sample = [graph.edges[i] for i in torch.randperm(graph.n_edges, generator=generator)[: args.edges].sort().values.tolist()]
+    (exact, _), ours_s = timed(lambda: patch_edges(model, pairs, graph, "patching", sample), args.device)
+    reference, ref_s = timed(lambda: torch.tensor([edge_reference.patch_edge(model, pairs, graph.edge_name(s, r)) for s, r in sample]), args.device)
+    patch_diff = float((exact - reference).abs().max())
+    print(f"edge patching, {len(sample)} edges: reference {ref_s:.1f} s, circuitlab {ours_s:.2f} s, {ref_s / ours_s:.1f}x, max diff {patch_diff:.1e}", flush=True)
+
+    sources = cf.prepare(model, pairs, graph, "patching", pairs.n_pairs)
+    masks = torch.stack([circuits.top_n(graph, scores, circuits.edges_for_percent(graph, p)) for p in circuits.MIB_PERCENTAGES])
+    (values, forwards), curve_s = timed(lambda: masked.circuits_logit_diff(model, pairs, graph, sources, masks), args.device)
+    print(f"MIB curve: 10 circuits in {forwards} masked forwards, {curve_s:.2f} s", flush=True)
+
+    text = render(args, graph, base_s, eap_s, ac_s, ac_diff, len(sample), ref_s, ours_s, patch_diff, forwards, curve_s)
+    print(text)
+    assert patch_diff < 1e-4, f"exact edge patching differs from the reference by {patch_diff}"
+    if recorded_setting(args) and args.edges >= 300:
+        write_text(Path(__file__).parent / "results" / "circuit_discovery.md", text)
+
+
+def render(args, graph, base_s, eap_s, ac_s, ac_diff, n_sample, ref_s, ours_s, patch_diff, forwards, curve_s) -> str:
+    ac_cells = ["auto-circuit 1.0.1 EAP (mask_val=0)", f"{graph.n_edges}", "-" if ac_s is None else f"{ac_s:.2f}",
+                f"{eap_s:.2f}", "-" if ac_s is None else f"{ac_s / eap_s:.1f}x",
+                ac_diff if isinstance(ac_diff, str) else f"{ac_diff:.1e}"]
+    rows = [
+        ["EAP, every edge vs one forward + backward", f"{graph.n_edges}", f"{base_s:.2f}", f"{eap_s:.2f}",
+         f"{eap_s / base_s:.2f}x the forward + backward (target <= 3x)", "-"],
+        ac_cells,
+        [f"exact edge patching vs two forwards per edge (per edge, ms)", f"{n_sample}", f"{1000 * ref_s / n_sample:.1f}",
+         f"{1000 * ours_s / n_sample:.2f}", f"{ref_s / ours_s:.1f}x (target >= 20x)", f"{patch_diff:.1e}"],
+        ["MIB faithfulness curve, 10 circuits", "10", "-", f"{curve_s:.2f}", f"{forwards} masked forward(s) per batch (target <= 10)", "-"],
+    ]
+    header = ["row", "edges", "peer / baseline (s)", "circuitlab (s)", "ratio", "max abs diff"]
+    return markdown_table(f"Edge-level circuit discovery ({setting_line(args)})", header, rows, left_columns=1)
+
+
+if __name__ == "__main__":
+    main()
