@@ -91,7 +91,7 @@ class AdditionTaskConfig(TaskConfig):
 class IOICounterfactualTaskConfig(TaskConfig):
     """IOI base / source pairs for interchange interventions and DAS; see `circuitlab/tasks/ioi_counterfactual.py`.
     `n_prompts`: test pairs; `n_train`: training pairs; `source_patterns`: null = ABB, BAB (position) or CDD, DCD
-    (name)."""
+    (name); `source_names` (position): base (the base's own names, as the seed) or new (two other names)."""
 
     name: str = "ioi_counterfactual"
     variable: str = "position"
@@ -99,6 +99,7 @@ class IOICounterfactualTaskConfig(TaskConfig):
     n_train: int = 200
     base_patterns: list[str] = field(default_factory=lambda: ["ABB", "BAB"])
     source_patterns: Optional[list[str]] = None
+    source_names: str = "base"
     templates: Any = "all"
     track: list[str] = field(default_factory=list)
 

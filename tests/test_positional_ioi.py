@@ -32,10 +32,10 @@ def shipped():
     return model, tokenizer, tokenizer.bos_token_id
 
 
-def counterfactuals(shipped, n_train=100, n_prompts=60):
+def counterfactuals(shipped, n_train=100, n_prompts=60, source_names="base"):
     _, tokenizer, bos = shipped
     task = OmegaConf.create({"variable": "position", "n_prompts": n_prompts, "n_train": n_train, "base_patterns": ["ABB", "BAB"],
-                             "source_patterns": None, "templates": "all"})
+                             "source_patterns": None, "templates": "all", "source_names": source_names})
     return tuple(ioi_counterfactual.build_split(task, tokenizer, bos, bos, 0, split) for split in ("train", "test"))
 
 
@@ -120,11 +120,12 @@ def test_das_finds_the_variable_where_it_lives_and_only_there(shipped):
 
 def test_boundless_das_agrees(shipped):
     """Boundless DAS (the seed's settings): IIA >= 0.9 where the variable lives, <= 0.1 before it is written (its
-    boundary falls to nothing there). At S1 and after the readers it gives 0 too (test_preset_map, slow)."""
+    boundary falls to nothing there) and at IO, whose name is not the variable. At S1 and after the readers it
+    gives 0 too (test_preset_map, slow)."""
     model = shipped[0]
-    train, test = counterfactuals(shipped)
+    train, test = counterfactuals(shipped, source_names="new")  # as its preset: sources with names of their own
     constructed = [Location("resid_post", layer, label) for _, layer, label in P.LOCATIONS]
-    elsewhere = [Location("resid_post", 0, "S2"), Location("resid_post", 1, "END")]
+    elsewhere = [Location("resid_post", 0, "S2"), Location("resid_post", 1, "END"), Location("resid_post", 1, "IO")]
     iia = das_sweep(model, train, test, constructed + elsewhere, Training(intervention="boundless"), progress=False).iia
     assert (iia[:2] >= 0.9).all() and (iia[2:] <= 0.1).all(), iia
 
@@ -152,8 +153,12 @@ def test_vanilla_interchange_of_the_residual_stream_at_end_after_the_mover_flips
     torch.testing.assert_close(ours, torch.stack(expected))
     assert ours[2] >= 0.9 and ours[0] <= 0.1 and ours[1] <= 0.1 and ours[3] <= 0.1  # after layer 3 base and source answer alike
     # the whole stream at IO is the IO's name: swapped in from the source it is the subject's, and the subject is
-    # the only name left (the label); 1-d DAS cannot do that with names it never trained on (<= 0.1 above)
+    # the only name left (the label); 1-d DAS cannot do that with names it never trained on (<= 0.1 above).
+    # Sources with names of their own swap in a third name instead, and only the variable flips the answer:
     assert ours[4] >= 0.9
+    train, test = counterfactuals(shipped, source_names="new")
+    iia = das_sweep(model, train, test, locations, Training(intervention="vanilla"), progress=False).iia
+    assert iia[2] >= 0.9 and iia[4] <= 0.1, iia
 
 
 def heads_and_mlps(before: int) -> list[Location]:
@@ -197,9 +202,9 @@ def test_path_patching_finds_each_step_through_the_next(shipped, receiver, posit
 @pytest.mark.parametrize("preset", ["ioi_position", "ioi_position_boundless"])
 def test_preset_map(tmp_path, preset):
     """The presets as shipped (the seed's 200 training pairs and schedule): IIA >= 0.9 at the two constructed
-    locations, <= 0.1 at the other 14 of block_output x (IO, S1, S2, END), but for Boundless DAS at IO before
-    the last layer, where its boundary grows to the whole stream and swaps the IO's name itself (as vanilla
-    interchange does, see the vanilla test)."""
+    locations, <= 0.1 at the other 14 of block_output x (IO, S1, S2, END). (Boundless DAS's preset draws its
+    sources' names anew: with the base's own names its boundary grows to the whole stream at IO and swaps the
+    IO's name itself, as vanilla interchange does, see the vanilla test.)"""
     import pandas as pd
 
     run_experiment(cli.compose_config([f"+experiment={preset}", "progress=false", "figures=false"]), tmp_path / "run")
@@ -208,5 +213,5 @@ def test_preset_map(tmp_path, preset):
     for row in iia.itertuples():
         if (row.stream, row.layer, row.position_label) in P.LOCATIONS:
             assert row.value >= 0.9, row
-        elif not (preset == "ioi_position_boundless" and row.position_label == "IO" and row.layer < 3):
+        else:
             assert row.value <= 0.1, row

@@ -3,8 +3,11 @@
 A pair is a *base* prompt (run) and a *source* prompt (whose activations are swapped in), one template. Two causal
 variables:
 - `position`: is the indirect object the first or the second name? Sources use the base's own names in pattern
-  ABB or BAB; the label is the base's IO if the source's first subject position equals the base's, else the
-  base's S (the answer flips when the position is swapped in).
+  ABB or BAB (`source_names: base`, the seed's design), or two other names (`new`); the label is the base's IO if
+  the source's first subject position equals the base's, else the base's S (the answer flips when the position
+  is swapped in). With the base's own names, swapping the whole stream at the IO's position swaps in the
+  subject's name, which also gives the label; with new names it gives a third name, so only the position
+  variable itself can.
 - `name`: the IO name itself. Sources use two new names in pattern CDD or DCD; the label is the source's IO.
 Train and test are disjoint in objects, places and templates, and for `position` also in names (the `name`
 variable draws every prompt's names from a fixed 20-name set, as the seed does). The seed's test set pairs each
@@ -26,6 +29,7 @@ from circuitlab.tasks.base import PromptPairs, Tokenizer, assemble_pairs, requir
 from circuitlab.tasks.ioi import NAMES, OBJECTS, PLACES, POSITION_LABELS, TEMPLATES, IOIPrompt, encode_pair
 
 VARIABLES = ("position", "name")
+SOURCE_NAMES = ("base", "new")
 BASE_PATTERNS = ("ABB", "BAB")
 SOURCE_PATTERNS = {"position": ("ABB", "BAB"), "name": ("CDD", "DCD")}
 TEST_SOURCE = {"position": {"ABB": "BAB", "BAB": "ABB"}, "name": {"ABB": "DCD", "BAB": "CDD"}}
@@ -42,6 +46,9 @@ def validate_config(cfg) -> None:
     for pattern in cfg.base_patterns:
         if pattern not in BASE_PATTERNS:
             raise ConfigError("task.base_patterns", pattern, BASE_PATTERNS)
+    if cfg.get("source_names", "base") not in SOURCE_NAMES:
+        raise ConfigError("task.source_names", cfg.source_names, f"{', '.join(SOURCE_NAMES)} (the position variable's source prompts: "
+                          "the base's own names, or two other names)")
     allowed = SOURCE_PATTERNS[cfg.variable]
     for pattern in _source_patterns(cfg):
         if pattern not in allowed:
@@ -78,7 +85,7 @@ def split_lists(variable: str, split: str, templates: list[str]) -> tuple[list[s
 
 def sample_counterfactuals(
     rng: random.Random, variable: str, combos: list[tuple[str, str]], per_combo: int,
-    names: list[str], places: list[str], objects: list[str], templates: list[str],
+    names: list[str], places: list[str], objects: list[str], templates: list[str], source_names: str = "base",
 ) -> list[tuple[IOIPrompt, IOIPrompt, str, str]]:
     """(base, source, label, wrong) for `per_combo` pairs of each (base pattern, source pattern)."""
     out = []
@@ -87,7 +94,8 @@ def sample_counterfactuals(
             io, s, c, d = rng.sample(names, 4)
             base = IOIPrompt(rng.choice(templates), base_pattern, io, s, c, rng.choice(places), rng.choice(objects))
             if variable == "position":
-                source = IOIPrompt(base.template, source_pattern, io, s, c, base.place, base.obj)
+                own = (io, s, c) if source_names == "base" else (c, d, io)
+                source = IOIPrompt(base.template, source_pattern, *own, base.place, base.obj)
                 label, wrong = (io, s) if source_pattern == base_pattern else (s, io)
             else:
                 pattern = "ABB" if source_pattern == "CDD" else "BAB"
@@ -110,7 +118,7 @@ def build_split(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int, 
         n = cfg.n_prompts
     per_combo = -(-n // len(combos))
     rng = random.Random(seed + (0 if split == "test" else 1))
-    quads = sample_counterfactuals(rng, cfg.variable, combos, per_combo, names, places, objects, templates)
+    quads = sample_counterfactuals(rng, cfg.variable, combos, per_combo, names, places, objects, templates, cfg.get("source_names", "base"))
     rng.shuffle(quads)
     return tokenize_counterfactuals(quads[:n], tokenizer, bos_id, pad_id)
 
