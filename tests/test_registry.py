@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
@@ -13,6 +10,7 @@ from circuitlab.methods import registry
 from circuitlab.plan import prepare
 from circuitlab.run import run_experiment
 from circuitlab.results import csv_columns
+from tests.torchless import run_without_torch
 
 QUIET = ["progress=false", "figures=false", "task.n_prompts=8"]
 # a task (and model) each method can plan with, offline
@@ -56,19 +54,7 @@ def test_every_sweep_option_plans(sweep):
 
 def test_figures_work_where_torch_cannot_be_imported(tmp_path):
     run_experiment(cli.compose_config(["+experiment=ioi_heads", "progress=false", "figures=false", "task.n_prompts=8"]), tmp_path / "run")
-    script = textwrap.dedent(f"""
-        import builtins, sys
-        real = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is not installed here")
-            return real(name, *args, **kwargs)
-        builtins.__import__ = guarded
-        from circuitlab import cli
-        cli.main(["figures", {str(tmp_path / "run")!r}])
-        assert "torch" not in sys.modules
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    proc = run_without_torch(["figures", str(tmp_path / "run")])
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "figures").is_dir() and any((tmp_path / "run" / "figures").glob("*.png"))
 

@@ -11,7 +11,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from circuitlab.methods import registry
 from circuitlab.run import run_experiment
 from tests import chromium
 from tests.test_registry import METHOD_SETTINGS
+from tests.torchless import run_without_torch
 
 SMALL = ["progress=false", "device=cpu"]
 # one run of each method kind, small; a method registered later runs its own YAML with test_registry's settings
@@ -195,19 +195,7 @@ def test_reports_and_index_need_no_torch(runs, tmp_path):
     shutil.copytree(runs["activation_patching"], root / "ioi_patching" / "run")
     before = (root / "ioi_patching" / "run" / report.REPORT_FILE).read_text()
     (root / "ioi_patching" / "run" / report.REPORT_FILE).unlink()
-    script = textwrap.dedent(f"""
-        import builtins, sys
-        real = builtins.__import__
-        def guarded(name, *args, **kwargs):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is not installed here")
-            return real(name, *args, **kwargs)
-        builtins.__import__ = guarded
-        from circuitlab import cli
-        cli.main(["report", {str(root)!r}])
-        assert "torch" not in sys.modules
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    proc = run_without_torch(["report", str(root)])
     assert proc.returncode == 0, proc.stderr[-2000:]
     where = re.compile(r"<tr><td>run dir</td><td>[^<]*</td></tr>")  # the one line that names the dir the report is in
     after = (root / "ioi_patching" / "run" / report.REPORT_FILE).read_text()

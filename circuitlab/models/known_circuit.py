@@ -93,11 +93,9 @@ def build(seed: int = 0) -> HookedTransformer:
     state["blocks.1.mlp.W_in"][:, :] = junk(32, 16)
     state["blocks.1.mlp.b_in"][:] = 0.1
     state["blocks.1.mlp.W_out"][:, JUNK] = junk(16, n_junk)
-    for name in [n for n in state if n.endswith("IGNORE") or n.endswith(".mask")]:
-        state[name] = model.state_dict()[name]
-    model.load_state_dict(state)
-    model.eval()
-    return model
+    from circuitlab.models.toy import load_hand_set
+
+    return load_hand_set(model, state)
 
 
 def tokenizer_json() -> str:

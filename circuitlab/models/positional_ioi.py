@@ -175,11 +175,9 @@ def build(seed: int = 0) -> HookedTransformer:
         state[f"blocks.{layer}.mlp.W_in"][:, :] = junk(D_MODEL, D_MLP)
         state[f"blocks.{layer}.mlp.b_in"][:] = 0.1
         state[f"blocks.{layer}.mlp.W_out"][:, JUNK] = junk(D_MLP, n_junk)
-    for name in [n for n in state if n.endswith("IGNORE") or n.endswith(".mask")]:
-        state[name] = model.state_dict()[name]
-    model.load_state_dict(state)
-    model.eval()
-    return model
+    from circuitlab.models.toy import load_hand_set
+
+    return load_hand_set(model, state)
 
 
 def tokenizer_json() -> str:

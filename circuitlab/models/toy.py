@@ -242,3 +242,11 @@ def _subset(pairs: PromptPairs, n: int) -> PromptPairs:
         corrupted_texts=pairs.corrupted_texts[:n],
         first_prompt_tokens=pairs.first_prompt_tokens,
     )
+
+
+def load_hand_set(model, state: dict):
+    """Load hand-set weights into `model`, keeping TransformerLens' own buffers (causal masks, IGNORE), in eval mode."""
+    for name in [n for n in state if n.endswith("IGNORE") or n.endswith(".mask")]:
+        state[name] = model.state_dict()[name]
+    model.load_state_dict(state)
+    return model.eval()
