@@ -106,17 +106,9 @@ def tokenizer_json() -> str:
 
 def save(directory: Path, seed: int = 0) -> None:
     """The InterpBench layout (TransformerLens config as JSON, safetensors weights) plus tokenizer files."""
-    from circuitlab.models.interpbench import save_checkpoint
-    from circuitlab.models.toy import SPECIAL_TOKENS
+    from circuitlab.models.toy import save_hand_set
 
-    directory = Path(directory)
-    save_checkpoint(build(seed), directory, safetensors=True)
-    (directory / "tokenizer.json").write_text(tokenizer_json())
-    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": N_CTX, **SPECIAL_TOKENS}
-    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    (directory / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
-    (directory / "circuit.json").write_text(circuit_json(seed))
-
+    save_hand_set(build(seed), directory, vocabulary(), N_CTX, circuit_json(seed))
 
 def circuit_json(seed: int = 0) -> str:
     """circuit.json beside the weights: the circuit's nodes and, per counterfactual, its edges."""

@@ -250,3 +250,20 @@ def load_hand_set(model, state: dict):
         state[name] = model.state_dict()[name]
     model.load_state_dict(state)
     return model.eval()
+
+
+def save_hand_set(model, directory, vocabulary: list[str], n_ctx: int, circuit_json: str) -> None:
+    """A hand-set model in the InterpBench layout (TransformerLens config as JSON, safetensors weights), with a
+    word-level tokenizer of `vocabulary` and its circuit.json."""
+    import json
+    from pathlib import Path
+
+    from circuitlab.models.interpbench import save_checkpoint
+
+    directory = Path(directory)
+    save_checkpoint(model, directory, safetensors=True)
+    (directory / "tokenizer.json").write_text(word_level_tokenizer_json(vocabulary))
+    tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": n_ctx, **SPECIAL_TOKENS}
+    (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    (directory / "special_tokens_map.json").write_text(json.dumps(SPECIAL_TOKENS, indent=2) + "\n")
+    (directory / "circuit.json").write_text(circuit_json)
