@@ -98,11 +98,6 @@ def build(seed: int = 0) -> HookedTransformer:
     return load_hand_set(model, state)
 
 
-def tokenizer_json() -> str:
-    from circuitlab.models.toy import word_level_tokenizer_json
-
-    return word_level_tokenizer_json(vocabulary())
-
 
 def save(directory: Path, seed: int = 0) -> None:
     """The InterpBench layout (TransformerLens config as JSON, safetensors weights) plus tokenizer files."""

@@ -180,11 +180,6 @@ def build(seed: int = 0) -> HookedTransformer:
     return load_hand_set(model, state)
 
 
-def tokenizer_json() -> str:
-    from circuitlab.models.toy import word_level_tokenizer_json
-
-    return word_level_tokenizer_json(vocabulary())
-
 
 def description() -> dict:
     """circuit.json: the circuit's heads, the template heads, the subspaces and where the variable lives."""
