@@ -40,3 +40,14 @@ def test_local_gpus_claims_distinct_devices(tmp_path):
         if torch.cuda.device_count() > 1:
             with claimed_gpu(tmp_path) as second:
                 assert second == "cuda:1"
+
+
+@pytest.mark.parametrize("method", ["eap", "eap_ig", "edge_patching"])
+def test_edge_methods_on_cuda_match_cpu(tmp_path, method):
+    runs = {}
+    for device in ("cpu", "cuda"):
+        overrides = ["+experiment=ioi_eap", f"method={method}", "task.n_prompts=16", "progress=false", "figures=false", f"device={device}"]
+        run_experiment(cli.compose_config(overrides), tmp_path / device)
+        runs[device] = pd.read_csv(tmp_path / device / "edges.csv").set_index("edge")["score"]
+    assert (runs["cpu"] - runs["cuda"].reindex(runs["cpu"].index)).abs().max() < 1e-3
+    assert (tmp_path / "cuda" / "circuit.json").is_file()
