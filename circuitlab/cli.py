@@ -121,6 +121,8 @@ def one_line_error(err: Exception, overrides: list[str], config_dirs: Sequence[P
     skip = ("full_key", "object_type", "reference_type", "To append", "Set the environment")
     messages = list(dict.fromkeys(ln for ln in lines if not ln.startswith(skip)))
     message = "; ".join(messages[:2]) or str(err)
+    if "LexerNoViableAltException" in message and any(ch in o for o in overrides for ch in "<>"):
+        message += ("; quote values with < or >, such as edge names: 'method.edges=[\"a0.h1->m1\",\"m0->a1.h0<v>\"]'")
     if key and "not in" in message and "." in key:
         parent = key.rsplit(".", 1)[0]
         without = [o for o in overrides if not o.lstrip("+~").startswith(key)]

@@ -284,3 +284,10 @@ def test_masked_forwards_split_prompts_and_circuits_under_a_small_budget(model, 
     whole, one = masked.circuits_logit_diff(model, pairs, graph, sources, masks)
     split, many = masked.circuits_logit_diff(model, pairs, graph, sources, masks, memory_budget_mb=1)
     assert one == 1 and many > 1 and torch.allclose(whole, split, atol=1e-5)
+
+
+def test_unquoted_edge_names_get_a_hint(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", "+experiment=known_circuit_eap", "method.expected=[m0->a1.h0<v>]", f"run.dir={tmp_path / 'x'}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and "quote values with < or >" in err[0]
