@@ -92,6 +92,17 @@ def main() -> None:
 
     text = render(args, graph, base_s, eap_s, ac_s, ac_diff, len(sample), ref_s, ours_s, patch_diff, forwards, curve_s)
     print(text)
+    if args.json:  # the rows scripts/gpu_check.sh tabulates (name, points, peer_s, circuitlab_s, max_abs_diff)
+        import json
+
+        rows = [{"name": "EAP vs one forward + backward", "points": f"{graph.n_edges} edges", "peer_s": base_s, "circuitlab_s": eap_s, "max_abs_diff": 0.0}]
+        if ac_s is not None and not isinstance(ac_diff, str):
+            rows.append({"name": "EAP vs auto-circuit", "points": f"{graph.n_edges} edges", "peer_s": ac_s, "circuitlab_s": eap_s, "max_abs_diff": ac_diff})
+        rows.append({"name": "exact edge patching vs two forwards per edge", "points": f"{len(sample)} edges", "peer_s": ref_s,
+                     "circuitlab_s": ours_s, "max_abs_diff": patch_diff})
+        rows.append({"name": f"MIB curve: 10 circuits in {forwards} masked forward(s)", "points": "10 circuits", "peer_s": curve_s,
+                     "circuitlab_s": curve_s, "max_abs_diff": 0.0})
+        args.json.write_text(json.dumps({"setting": setting_line(args), "rows": rows}, indent=2) + "\n")
     assert patch_diff < 1e-4, f"exact edge patching differs from the reference by {patch_diff}"
     if recorded_setting(args) and args.edges >= 300:
         write_text(Path(__file__).parent / "results" / "circuit_discovery.md", text)

@@ -10,7 +10,8 @@
 #
 # Steps: 1 set-up (which Python; torch version, CUDA, device name), 2 `pytest -m gpu`, 3 activation and path
 # patching on a GPT-2-small-shaped random model against TransformerLens in the same process (bench/patching.py,
-# bench/path_patching.py --device cuda), 4 a Gemma-2-shaped checkpoint (tests/hf_fixtures.py) run in bfloat16 and
+# bench/path_patching.py --device cuda), 3c the edge methods (bench/circuit_discovery.py: EAP against one forward +
+# backward, exact edge patching of 300 edges against two forwards per edge, the MIB curve), 4 a Gemma-2-shaped checkpoint (tests/hf_fixtures.py) run in bfloat16 and
 # float32 on CUDA, 5 a 2-job `hydra/launcher=local_gpus` multirun.
 #
 # Which Python: $GPU_CHECK_PYTHON if set; else .venv if it imports torch and circuitlab; else, where .whl/ holds
@@ -116,7 +117,7 @@ if not path.exists():
 run = json.loads(path.read_text())
 rows = []
 for r in run["rows"]:
-    points = "x".join(map(str, r["points"])) if isinstance(r["points"], list) else f'{r["points"]} senders'
+    points = "x".join(map(str, r["points"])) if isinstance(r["points"], list) else r["points"] if isinstance(r["points"], str) else f'{r["points"]} senders'
     ok = r["max_abs_diff"] < atol
     rows.append(f'↳ {r["name"]} ({points})\x1f{"PASS" if ok else "FAIL"}\x1f\x1f'
                 f'circuitlab {r["circuitlab_s"]:.3f} s, {peer} {r["peer_s"]:.3f} s, '
@@ -137,6 +138,13 @@ path_patching() {
     py bench/path_patching.py --device "$DEVICE" "${BENCH_SIZE[@]}" --json "$STEP_DIR/rows.json"
     local rc=$?
     bench_rows "$STEP_DIR/rows.json" "TransformerLens hooks (2 forwards per sender)"
+    return "$rc"
+}
+
+circuit_discovery() {
+    py bench/circuit_discovery.py --device "$DEVICE" "${BENCH_SIZE[@]}" --edges 300 --json "$STEP_DIR/rows.json"
+    local rc=$?
+    bench_rows "$STEP_DIR/rows.json" "the row's peer"
     return "$rc"
 }
 
@@ -311,7 +319,9 @@ main() {
     fi
 
     local steps=("2. pytest -m gpu:gpu_tests" "3a. activation patching vs TransformerLens:activation_patching"
-                 "3b. path patching vs TransformerLens:path_patching" "4. Gemma-2 fixture, bfloat16 vs float32:gemma2_bfloat16"
+                 "3b. path patching vs TransformerLens:path_patching"
+                 "3c. edge methods vs their references (EAP, exact edge patching, MIB curve):circuit_discovery"
+                 "4. Gemma-2 fixture, bfloat16 vs float32:gemma2_bfloat16"
                  "5. local_gpus multirun, 2 jobs:local_gpus_multirun")
     local step
     for step in "${steps[@]}"; do
