@@ -57,7 +57,8 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
     clean_tokens = pairs.clean_tokens[rows].to(device)
     final = pairs.final_positions[rows].to(device)
     answer, wrong = pairs.answer_tokens[rows].to(device), pairs.wrong_tokens[rows].to(device)
-    source_input = cf_input(model, pairs, graph, sources, rows) if steps > 1 else None
+    source = sources.outputs(model, pairs, graph, rows)
+    source_input = source[:, :, 0]  # the counterfactual's input embeddings: the start of EAP-IG's line
     senders, gradient_at = set(sender_hooks(graph)), set(gradient_hooks(graph))
     residuals = {f"blocks.{layer}.hook_resid_pre" for layer in range(graph.n_layers)}
     grads: dict[str, Tensor] = {}  # this step's
@@ -96,7 +97,6 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
                 _accumulate(total, name, grad)
         bar.update(1)
     clean = stack_senders(cache, graph, model)
-    source = sources.for_rows(model, pairs, graph, rows, clean)
     return -_contract(graph, (source - clean).float(), total) / steps
 
 
@@ -156,18 +156,6 @@ def frozen_weights(model: HookedTransformer):
     finally:
         for p, flag in before:
             p.requires_grad_(flag)
-
-
-def cf_input(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sources, rows: Tensor) -> Tensor:
-    """The counterfactual's input embeddings (the start of EAP-IG's line)."""
-    if sources.kind == "patching":
-        with torch.no_grad():
-            _, cache = model.run_with_cache(pairs.corrupted_tokens[rows].to(model.cfg.device), names_filter=INPUT_HOOK, stop_at_layer=1)
-        return cache[INPUT_HOOK]
-    shape = (len(rows), pairs.width, graph.d_model or model.cfg.d_model)
-    if sources.kind == "zero":
-        return torch.zeros(shape, device=model.cfg.device, dtype=model.cfg.dtype)
-    return sources.mean[:, :, 0].expand(shape)
 
 
 def _accumulate(grads: dict[str, Tensor], name: str, grad: Tensor) -> None:

@@ -24,19 +24,12 @@ class Sources:
     kind: str
     mean: Float[Tensor, "1 pos sender d_model"] | None = None
 
-    def for_rows(self, model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, rows: Tensor,
-                 like: Tensor) -> Float[Tensor, "batch pos sender d_model"]:
-        """The source outputs of the prompts `rows` (`like`: their clean outputs, for shape)."""
+    def outputs(self, model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, rows: Tensor | None = None) -> Tensor:
+        """The source outputs of the prompts `rows` (all when None), broadcastable to (batch, pos, sender, d_model):
+        a mean or zero source is one for every prompt."""
         if self.kind == "patching":
-            return sender_outputs(model, pairs.corrupted_tokens[rows].to(model.cfg.device), graph)
-        if self.kind == "zero":
-            return torch.zeros_like(like)
-        return self.mean.expand_as(like)
-
-    def of_all(self, model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph) -> Tensor:
-        """The source outputs of every prompt, broadcastable to (batch, pos, sender, d_model)."""
-        if self.kind == "patching":
-            return sender_outputs(model, pairs.corrupted_tokens.to(model.cfg.device), graph)
+            tokens = pairs.corrupted_tokens if rows is None else pairs.corrupted_tokens[rows]
+            return sender_outputs(model, tokens.to(model.cfg.device), graph)
         if self.kind == "zero":
             return torch.zeros(1, 1, 1, 1, device=model.cfg.device, dtype=model.cfg.dtype)
         return self.mean

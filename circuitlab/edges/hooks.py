@@ -39,11 +39,6 @@ def sender_hooks(graph: EdgeGraph) -> list[str]:
                            for name in ("attn.hook_z", "hook_mlp_out")[: 1 + graph.has_mlp]]
 
 
-def receiver_hooks(graph: EdgeGraph) -> list[str]:
-    per_layer = [f"hook_{x}_input" for x in "qkv"] + (["hook_mlp_in"] if graph.has_mlp else [])
-    return [f"blocks.{l}.{name}" for l in range(graph.n_layers) for name in per_layer] + [logits_hook(graph)]
-
-
 def logits_hook(graph: EdgeGraph) -> str:
     return f"blocks.{graph.n_layers - 1}.hook_resid_post"
 

@@ -34,7 +34,7 @@ def circuits_logit_diff(
     per_prompt = pairs.width * (len(graph.senders) + 4 * graph.n_heads + 8) * model.cfg.d_model * 4  # bytes per row
     prompts = max(1, min(pairs.n_pairs, int(budget // per_prompt)))  # prompts per forward (all, unless too many)
     copies = max(1, int(budget // (per_prompt * prompts)))  # circuits per forward
-    source = sources.of_all(model, pairs, graph)
+    source = sources.outputs(model, pairs, graph)
     totals, forwards = torch.zeros(keep.shape[0], dtype=torch.float64), 0
     for first_prompt in range(0, pairs.n_pairs, prompts):
         rows = torch.arange(first_prompt, min(pairs.n_pairs, first_prompt + prompts))

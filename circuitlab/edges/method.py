@@ -32,7 +32,8 @@ from circuitlab.tasks.base import PromptPairs
 log = logging.getLogger("circuitlab")
 
 
-def _positive_int(value, field: str, allowed: str, minimum: int = 1) -> int:
+def whole_number(value, field: str, allowed: str, minimum: int = 1) -> int:
+    """`value` when it is an int (not a bool) >= minimum, else one line naming the field and what is allowed."""
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(field, value, allowed)
     return value
@@ -50,7 +51,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("method.counterfactual", m.counterfactual, cf.COUNTERFACTUALS)
     if m.select not in circuits.SELECTIONS:
         raise ConfigError("method.select", m.select, circuits.SELECTIONS)
-    _positive_int(m.n_edges, "method.n_edges", "a whole number of edges >= 0", minimum=0)
+    whole_number(m.n_edges, "method.n_edges", "a whole number of edges >= 0", minimum=0)
     _number(m.threshold, "method.threshold", "a number")
     if not isinstance(m.absolute, bool):
         raise ConfigError("method.absolute", m.absolute, "true or false")
@@ -64,7 +65,7 @@ def validate(cfg: DictConfig) -> None:
     if sorted(float(p) for p in curve) != [float(p) for p in curve] or len(set(curve)) != len(curve):
         raise ConfigError("method.curve", curve, "increasing percentages (e.g. [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100])")
     if m.batch_size is not None:
-        _positive_int(m.batch_size, "method.batch_size", "a number of prompts >= 1, or null for all")
+        whole_number(m.batch_size, "method.batch_size", "a number of prompts >= 1, or null for all")
 
 
 def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations):
@@ -96,7 +97,6 @@ def run_edges(cfg: DictConfig, plan: Plan, model, score: Callable[[], tuple[torc
     """`score()` -> ((sender, receiver) scores, extra manifest entries); the rest is the same for every method."""
     check_additive(model.cfg)
     graph: EdgeGraph = plan.method_plan
-    graph = EdgeGraph(graph.n_layers, graph.n_heads, graph.parallel_attn_mlp, graph.has_mlp, model.cfg.d_model)
     m = cfg.method
     scores, extra = score()
     missing = int(torch.isnan(scores[graph.real]).sum())

@@ -50,7 +50,7 @@ def patch_edges(
         clean_ld = logit_diff(final_position_logits(model, resid, final), answer, wrong).mean().item()
         clean = stack_senders(cache, graph, model)
         sources = cf.prepare(model, pairs, graph, counterfactual, pairs.n_pairs)
-        difference = sources.for_rows(model, pairs, graph, torch.arange(pairs.n_pairs), clean) - clean
+        difference = sources.outputs(model, pairs, graph) - clean
         start = first_difference(pairs) if counterfactual == "patching" else 0
         start = min(start, pairs.width - 1)
         results = torch.full((len(edges),), float("nan"))

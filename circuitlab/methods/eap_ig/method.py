@@ -7,16 +7,13 @@ from omegaconf import DictConfig
 from circuitlab.edges import method as edges
 from circuitlab.edges.attribution import edge_scores
 from circuitlab.engine.records import MethodOutput, Plan
-from circuitlab.errors import ConfigError
 
 plan = edges.plan
 
 
 def validate(cfg: DictConfig) -> None:
     edges.validate(cfg)
-    steps = cfg.method.ig_steps
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError("method.ig_steps", steps, "a whole number of steps >= 1 (1 is EAP; MIB uses 5)")
+    edges.whole_number(cfg.method.ig_steps, "method.ig_steps", "a whole number of steps >= 1 (1 is EAP; MIB uses 5)")
 
 
 def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:

@@ -15,9 +15,8 @@ from circuitlab.errors import ConfigError
 
 def validate(cfg: DictConfig) -> None:
     edges.validate(cfg)
-    sample = cfg.method.sample
-    if sample is not None and (isinstance(sample, bool) or not isinstance(sample, int) or sample < 1):
-        raise ConfigError("method.sample", sample, "a number of edges >= 1, or null for every edge in method.edges")
+    if cfg.method.sample is not None:
+        edges.whole_number(cfg.method.sample, "method.sample", "a number of edges >= 1, or null for every edge in method.edges")
     chosen = plain(cfg.method.edges)
     if chosen != "all" and (not isinstance(chosen, list) or not chosen):
         raise ConfigError("method.edges", chosen, "all, or a non-empty list of edges such as [input->a0.h0<q>, m0->logits]")
