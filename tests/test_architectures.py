@@ -254,3 +254,43 @@ def test_edge_methods_equal_plain_references(zoo, arch):
         rows = torch.arange(pairs.n_pairs)
         corrupted = logit_diff(model(pairs.corrupted_tokens)[rows, pairs.final_positions], pairs.answer_tokens, pairs.wrong_tokens).mean()
     assert abs(float(values[0]) - float(corrupted)) < ATOL and abs(float(values[1]) - clean) < ATOL
+
+
+def one_call_reference(path, processing: dict):
+    """The model as TransformerLens processes it in one `load_and_process_state_dict` call (what load_checkpoint did
+    before it processed in steps to hold fewer copies of the weights)."""
+    from transformer_lens import HookedTransformer
+    from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
+
+    cfg = hf_checkpoint.tl_config(path, fold_ln=processing["fold_ln"])
+    flags = hf_checkpoint.processing_flags(cfg, processing)
+    with hf_checkpoint.quiet():
+        state_dict = get_pretrained_state_dict(str(path), cfg, hf_model=hf_fixtures.hf_model(path))
+        model = HookedTransformer(cfg, tokenizer=hf_checkpoint.load_tokenizer(path), move_to_device=False)
+        model.load_and_process_state_dict(state_dict, **flags)
+    return model
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_processing_in_steps_equals_one_call(zoo, arch):
+    """Weights processed in steps (one copy of the state dict at a time) are TransformerLens' one call with the
+    config's default processing, to float rounding: its centring means sum the loaded (contiguous) weights, not the
+    converter's views, so a few values move by an ulp. With refactored attention matrices too (not for rotary
+    models), whose SVD factors differ with such rounding, the factored products W_Q W_K^T, W_V W_O and the logits."""
+    path, ours = zoo(arch)
+    defaults = ModelConfig()
+    processing = {flag: getattr(defaults, flag) for flag in loading.PROCESSING_FLAGS}
+    reference = one_call_reference(path, processing)
+    assert ours.cfg.normalization_type == reference.cfg.normalization_type
+    theirs, mine = reference.state_dict(), ours.state_dict()
+    assert mine.keys() == theirs.keys()
+    for name in mine:
+        torch.testing.assert_close(mine[name], theirs[name], rtol=1e-6, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+    if ours.cfg.positional_embedding_type == "rotary":
+        return
+    every = {flag: True for flag in loading.PROCESSING_FLAGS}
+    ours, reference = hf_checkpoint.load_checkpoint(path, processing=every), one_call_reference(path, every)
+    torch.testing.assert_close(ours.W_Q @ ours.W_K.transpose(-1, -2), reference.W_Q @ reference.W_K.transpose(-1, -2), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.W_V @ ours.W_O, reference.W_V @ reference.W_O, rtol=1e-4, atol=1e-4)
+    tokens = ioi_pairs(ours).clean_tokens
+    torch.testing.assert_close(ours(tokens), reference(tokens), rtol=1e-4, atol=1e-3)  # logits of ~40

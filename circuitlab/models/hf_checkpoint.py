@@ -13,6 +13,7 @@ Weights are converted by TransformerLens' own converters, from the model `transf
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -283,7 +284,7 @@ def load_checkpoint(directory: Path, device: str = "cpu", dtype: torch.dtype = t
     directory = Path(directory)
     check_checkpoint(directory)
     flags = {flag: False for flag in PROCESSING_FLAGS} | dict(processing or {})
-    cfg = tl_config(directory, fold_ln=flags["fold_ln"], device="cpu")
+    cfg = tl_config(directory, fold_ln=False, device="cpu")  # norms with weights: `process_in_steps` folds them
     flags = processing_flags(cfg, flags)
     tokenizer = load_tokenizer(directory)
     with quiet():
@@ -300,13 +301,31 @@ def load_checkpoint(directory: Path, device: str = "cpu", dtype: torch.dtype = t
         hf_model.eval()
         state_dict = get_pretrained_state_dict(str(directory), cfg, hf_model=hf_model)
         del hf_model
+        gc.collect()  # the transformers model's reference cycles hold tensors too
         model = HookedTransformer(cfg, tokenizer=tokenizer, move_to_device=False)
-        model.load_and_process_state_dict(state_dict, **flags)
+        model.load_and_process_state_dict(state_dict, **{flag: False for flag in flags})  # empties state_dict as it loads
+        del state_dict
+        process_in_steps(model, flags)
     if dtype != torch.float32:
         model.to(dtype)
     if str(device) != "cpu":
         model.to(device)
     return model.eval()
+
+
+def process_in_steps(model, flags: dict) -> None:
+    """TransformerLens' weight processing of a loaded model, in three calls of its own `load_and_process_state_dict`
+    on the model's weights: LN folding, then unembed centring, then the rest (writing-weight centring, value-bias
+    folding, refactoring), the order it uses in one call (the centrings touch disjoint weights). Each of its steps
+    copies the whole state dict; one call keeps two copies and the original alive at once, three calls one copy beside
+    the model: peak memory twice the weights, not four times (the transformers model and the unprocessed state dict
+    are gone before). The weights equal one call's to float rounding (tests/test_architectures.py)."""
+    off = {flag: False for flag in flags}
+    steps = [{"fold_ln": flags["fold_ln"]}, {"center_unembed": flags["center_unembed"]},
+             {flag: flags[flag] for flag in ("center_writing_weights", "fold_value_biases", "refactor_factored_attn_matrices")}]
+    for step in steps:
+        if any(step.values()):
+            model.load_and_process_state_dict(model.state_dict(), **(off | step))
 
 
 def load_tokenizer(directory: Path):
