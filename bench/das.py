@@ -120,7 +120,7 @@ def counterfactual_splits(tokenizer, variable: str, n_train: int, n_prompts: int
     task = OmegaConf.create({"variable": variable, "n_prompts": n_prompts, "n_train": n_train, "base_patterns": ["ABB", "BAB"],
                              "source_patterns": None, "templates": "all"})
     bos = tokenizer.bos_token_id
-    return tuple(ioi_counterfactual.build_split(task, tokenizer, bos, bos, 0, split) for split in ("train", "test"))
+    return tuple(ioi_counterfactual.build_split(task, tokenizer, [bos], bos, 0, split) for split in ("train", "test"))
 
 
 def machine() -> str:

@@ -19,12 +19,16 @@ class ModelConfig:
     """`source`: embedded (a toy model shipped in the repo), pretrained (a TransformerLens name) or local
     (a Hugging Face checkpoint dir of a supported architecture, see models/hf_checkpoint.py, or an InterpBench-style
     dir: ll_model_cfg.json / .yaml and ll_model.pth or model.safetensors). The flags are TransformerLens' weight
-    processing options (Hugging Face dirs and pretrained names, with TransformerLens' own guards). `allow_pickle`: read an InterpBench `ll_model_cfg.pkl` (unpickling runs code)."""
+    processing options (Hugging Face dirs and pretrained names, with TransformerLens' own guards). `allow_pickle`: read an InterpBench `ll_model_cfg.pkl` (unpickling runs code).
+    `source: package` names a real model whose weights ship as a pip package (models/packaged.py); `path` may also
+    be a .gguf file. `bos`: what every prompt starts with: `tokenizer` (its BOS token, else its EOS), `none`, or a
+    token of the vocabulary written out (e.g. `<|endoftext|>`)."""
 
     source: str = "embedded"
     name: str = "toy-ioi"
     path: Optional[str] = None
     dtype: str = "float32"
+    bos: str = "tokenizer"
     fold_ln: bool = True
     center_writing_weights: bool = True
     center_unembed: bool = True

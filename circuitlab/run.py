@@ -22,7 +22,7 @@ from circuitlab import inputs, report, resume, rundir
 from circuitlab.engine import chunks
 from circuitlab import results as rs
 from circuitlab.models import loading
-from circuitlab.plan import prepare_once
+from circuitlab.plan import bos_record, prepare_once
 from circuitlab.methods import registry
 from circuitlab.tasks import TASKS
 
@@ -116,6 +116,7 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         "dropped_prompt_pairs": pairs.dropped,
         "n_sweep_points": len(locations),
         "shard": {"index": cfg.sweep.get("shard", 0), "num_shards": cfg.sweep.get("num_shards", 1)},
+        "bos": bos_record(plan.tokenizer, cfg.model.get("bos", "tokenizer")),
         "chunks": store.summary(),
         "inputs": inputs.digests(cfg),
         "baselines": {"clean": output.clean, "corrupted": output.corrupted},

@@ -32,7 +32,7 @@ def toy_model():
 def ioi_pairs(model, n_prompts=8, templates="when", seed=0, corruption="abc", split="test"):
     cfg = IOITaskConfig(n_prompts=n_prompts, templates=templates, corruption=corruption, split=split)
     bos = model.tokenizer.bos_token_id
-    return ioi.build_pairs(cfg, model.tokenizer, bos, bos, seed)
+    return ioi.build_pairs(cfg, model.tokenizer, [bos], bos, seed)
 
 
 @pytest.fixture(scope="session")

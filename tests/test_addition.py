@@ -29,7 +29,7 @@ def tokenizer():
 
 def build(tokenizer, seed=0, **fields):
     bos = tokenizer.bos_token_id
-    return addition.build_pairs(AdditionTaskConfig(**fields), tokenizer, bos, bos, seed)
+    return addition.build_pairs(AdditionTaskConfig(**fields), tokenizer, [bos], bos, seed)
 
 
 def parse(text: str) -> tuple[list[tuple[int, int, int]], tuple[int, int]]:
@@ -118,8 +118,8 @@ class DigitTokenizer:
 def test_digit_tokenizer_last_token_and_length_drops():
     digits = DigitTokenizer()
     with pytest.raises(CircuitlabError, match="^task.answer_token=whole: no answer is a single token .*; task.answer_token=last uses"):
-        addition.build_pairs(AdditionTaskConfig(nmax=99, n_prompts=20), digits, 0, 0, 0)
-    data = addition.build_pairs(AdditionTaskConfig(nmax=99, n_prompts=200, answer_token="last"), digits, 0, 0, 0)
+        addition.build_pairs(AdditionTaskConfig(nmax=99, n_prompts=20), digits, [0], 0, 0)
+    data = addition.build_pairs(AdditionTaskConfig(nmax=99, n_prompts=200, answer_token="last"), digits, [0], 0, 0)
     assert data.dropped["clean/corrupted lengths differ"] > 0 and data.n_pairs + sum(data.dropped.values()) == 200
     for i, text in enumerate(data.clean_texts):
         _, (a, b) = parse(text)

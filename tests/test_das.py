@@ -20,7 +20,7 @@ def counterfactual_splits(toy_model, **overrides):
     cfg = OmegaConf.create({**NAME_TASK, **overrides})
     tokenizer = toy_model.tokenizer
     bos = tokenizer.bos_token_id
-    return icf.build_split(cfg, tokenizer, bos, bos, 0, "train"), icf.build_split(cfg, tokenizer, bos, bos, 0, "test")
+    return icf.build_split(cfg, tokenizer, [bos], bos, 0, "train"), icf.build_split(cfg, tokenizer, [bos], bos, 0, "test")
 
 
 def test_position_labels_follow_the_source_pattern(toy_model):

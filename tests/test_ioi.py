@@ -74,7 +74,7 @@ class SplittingTokenizer:
 
 def test_multi_token_names_are_dropped_and_counted():
     prompts = ioi.sample_prompts(__import__("random").Random(0), 60, ioi.NAMES, ioi.PLACES, ioi.OBJECTS, ["when"], ["ABB", "BAB"])
-    pairs = ioi.tokenize_prompts(prompts, SplittingTokenizer(), 0, 0)
+    pairs = ioi.tokenize_prompts(prompts, SplittingTokenizer(), [0], 0)
     long_name = lambda p: max(len(p.io), len(p.s), len(p.third)) > 5  # noqa: E731
     assert pairs.dropped["names not single tokens"] == sum(long_name(p) for p in prompts)
     assert pairs.n_pairs == sum(not long_name(p) for p in prompts)
@@ -85,7 +85,7 @@ def test_fixed_length_and_empty_set(toy_model):
     length = int(pairs.lengths[0])
     bos = toy_model.tokenizer.bos_token_id
     cfg = IOITaskConfig(n_prompts=30, templates="all", split="all", fixed_length=length)
-    fixed = ioi.build_pairs(cfg, toy_model.tokenizer, bos, bos, 0)
+    fixed = ioi.build_pairs(cfg, toy_model.tokenizer, [bos], bos, 0)
     assert fixed.same_length and int(fixed.lengths[0]) == length
     with pytest.raises(CircuitlabError, match="no prompt pairs left"):
-        ioi.build_pairs(IOITaskConfig(fixed_length=2), toy_model.tokenizer, bos, bos, 0)
+        ioi.build_pairs(IOITaskConfig(fixed_length=2), toy_model.tokenizer, [bos], bos, 0)

@@ -21,7 +21,7 @@ def shipped():
     cfg = OmegaConf.create({"source": "embedded", "name": "known-circuit", "path": None, "dtype": "float32", "allow_pickle": False,
                             **{flag: False for flag in loading.PROCESSING_FLAGS}})
     tokenizer = loading.load_tokenizer(cfg)
-    pairs = repeat_first.build_pairs(OmegaConf.create({"n_prompts": 48, "length": 4}), tokenizer, 0, 0, seed=1)
+    pairs = repeat_first.build_pairs(OmegaConf.create({"n_prompts": 48, "length": 4}), tokenizer, [0], 0, seed=1)
     return loading.load_model(cfg), pairs
 
 

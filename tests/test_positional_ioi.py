@@ -36,14 +36,14 @@ def counterfactuals(shipped, n_train=100, n_prompts=60, source_names="base"):
     _, tokenizer, bos = shipped
     task = OmegaConf.create({"variable": "position", "n_prompts": n_prompts, "n_train": n_train, "base_patterns": ["ABB", "BAB"],
                              "source_patterns": None, "templates": "all", "source_names": source_names})
-    return tuple(ioi_counterfactual.build_split(task, tokenizer, bos, bos, 0, split) for split in ("train", "test"))
+    return tuple(ioi_counterfactual.build_split(task, tokenizer, [bos], bos, 0, split) for split in ("train", "test"))
 
 
 def ioi_pairs(shipped, n_prompts=48, split="all"):
     _, tokenizer, bos = shipped
     cfg = OmegaConf.create({"n_prompts": n_prompts, "split": split, "patterns": ["ABB", "BAB"], "templates": "all",
                             "corruption": "abc", "fixed_length": None})
-    return ioi.build_pairs(cfg, tokenizer, bos, bos, 3)
+    return ioi.build_pairs(cfg, tokenizer, [bos], bos, 3)
 
 
 def final_logits(model, tokens, pairs):

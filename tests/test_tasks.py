@@ -34,7 +34,7 @@ def test_toy_facts_knows_every_capital(facts_model):
 
 def test_factual_pairs_seed_002(facts_model):
     cfg = FactualTaskConfig(pairs=[["Italy", "Spain"]], templates="capital_of")
-    data = factual.build_pairs(cfg, facts_model.tokenizer, bos(facts_model), bos(facts_model), 0)
+    data = factual.build_pairs(cfg, facts_model.tokenizer, [bos(facts_model)], bos(facts_model), 0)
     assert data.clean_texts == ["The capital of Italy is"] and data.corrupted_texts == ["The capital of Spain is"]
     tokens = facts_model.tokenizer.convert_ids_to_tokens([int(data.answer_tokens[0]), int(data.wrong_tokens[0])])
     assert tokens == ["Rome", "Madrid"]
@@ -44,7 +44,7 @@ def test_factual_pairs_seed_002(facts_model):
 
 
 def test_factual_random_pairs_differ(facts_model):
-    data = factual.build_pairs(FactualTaskConfig(n_prompts=20), facts_model.tokenizer, bos(facts_model), bos(facts_model), 3)
+    data = factual.build_pairs(FactualTaskConfig(n_prompts=20), facts_model.tokenizer, [bos(facts_model)], bos(facts_model), 3)
     assert data.n_pairs == 20 and bool((data.answer_tokens != data.wrong_tokens).all())
 
 
@@ -60,7 +60,7 @@ GOOD = {"clean": "When Mary and John went to the park, John gave the ball to",
 
 def test_pairs_from_jsonl(tmp_path, toy_model):
     path = write_jsonl(tmp_path / "p.jsonl", [GOOD, {**GOOD, "clean": GOOD["clean"].replace("park", "store"), "corrupted": GOOD["corrupted"].replace("park", "store")}])
-    data = pairs.build_pairs(PairsTaskConfig(path=str(path)), toy_model.tokenizer, bos(toy_model), bos(toy_model), 0)
+    data = pairs.build_pairs(PairsTaskConfig(path=str(path)), toy_model.tokenizer, [bos(toy_model)], bos(toy_model), 0)
     assert data.n_pairs == 2 and data.track == (" Anna",)
     assert torch.equal(data.named_positions["END"], data.lengths - 1)
 
@@ -81,7 +81,7 @@ def test_malformed_lines_are_reported_by_number(tmp_path, toy_model, line, messa
     with pytest.raises(CircuitlabError, match=message):
         cfg = PairsTaskConfig(path=str(path))
         pairs.validate_config(cfg)
-        pairs.build_pairs(cfg, toy_model.tokenizer, bos(toy_model), bos(toy_model), 0)
+        pairs.build_pairs(cfg, toy_model.tokenizer, [bos(toy_model)], bos(toy_model), 0)
 
 
 def test_pairs_task_runs_end_to_end_with_tracked_tokens(tmp_path, capsys):

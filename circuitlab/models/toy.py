@@ -116,7 +116,7 @@ def ioi_prompt_pairs(recipe: ToyRecipe, tokenizer, n: int, heldout: bool, seed: 
         random.Random(seed), n, ioi.NAMES, ioi.PLACES, ioi.OBJECTS, list(ioi.TEMPLATES), list(ioi.PATTERNS), allowed
     )
     bos = tokenizer.convert_tokens_to_ids(SPECIAL_TOKENS["bos_token"])
-    return ioi.tokenize_prompts(prompts, tokenizer, bos, bos)
+    return ioi.tokenize_prompts(prompts, tokenizer, [bos], bos)
 
 
 def facts_prompt_pairs(recipe: ToyRecipe, tokenizer, n: int | None, seed: int) -> PromptPairs:
@@ -129,7 +129,7 @@ def facts_prompt_pairs(recipe: ToyRecipe, tokenizer, n: int | None, seed: int) -
     else:
         rng = random.Random(seed)
         prompts = [(rng.choice(templates), *rng.sample(countries, 2)) for _ in range(n)]
-    return factual.tokenize(prompts, tokenizer, bos, bos)
+    return factual.tokenize(prompts, tokenizer, [bos], bos)
 
 
 def task_data(recipe: ToyRecipe, tokenizer) -> tuple[PromptPairs | toy_addition.AnswerTargets, PromptPairs | None]:

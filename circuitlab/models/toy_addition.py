@@ -86,7 +86,7 @@ def heldout_prompt_pairs(recipe, tokenizer, n: int, shots: int, offset: int, see
     queries = sorted(p for p in heldout_pairs(recipe) if sum(p) + offset >= 0)
     prompts = [addition.sample_prompt(rng, shots, NMAX, offset, "setting1", query=rng.choice(queries)) for _ in range(n)]
     bos = tokenizer.bos_token_id
-    return addition.tokenize(prompts, tokenizer, bos, bos, offset)
+    return addition.tokenize(prompts, tokenizer, [bos], bos, offset)
 
 
 def contrast_accuracy(model, pairs: PromptPairs) -> float:

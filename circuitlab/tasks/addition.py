@@ -129,7 +129,7 @@ def validate_config(cfg) -> None:
         read_jsonl(Path(cfg.path).expanduser(), cfg.n_demos)
 
 
-def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) -> PromptPairs:
+def build_pairs(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed: int) -> PromptPairs:
     """The first `n_prompts` prompts of `task.path`, or `n_prompts` seeded draws for `task.setting`."""
     validate_config(cfg)
     if cfg.path:
@@ -137,7 +137,7 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
     else:
         rng = random.Random(seed)
         prompts = [sample_prompt(rng, cfg.n_demos, cfg.nmax, cfg.offset, cfg.setting) for _ in range(cfg.n_prompts)]
-    return tokenize(prompts, tokenizer, bos_id, pad_id, cfg.offset, cfg.answer_token)
+    return tokenize(prompts, tokenizer, prefix, pad_id, cfg.offset, cfg.answer_token)
 
 
 UNKNOWN, SPLIT = "a number not a known token", "answer not a single token"
@@ -153,7 +153,7 @@ def answer_id(tokenizer: Tokenizer, value: int, answer_token: str = "whole") -> 
 
 
 def tokenize(
-    prompts: list[AdditionPrompt], tokenizer: Tokenizer, bos_id: int, pad_id: int, offset: int, answer_token: str = "whole"
+    prompts: list[AdditionPrompt], tokenizer: Tokenizer, prefix: list[int], pad_id: int, offset: int, answer_token: str = "whole"
 ) -> PromptPairs:
     """Normal (clean) / contrast (corrupted) prompts -> PromptPairs; pairs a tokenizer cannot align are dropped
     and counted."""
@@ -167,14 +167,14 @@ def tokenize(
             continue
         answer, wrong = (answer_id(tokenizer, sum(prompt.query) + k, answer_token) for k in (0, offset))
         texts = [prompt.text(k) for k in (0, offset)]
-        clean, corrupted = ([bos_id] + encode(tokenizer, t) for t in texts)
+        clean, corrupted = (prefix + encode(tokenizer, t) for t in texts)
         reason = next((r for r in (answer, wrong) if isinstance(r, str)), None)
-        if unk is not None and (unk in clean[1:] or unk in corrupted[1:]):
+        if unk is not None and (unk in clean[len(prefix):] or unk in corrupted[len(prefix):]):
             reason = UNKNOWN
         if reason is not None:
             dropped[reason] += 1
             continue
-        spots = [_query_positions(tokenizer, prompt, k) for k in (0, offset)]
+        spots = [_query_positions(tokenizer, prompt, k, len(prefix)) for k in (0, offset)]
         if len(clean) != len(corrupted) or spots[0] != spots[1]:
             dropped["clean/corrupted lengths differ"] += 1
             continue
@@ -187,14 +187,16 @@ def tokenize(
         )
     require_pairs(len(rows["clean"]), dropped)
     return assemble_pairs(tokenizer, pad_id, rows["clean"], rows["corrupted"], rows["answer"], rows["wrong"],
-                          {k: rows[k] for k in POSITION_LABELS}, rows["clean_text"], rows["corrupted_text"], dropped)
+                          {k: rows[k] for k in POSITION_LABELS}, rows["clean_text"], rows["corrupted_text"], dropped,
+                          prefix=prefix)
 
 
-def _query_positions(tokenizer: Tokenizer, prompt: AdditionPrompt, offset: int) -> tuple[int, int]:
-    """Token indices (BOS counted) of the last token of the query's first and second operand."""
+def _query_positions(tokenizer: Tokenizer, prompt: AdditionPrompt, offset: int, start: int = 1) -> tuple[int, int]:
+    """Token indices (counted from the prompt's first token, `start` tokens before the text: the BOS) of the last
+    token of the query's first and second operand."""
     a, b = prompt.query
     head = prompt.text(offset)[: -len(f"{a}+{b}=")]
-    return len(encode(tokenizer, f"{head}{a}")), len(encode(tokenizer, f"{head}{a}+{b}"))
+    return start - 1 + len(encode(tokenizer, f"{head}{a}")), start - 1 + len(encode(tokenizer, f"{head}{a}+{b}"))
 
 
 def vocabulary(nmax: int = 9, max_offset: int = 2) -> list[str]:

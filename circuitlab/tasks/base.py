@@ -107,12 +107,13 @@ def unknown_token_id(tokenizer: Tokenizer) -> int | None:
 UNKNOWN_WORDS = "a word unknown to the tokenizer"
 
 
-def known_rows(tokenizer: Tokenizer, clean: list[list[int]], corrupted: list[list[int]], texts: list[str]) -> list[int]:
-    """Indices of the pairs whose prompts contain no unknown token; one line when none is left."""
+def known_rows(tokenizer: Tokenizer, clean: list[list[int]], corrupted: list[list[int]], texts: list[str], skip: int = 0) -> list[int]:
+    """Indices of the pairs whose prompts contain no unknown token after their first `skip` tokens (the BOS, which
+    may be the token a tokenizer also calls unknown: SmolLM2's <|endoftext|>); one line when none is left."""
     unk = unknown_token_id(tokenizer)
     if unk is None:
         return list(range(len(clean)))
-    keep = [i for i, (a, b) in enumerate(zip(clean, corrupted)) if unk not in a and unk not in b]
+    keep = [i for i, (a, b) in enumerate(zip(clean, corrupted)) if unk not in a[skip:] and unk not in b[skip:]]
     if clean and not keep:
         source = getattr(tokenizer, "name_or_path", "") or "the model's tokenizer"
         raise CircuitlabError(f"task: every prompt has {UNKNOWN_WORDS} ({source}; it reads them as {tokenizer.convert_ids_to_tokens([unk])[0]}), "
@@ -140,13 +141,15 @@ def assemble_pairs(
     corrupted_texts: list[str],
     dropped: dict[str, int] | None = None,
     first_prompt: list[int] | None = None,
+    prefix: list[int] | tuple[int, ...] = (),
     **optional,
 ) -> PromptPairs:
     """`PromptPairs` from per-pair lists: token rows (right-padded here; lengths are the clean rows'), answer and
     wrong ids, named positions (lists or tensors; END defaults to each prompt's last token), the texts, the
-    non-zero drop counts, and `first_prompt` (default: the first clean row) for position labels. `optional`:
-    `track`, `corrupted_answer_tokens` (ids or None)."""
-    keep = known_rows(tokenizer, clean, corrupted, clean_texts)
+    non-zero drop counts, `first_prompt` (default: the first clean row) for position labels, and `prefix`, the tokens
+    every row starts with (the BOS: not checked for unknown words). `optional`: `track`, `corrupted_answer_tokens`
+    (ids or None)."""
+    keep = known_rows(tokenizer, clean, corrupted, clean_texts, skip=len(prefix))
     if len(keep) < len(clean):
         dropped = {**(dropped or {}), UNKNOWN_WORDS: len(clean) - len(keep)}
         pick = lambda values: [values[i] for i in keep] if isinstance(values, (list, tuple)) else torch.as_tensor(values)[keep]  # noqa: E731

@@ -57,7 +57,7 @@ def _list(value, every) -> list[str]:
     return list(value)
 
 
-def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) -> PromptPairs:
+def build_pairs(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed: int) -> PromptPairs:
     """`task.pairs` if given, else `n_prompts` random (clean, corrupted) country pairs; templates cycle."""
     validate_config(cfg)
     templates = _list(cfg.templates, TEMPLATES)
@@ -70,10 +70,10 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
             raise ConfigError("task.countries", countries, "two or more countries")
         chosen = [tuple(rng.sample(countries, 2)) for _ in range(cfg.n_prompts)]
     prompts = [(TEMPLATES[templates[i % len(templates)]], a, b) for i, (a, b) in enumerate(chosen)]
-    return tokenize(prompts, tokenizer, bos_id, pad_id)
+    return tokenize(prompts, tokenizer, prefix, pad_id)
 
 
-def tokenize(prompts: list[tuple[str, str, str]], tokenizer: Tokenizer, bos_id: int, pad_id: int) -> PromptPairs:
+def tokenize(prompts: list[tuple[str, str, str]], tokenizer: Tokenizer, prefix: list[int], pad_id: int) -> PromptPairs:
     """(template, clean country, corrupted country) triples -> PromptPairs; pairs a tokenizer cannot align
     (a country or capital that is not one token) are dropped and counted."""
     dropped = {"country or capital not a single token": 0}
@@ -85,17 +85,17 @@ def tokenize(prompts: list[tuple[str, str, str]], tokenizer: Tokenizer, bos_id: 
             continue
         before = re.split(r"\s*\[C\]", template)[0]
         texts = [template.replace("[C]", country) for country in (a, b)]
-        clean, corrupted = ([bos_id] + encode(tokenizer, t) for t in texts)
+        clean, corrupted = (prefix + encode(tokenizer, t) for t in texts)
         rows["clean"].append(clean)
         rows["corrupted"].append(corrupted)
         rows["answer"].append(ids[2])
         rows["wrong"].append(ids[3])
-        rows["country"].append(1 + len(encode(tokenizer, before)))
+        rows["country"].append(len(prefix) + len(encode(tokenizer, before)))
         rows["clean_text"].append(texts[0])
         rows["corrupted_text"].append(texts[1])
     require_pairs(len(rows["clean"]), dropped)
     return assemble_pairs(tokenizer, pad_id, rows["clean"], rows["corrupted"], rows["answer"], rows["wrong"],
-                          {"COUNTRY": rows["country"]}, rows["clean_text"], rows["corrupted_text"], dropped)
+                          {"COUNTRY": rows["country"]}, rows["clean_text"], rows["corrupted_text"], dropped, prefix=prefix)
 
 
 def vocabulary() -> list[str]:

@@ -91,24 +91,24 @@ def render(template: str, slots: dict[str, str]) -> tuple[list[str], dict[str, i
     return pieces, slot_piece
 
 
-def tokenize_pieces(tokenizer: Tokenizer, pieces: list[str], bos_id: int) -> tuple[list[int], list[int]]:
-    """Token ids of the joined pieces (BOS first) and the token index where each piece starts."""
+def tokenize_pieces(tokenizer: Tokenizer, pieces: list[str], prefix: list[int]) -> tuple[list[int], list[int]]:
+    """Token ids of the joined pieces (after `prefix`, the BOS if any) and the token index where each piece starts."""
     text = "".join(pieces)
-    ids = [bos_id] + encode(tokenizer, text)
+    ids = prefix + encode(tokenizer, text)
     starts = []
     for i in range(len(pieces)):
-        starts.append(1 + len(encode(tokenizer, "".join(pieces[:i]))) if i else 1)
+        starts.append(len(prefix) + len(encode(tokenizer, "".join(pieces[:i]))) if i else len(prefix))
     return ids, starts
 
 
-def encode_pair(tokenizer: Tokenizer, prompt: IOIPrompt, other_slots: dict[str, str], bos_id: int):
+def encode_pair(tokenizer: Tokenizer, prompt: IOIPrompt, other_slots: dict[str, str], prefix: list[int]):
     """Token ids of `prompt` and of its template filled with `other_slots` (a corruption, or a counterfactual
     source), the prompt's named positions and both texts; None when the two do not align token for token."""
     template = TEMPLATES[prompt.template]
     pieces, slot_piece = render(template, prompt.fillers())
     other_pieces, _ = render(template, other_slots)
-    ids, starts = tokenize_pieces(tokenizer, pieces, bos_id)
-    other_ids, other_starts = tokenize_pieces(tokenizer, other_pieces, bos_id)
+    ids, starts = tokenize_pieces(tokenizer, pieces, prefix)
+    other_ids, other_starts = tokenize_pieces(tokenizer, other_pieces, prefix)
     if len(ids) != len(other_ids) or starts != other_starts:
         return None
     first, second = starts[slot_piece["N1"]], starts[slot_piece["N2"]]
@@ -188,18 +188,18 @@ def _template_names(cfg) -> list[str]:
     return list(templates)
 
 
-def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) -> PromptPairs:
+def build_pairs(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed: int) -> PromptPairs:
     """Sample `cfg.n_prompts` IOI pairs for `cfg.split`, tokenised and filtered (see module docstring)."""
     validate_config(cfg)
     names, places, objects, templates = split_lists(cfg.split, _template_names(cfg))
     prompts = sample_prompts(random.Random(seed), cfg.n_prompts, names, places, objects, templates, list(cfg.patterns))
-    return tokenize_prompts(prompts, tokenizer, bos_id, pad_id, cfg.corruption, cfg.fixed_length)
+    return tokenize_prompts(prompts, tokenizer, prefix, pad_id, cfg.corruption, cfg.fixed_length)
 
 
 def tokenize_prompts(
     prompts: list[IOIPrompt],
     tokenizer: Tokenizer,
-    bos_id: int,
+    prefix: list[int],
     pad_id: int,
     corruption: str = "abc",
     fixed_length: int | None = None,
@@ -216,7 +216,7 @@ def tokenize_prompts(
         if answer is None or wrong is None or third is None:
             dropped["names not single tokens"] += 1
             continue
-        encoded = encode_pair(tokenizer, prompt, prompt.fillers(corruption), bos_id)
+        encoded = encode_pair(tokenizer, prompt, prompt.fillers(corruption), prefix)
         if encoded is None:
             dropped["clean/corrupted lengths differ"] += 1
             continue
@@ -233,7 +233,8 @@ def tokenize_prompts(
         clean_texts.append(clean_text)
         corrupt_texts.append(bad_text)
     require_pairs(len(clean_rows), dropped)
-    return assemble_pairs(tokenizer, pad_id, clean_rows, corrupt_rows, answers, wrongs, positions, clean_texts, corrupt_texts, dropped)
+    return assemble_pairs(tokenizer, pad_id, clean_rows, corrupt_rows, answers, wrongs, positions, clean_texts, corrupt_texts, dropped,
+                          prefix=prefix)
 
 
 def vocabulary() -> list[str]:

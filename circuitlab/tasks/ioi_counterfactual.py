@@ -105,7 +105,7 @@ def sample_counterfactuals(
     return out
 
 
-def build_split(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int, split: str) -> PromptPairs:
+def build_split(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed: int, split: str) -> PromptPairs:
     """The train split (`n_train` pairs over every base x source pattern) or the test split (`n_prompts`
     pairs, each base pattern with the other source pattern)."""
     validate_config(cfg)
@@ -120,15 +120,15 @@ def build_split(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int, 
     rng = random.Random(seed + (0 if split == "test" else 1))
     quads = sample_counterfactuals(rng, cfg.variable, combos, per_combo, names, places, objects, templates, cfg.get("source_names", "base"))
     rng.shuffle(quads)
-    return tokenize_counterfactuals(quads[:n], tokenizer, bos_id, pad_id)
+    return tokenize_counterfactuals(quads[:n], tokenizer, prefix, pad_id)
 
 
-def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) -> PromptPairs:
+def build_pairs(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed: int) -> PromptPairs:
     """The test split (what every method evaluates on); DAS trains on `build_split(..., "train")`."""
-    return build_split(cfg, tokenizer, bos_id, pad_id, seed, "test")
+    return build_split(cfg, tokenizer, prefix, pad_id, seed, "test")
 
 
-def tokenize_counterfactuals(quads, tokenizer: Tokenizer, bos_id: int, pad_id: int) -> PromptPairs:
+def tokenize_counterfactuals(quads, tokenizer: Tokenizer, prefix: list[int], pad_id: int) -> PromptPairs:
     """(base, source, label, wrong) -> PromptPairs (corrupted = base, clean = source); pairs whose names are
     not single tokens or whose base and source differ in length are dropped and counted."""
     dropped = {"names not single tokens": 0, "base/source lengths differ": 0}
@@ -139,7 +139,7 @@ def tokenize_counterfactuals(quads, tokenizer: Tokenizer, bos_id: int, pad_id: i
         if None in ids:
             dropped["names not single tokens"] += 1
             continue
-        encoded = encode_pair(tokenizer, base, source.fillers(), bos_id)  # base and source share the template
+        encoded = encode_pair(tokenizer, base, source.fillers(), prefix)  # base and source share the template
         if encoded is None:
             dropped["base/source lengths differ"] += 1
             continue
@@ -150,4 +150,5 @@ def tokenize_counterfactuals(quads, tokenizer: Tokenizer, bos_id: int, pad_id: i
             rows[key].append(value)
     require_pairs(len(rows["base"]), dropped)
     return assemble_pairs(tokenizer, pad_id, rows["source"], rows["base"], rows["label"], rows["wrong"], positions,
-                          rows["source_text"], rows["base_text"], dropped, first_prompt=rows["base"][0])
+                          rows["source_text"], rows["base_text"], dropped, first_prompt=rows["base"][0],
+                          prefix=prefix)

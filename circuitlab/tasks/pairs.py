@@ -57,7 +57,7 @@ def read_lines(path: Path) -> list[dict]:
     return records
 
 
-def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) -> PromptPairs:
+def build_pairs(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed: int) -> PromptPairs:
     """The first `task.n_prompts` pairs of the file, tokenised (BOS first). A pair whose answer, wrong or corrupted
     answer is a word the tokenizer does not know (its unknown token) is dropped and counted, as are pairs whose
     prompts hold one (`assemble_pairs`)."""
@@ -68,8 +68,8 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
     tracked, dropped, example = [], {UNKNOWN_LABEL: 0}, None
     for record in records:
         where = f"task.path={path}: line {record['line']}"
-        clean = [bos_id] + encode(tokenizer, record["clean"])
-        corrupted = [bos_id] + encode(tokenizer, record["corrupted"])
+        clean = prefix + encode(tokenizer, record["clean"])
+        corrupted = prefix + encode(tokenizer, record["corrupted"])
         if len(clean) != len(corrupted):
             raise CircuitlabError(f"{where}: clean and corrupted prompts have {len(clean)} and {len(corrupted)} tokens; they must match")
         ids, unknown = {}, False
@@ -101,5 +101,5 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
     labels = rows["corrupted_answer"]
     return assemble_pairs(
         tokenizer, pad_id, rows["clean"], rows["corrupted"], rows["answer"], rows["wrong"], {}, rows["clean_text"], rows["corrupted_text"],
-        dropped, track=tuple(dict.fromkeys(tracked)), corrupted_answer_tokens=None if None in labels else labels,
+        dropped, prefix=prefix, track=tuple(dict.fromkeys(tracked)), corrupted_answer_tokens=None if None in labels else labels,
     )

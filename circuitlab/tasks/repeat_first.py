@@ -24,7 +24,7 @@ def validate_config(cfg) -> None:
         raise ConfigError("task.length", cfg.length, f"2..{MAX_LENGTH} (symbols per prompt)")
 
 
-def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) -> PromptPairs:
+def build_pairs(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed: int) -> PromptPairs:
     """`cfg.n_prompts` seeded pairs of `cfg.length` symbols."""
     ids = {word: single_token_id(tokenizer, word) for word in (*SYMBOLS, "yes", "no")}
     missing = [word for word, i in ids.items() if i is None]
@@ -38,8 +38,8 @@ def build_pairs(cfg, tokenizer: Tokenizer, bos_id: int, pad_id: int, seed: int) 
         last = rng.choice([s for s in SYMBOLS if s != first])
         clean_texts.append(" ".join([first, *middle, first]))
         corrupted_texts.append(" ".join([first, *middle, last]))
-    clean = [[bos_id] + encode(tokenizer, t) for t in clean_texts]
-    corrupted = [[bos_id] + encode(tokenizer, t) for t in corrupted_texts]
+    clean = [prefix + encode(tokenizer, t) for t in clean_texts]
+    corrupted = [prefix + encode(tokenizer, t) for t in corrupted_texts]
     n = len(clean)
-    return assemble_pairs(tokenizer, pad_id, clean, corrupted, [ids["yes"]] * n, [ids["no"]] * n, {"FIRST": [1] * n},
-                          clean_texts, corrupted_texts, corrupted_answer_tokens=[ids["no"]] * n)
+    return assemble_pairs(tokenizer, pad_id, clean, corrupted, [ids["yes"]] * n, [ids["no"]] * n, {"FIRST": [len(prefix)] * n},
+                          clean_texts, corrupted_texts, corrupted_answer_tokens=[ids["no"]] * n, prefix=prefix)

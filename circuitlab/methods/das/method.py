@@ -36,7 +36,7 @@ def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations: list[
     from circuitlab.plan import special_ids
 
     das.check_locations(locations, das.training_from(cfg.method), shape.n_heads, shape.d_head, shape.d_model, shape.d_mlp)
-    train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, *special_ids(tokenizer), cfg.seed, "train")
+    train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, *special_ids(tokenizer, cfg.model.get("bos", "tokenizer")), cfg.seed, "train")
     if cfg.method.load:  # the saved interventions are read and checked now, not after the weights load
         training = das.training_from(cfg.method)
         widths = [das.location_width(loc, shape.n_heads, shape.d_head, shape.d_model, shape.d_mlp) for loc in locations]
