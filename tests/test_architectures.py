@@ -189,7 +189,7 @@ def test_direct_attribution_decomposes_the_uncapped_logits(zoo, arch):
 BF16_TOLERANCE = 0.02  # of the largest final-position logit: bfloat16 keeps 8 bits of mantissa (0.4% per rounding)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gemma2"])
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "gemma3"])
 def test_bfloat16_on_cpu_stays_close_to_float32(zoo, arch):
     """bfloat16 weights and activations: every patched logit difference, and the clean and corrupted baselines,
     within BF16_TOLERANCE of the logit scale of their float32 values."""
@@ -222,7 +222,7 @@ def test_a_stream_the_architecture_lacks_is_refused(zoo):
 def test_edge_methods_equal_plain_references(zoo, arch):
     """Exact edge patching of a sample of edges (every receiver kind, k / v per query head under grouped-query
     attention) = two forwards per edge; EAP = hand gradient x difference; the masked forward's empty / full
-    circuits = the corrupted / clean runs. Post-norm Gemma-2 is refused in one line."""
+    circuits = the corrupted / clean runs. Post-norm Gemma-2 and Gemma 3 are refused in one line."""
     from circuitlab.edges import attribution, masked
     from circuitlab.edges import counterfactual as cf
     from circuitlab.edges.graph import EdgeGraph
@@ -233,7 +233,7 @@ def test_edge_methods_equal_plain_references(zoo, arch):
     from tests.test_edges import sample_edges
 
     _, model = zoo(arch)
-    if arch == "gemma2":
+    if arch in hf_fixtures.POST_NORM:
         with pytest.raises(CircuitlabError, match="not additive"):
             check_additive(model.cfg)
         return

@@ -2,12 +2,14 @@
 
 A checkpoint dir is what `save_pretrained` or `hf download` writes: `config.json`, weights (`model.safetensors`,
 sharded `model-0000x-of-0000n.safetensors` with their index, or `pytorch_model.bin`, read with
-`weights_only=True`) and tokenizer files.
+`weights_only=True`) and tokenizer files; or the prepared dir of a GGUF file (`gguf.py`: its config and tokenizer,
+with the weights dequantized from the .gguf file at load).
 
 TransformerLens 3.9 builds most configs from the Hugging Face one (`convert_hf_model_config`), but picks some
 branches by the *path string* ("llama", "gemma" in a path take hard-coded branches that fail offline). So it is
-handed a copy of `config.json` in a neutral directory named `checkpoint`. Gemma and Gemma-2 have no branch built
-from a Hugging Face config in TransformerLens: their config is built here, field by field, from the one on disk.
+handed a copy of `config.json` in a neutral directory named `checkpoint`. Gemma, Gemma-2 and Gemma 3 have no branch
+built from a Hugging Face config in TransformerLens (only hard-coded configs per official name): theirs is built
+here, field by field, from the one on disk.
 Weights are converted by TransformerLens' own converters, from the model `transformers` loads.
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import torch
 
 from circuitlab.errors import CircuitlabError
+from circuitlab.models import gguf
 
 log = logging.getLogger("circuitlab")
 
@@ -43,7 +46,7 @@ TL_BUILT = {
     "OPTForCausalLM": "OPT",
 }
 # Built here from the Hugging Face config.
-BUILT_HERE = {"GemmaForCausalLM": "Gemma", "Gemma2ForCausalLM": "Gemma-2"}
+BUILT_HERE = {"GemmaForCausalLM": "Gemma", "Gemma2ForCausalLM": "Gemma-2", "Gemma3ForCausalLM": "Gemma 3"}
 SUPPORTED = {**TL_BUILT, **BUILT_HERE}
 ALIASES = {"GPT2Model": "GPT2LMHeadModel"}  # a base model saved without its head: same weights but lm_head
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
@@ -52,6 +55,9 @@ PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold
 # TransformerLens' GPT-2 / GPT-J / GPT-Neo branches take d_mlp = 4 * d_model; these configs can say otherwise.
 D_MLP_FIELDS = {"GPT2LMHeadModel": ("n_inner", "n_embd"), "GPTJForCausalLM": ("n_inner", "n_embd"), "GPTNeoForCausalLM": ("intermediate_size", "hidden_size")}
 NEUTRAL_NAME = "checkpoint"
+# Gemma configs built here cap the context as TransformerLens' own Gemma configs do: its rotary tables are
+# n_ctx x d_head per layer (Gemma 3 270M claims 32k positions; 8192 keeps them at a few MB)
+MAX_BUILT_CONTEXT = 8192
 
 
 def supported_list() -> str:
@@ -98,7 +104,10 @@ def check_checkpoint(directory: Path) -> str:
 
 
 def weight_files(directory: Path) -> list[Path]:
-    """The weight files the checkpoint consists of (every shard of a sharded one)."""
+    """The weight files the checkpoint consists of (every shard of a sharded one; a GGUF file's prepared dir: the
+    .gguf file)."""
+    if gguf.is_prepared(directory):
+        return [gguf.source_file(directory)]
     for name in WEIGHT_FILES:
         file = directory / name
         if not file.is_file():
@@ -121,7 +130,9 @@ def check_weight_file(file: Path) -> None:
     """A safetensors file's header is read and its tensors' extent checked against the file size; a .bin file must
     be a complete zip archive (what torch.save writes). Nothing is loaded."""
     size = file.stat().st_size
-    if file.suffix == ".safetensors":
+    if file.suffix == gguf.SUFFIX:
+        gguf.check_header(file)  # a truncated one is refused when it is first prepared (it then has another digest)
+    elif file.suffix == ".safetensors":
         with open(file, "rb") as handle:
             head = handle.read(8)
             if len(head) < 8:
@@ -235,27 +246,47 @@ def _gemma_config(hf: dict, arch: str, fold_ln: bool, device: str, dtype: torch.
         "dtype": dtype,
         "from_checkpoint": False,
     }
-    if arch == "Gemma2ForCausalLM":
-        n_layers = hf["num_hidden_layers"]
-        kinds = hf.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+    if arch in ("Gemma2ForCausalLM", "Gemma3ForCausalLM"):
         cfg.update(
+            n_ctx=min(cfg["n_ctx"], MAX_BUILT_CONTEXT),
             attn_scale=float(hf.get("query_pre_attn_scalar") or d_head) ** 0.5,
             window_size=hf.get("sliding_window") or 4096,
             use_local_attn=True,
-            attn_types=["local" if kind == "sliding_attention" else "global" for kind in kinds],
+            attn_types=["local" if kind == "sliding_attention" else "global" for kind in _layer_types(hf, arch)],
             attn_scores_soft_cap=hf.get("attn_logit_softcapping") or -1.0,
             output_logits_soft_cap=hf.get("final_logit_softcapping") or -1.0,
             use_normalization_before_and_after=True,
         )
+    if arch == "Gemma3ForCausalLM":  # per-head query / key norms; local layers rotate with their own base
+        local_base = _rope_theta(hf, "sliding_attention")
+        cfg.update(use_qk_norm=True, rotary_base=_rope_theta(hf, "full_attention"),
+                   rotary_base_local=local_base if local_base != cfg["rotary_base"] else None)
     return cfg
 
 
-def _rope_theta(hf: dict) -> float:
+def _layer_types(hf: dict, arch: str) -> list[str]:
+    """Each layer's attention kind: the config's `layer_types`, else the family's pattern (Gemma-2 alternates
+    local / global; Gemma 3 has `sliding_window_pattern - 1` local layers before each global one)."""
+    n_layers = hf["num_hidden_layers"]
+    if hf.get("layer_types"):
+        return list(hf["layer_types"])
+    if arch == "Gemma3ForCausalLM":
+        every = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
+        return ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(n_layers)]
+    return ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n_layers)]
+
+
+def _rope_theta(hf: dict, kind: str | None = None) -> float:
+    """The rotary base: transformers 5's `rope_parameters` (one, or one per attention kind, then `kind`'s or the
+    first), else the older `rope_theta` (Gemma 3: `rope_local_base_freq` for local layers)."""
     params = hf.get("rope_parameters") or {}
     if isinstance(params, dict) and "rope_theta" in params:
         return float(params["rope_theta"])
     if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):  # per attention kind
-        return float(next(iter(params.values())).get("rope_theta", 10000.0))
+        chosen = params.get(kind) if kind in params else next(iter(params.values()))
+        return float(chosen.get("rope_theta", 10000.0))
+    if kind == "sliding_attention" and "rope_local_base_freq" in hf:
+        return float(hf["rope_local_base_freq"])
     return float(hf.get("rope_theta", 10000.0))
 
 
@@ -289,9 +320,12 @@ def load_checkpoint(directory: Path, device: str = "cpu", dtype: torch.dtype = t
     tokenizer = load_tokenizer(directory)
     with quiet():
         try:
-            hf_model, info = AutoModelForCausalLM.from_pretrained(
-                str(directory), local_files_only=True, dtype=torch.float32, config=_hf_config(directory), output_loading_info=True
-            )
+            if gguf.is_prepared(directory):
+                hf_model, info = gguf.load_hf_model(directory, _hf_config(directory))
+            else:
+                hf_model, info = AutoModelForCausalLM.from_pretrained(
+                    str(directory), local_files_only=True, dtype=torch.float32, config=_hf_config(directory), output_loading_info=True
+                )
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as err:
             reason = "tensor shapes differ from config.json" if "mismatched_sizes" in str(err) else first_line(err)
             raise CircuitlabError(f"{directory}: transformers could not load the weights ({reason})") from None

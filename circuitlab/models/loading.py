@@ -1,5 +1,6 @@
 """Model loading: embedded toy models, local Hugging Face checkpoints of any supported architecture
-(`hf_checkpoint`), InterpBench-style checkpoints, and TransformerLens pretrained names.
+(`hf_checkpoint`), GGUF files (`gguf`), real models shipped as pip packages (`packaged`), InterpBench-style
+checkpoints, and TransformerLens pretrained names.
 
 Every loader returns a HookedTransformer in eval mode with gradients off. Loads are memoised per process, so
 a multirun over tasks or sweeps reuses the model.
@@ -16,10 +17,10 @@ from pathlib import Path
 import torch
 
 from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.models import hf_checkpoint, interpbench
+from circuitlab.models import gguf, hf_checkpoint, interpbench, packaged
 
 EMBEDDED_DIR = Path(__file__).parent / "embedded"
-SOURCES = ("embedded", "pretrained", "local")
+SOURCES = ("embedded", "pretrained", "local", "package")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 PROCESSING_FLAGS = hf_checkpoint.PROCESSING_FLAGS
 
@@ -64,19 +65,25 @@ def resolve_device(name: str) -> str:
 
 
 def checkpoint_dir(model_cfg) -> Path:
-    """The directory of an embedded or local checkpoint; raises a one-line error when it is missing."""
+    """The directory of an embedded, local or packaged checkpoint (for a GGUF file: its prepared dir, `gguf.py`);
+    raises a one-line error when it is missing."""
     if model_cfg.source == "embedded":
         available = embedded_models()
         if model_cfg.name not in available:
             raise ConfigError("model.name", model_cfg.name, available, hint="embedded models")
         return EMBEDDED_DIR / model_cfg.name
+    if model_cfg.source == "package":
+        return gguf.prepare(packaged.gguf_file(model_cfg.name))
     if not model_cfg.path:
-        raise ConfigError("model.path", None, "a directory with config.json, weights and tokenizer files")
+        raise ConfigError("model.path", None, "a directory with config.json, weights and tokenizer files, or a .gguf file")
     path = Path(model_cfg.path).expanduser()
+    gguf_file = gguf.find_file(path)
+    if gguf_file is not None:
+        return gguf.prepare(gguf_file)
     if not path.is_dir():
         raise CircuitlabError(
             f"model.path={model_cfg.path}: no such directory (expected a Hugging Face checkpoint dir: config.json, "
-            "weights (*.safetensors or pytorch_model.bin), tokenizer files; or an InterpBench-style dir)"
+            "weights (*.safetensors or pytorch_model.bin), tokenizer files; a .gguf file; or an InterpBench-style dir)"
         )
     if interpbench.is_checkpoint(path):
         interpbench.require_weights(path)
