@@ -85,7 +85,7 @@ class Result:
     def key_number(self) -> dict | None:
         from circuitlab.report import key_number
 
-        return key_number(self.results, self.method)
+        return key_number(self.results, self.method, self.run_dir)
 
     def write_report(self) -> Path:
         from circuitlab.report import write_report

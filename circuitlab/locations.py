@@ -14,6 +14,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from circuitlab.errors import CircuitlabError, ConfigError
+from circuitlab.tokens import token_label
 
 
 @dataclass(frozen=True)
@@ -282,14 +283,15 @@ def cell_mask(
 
 
 def position_label(spec: PositionSpec, first_prompt_tokens: list[str]) -> str:
-    """How a position appears in results and figures: `3:Mary` for an index, `0-16` for a run of indices."""
+    """How a position appears in results and figures: `3:Mary` for an index (the first prompt's token, readable:
+    `tokens.token_label`), `0-16` for a run of indices."""
     if isinstance(spec, tuple):
         if len(spec) > 2 and list(spec) == list(range(spec[0], spec[-1] + 1)):
             return f"{spec[0]}-{spec[-1]}"
         return ",".join(map(str, spec))
     if isinstance(spec, int):
         token = first_prompt_tokens[spec] if spec < len(first_prompt_tokens) else ""
-        return f"{spec}:{token.replace('Ġ', ' ').strip()}"
+        return f"{spec}:{token_label(token, max_chars=1000)}"
     return spec
 
 

@@ -22,6 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from circuitlab.headline import describe_location, key_metric, key_number, location_columns, method_record  # noqa: F401  (report.key_number ...)
+from circuitlab.tokens import RunContext, readable_token
+
 log = logging.getLogger("circuitlab")
 
 REPORT_FILE = "report.html"
@@ -180,67 +183,6 @@ def side_tables(run_dir: Path) -> list[Path]:
     return sorted(p for p in Path(run_dir).glob("*.csv") if p.name not in ("results.csv", "index.csv"))
 
 
-def method_record(name: str | None):
-    from circuitlab.methods import registry
-
-    return registry.METHODS.get(name) if name else None
-
-
-def key_metric(results: pd.DataFrame, method: str | None) -> str | None:
-    """The metric the report leads with: the method's `key_metric` when the run has it, else the first
-    `*_normalized` metric, else the first."""
-    metrics = list(dict.fromkeys(results["metric"])) if "metric" in results.columns else []
-    if not metrics:
-        return None
-    record = method_record(method)
-    if record is not None and getattr(record, "key_metric", None) in metrics:
-        return record.key_metric
-    return next((m for m in metrics if m.endswith("_normalized")), metrics[0])
-
-
-def location_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in ("experiment", "method", "metric", "value")]
-
-
-def describe_location(row: pd.Series, columns: list[str]) -> str:
-    parts = []
-    for column in columns:
-        value = row.get(column)
-        if value is None or (not isinstance(value, str) and pd.isna(value)) or value == "":
-            continue
-        if column == "layer":
-            parts.append(f"L{value}")
-        elif column in ("head", "position"):
-            continue  # heads / position_label say it
-        elif column == "heads":
-            parts.append(f"heads {value}" if "," in str(value) else f"head {value}")
-        elif column == "scale":
-            parts.append(f"scale {number(float(value))}")
-        elif column == "in_circuit":
-            parts.append("in circuit" if str(value) == "True" else "not in circuit")
-        elif column == "receiver":
-            sender = row.get("sender") if "sender" in columns else None
-            parts.append(f"{sender} → {value}" if isinstance(sender, str) and sender else f"→ {value}")
-        elif column == "sender":
-            continue  # with its receiver
-        else:
-            parts.append(str(value))
-    return " ".join(parts)
-
-
-def key_number(results: pd.DataFrame, method: str | None) -> dict | None:
-    """The run's headline: its key metric's value of largest magnitude, and where."""
-    metric = key_metric(results, method)
-    if metric is None:
-        return None
-    rows = results[(results["metric"] == metric) & results["value"].notna()]
-    if not len(rows):
-        return {"metric": metric, "value": None, "where": "", "n": 0}
-    best = rows.loc[rows["value"].abs().idxmax()]
-    varying = [c for c in location_columns(results) if results[c].astype(str).nunique() > 1]
-    return {"metric": metric, "value": float(best["value"]), "where": describe_location(best, varying), "n": int(len(rows))}
-
-
 def read_results_safely(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
     from circuitlab.errors import CircuitlabError
     from circuitlab.figures import check_readable
@@ -323,11 +265,14 @@ def thumbnail_uri(path: Path, width: int = THUMBNAIL_WIDTH) -> str:
         return png_data_uri(path)
 
 
-def main_table(results: pd.DataFrame, metric: str | None) -> tuple[str, str]:
+def main_table(results: pd.DataFrame, metric: str | None, context: RunContext | None = None) -> tuple[str, str]:
     """results.csv with one row per location and one column per metric, listed by |key metric|, largest first;
-    columns that hold one value in every row are said once above the table. Returns (note, table)."""
+    columns that hold one value in every row are said once above the table; positions with readable tokens and the
+    role the task gives them (`context`). Returns (note, table)."""
     keys = location_columns(results)
     text_keys = results[keys].astype("string").fillna("")
+    if context is not None and "position_label" in text_keys.columns:
+        text_keys["position_label"] = text_keys["position_label"].map(context.position)
     constant = [c for c in ["experiment", "method", *keys] if c in results.columns and results[c].astype("string").fillna("").nunique() <= 1]
     varying = [c for c in keys if c not in constant]
     metrics = list(dict.fromkeys(results["metric"]))
@@ -373,7 +318,9 @@ def side_table(path: Path, method: str | None) -> tuple[str, str]:
 
 
 def token_text(token: str) -> str:
-    """A token as shown: whitespace-only tokens (a space, a newline) written out, so that they stay visible."""
+    """A token as shown: its text (tokenizer markers such as Ġ or ▁ undone), whitespace-only tokens (a space, a
+    newline) written out, so that they stay visible."""
+    token = readable_token(token)
     return token if token.strip() else repr(token)[1:-1]
 
 
@@ -430,7 +377,17 @@ def baselines_table(manifest: dict) -> str:
     return f'<table id="table-baselines"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
 
 
-KNOWN_MANIFEST = {"experiment", "config", "model", "device", "seed", "n_prompt_pairs", "dropped_prompt_pairs", "n_sweep_points", "shard",
+def templates_text(record) -> Markup | str:
+    """The prompt templates a run used (the manifest's `templates`: names and texts, and why that set)."""
+    if not isinstance(record, dict) or not isinstance(record.get("templates"), dict):
+        return "not recorded (the task has none, or the run is older than this record)"
+    lines = [f"<code>{esc(text)}</code> ({esc(name)})" for name, text in record["templates"].items()]
+    if isinstance(record.get("train_templates"), dict):
+        lines += [f"training pairs: <code>{esc(text)}</code> ({esc(name)})" for name, text in record["train_templates"].items()]
+    return Markup("<br>".join(lines) + (f'<br><span class="note">{esc(record.get("note", ""))}</span>' if record.get("note") else ""))
+
+
+KNOWN_MANIFEST = {"experiment", "templates", "config", "model", "device", "seed", "n_prompt_pairs", "dropped_prompt_pairs", "n_sweep_points", "shard",
                   "chunks", "inputs", "baselines", "versions", "git_commit", "wall_time_seconds", "files", "overrides"}
 
 
@@ -467,10 +424,11 @@ def report_body(run_dir: Path) -> str:
     else:
         items.append(("command", "(the overrides were not recorded)"))
     if results is not None:
-        key = key_number(results, method)
+        key = key_number(results, method, run_dir)
         if key and key["value"] is not None:
             items.append(("key number", Markup(f"<b>{esc(key['metric'])} = {esc(headline(key['value']))}</b> at {esc(key['where'] or 'the only location')}"
-                                               f" (largest |value| of {key['n']})")))
+                                               f'<br><span class="note">chosen by the rule for this kind of run: {esc(key["rule"])}'
+                                               f' ({key["n"]} value{"s" if key["n"] != 1 else ""})</span>')))
     if problem:
         items.append(("results.csv", problem))
     if status == "failed" and failure_line(run_dir):
@@ -485,6 +443,7 @@ def report_body(run_dir: Path) -> str:
     parts.append("<h3>Model and data</h3>" + kv_table([("model", Markup(f"<b>{esc(name)}</b> " + esc(", ".join(f"{k} {pretty(v)}" for k, v in model.items())))),
                            ("task", (config.get("task") or {}).get("name", "?") if isinstance(config, dict) else "?"),
                            ("prompt pairs", manifest.get("n_prompt_pairs", "?")),
+                           ("templates", templates_text(manifest.get("templates"))),
                            ("dropped pairs", ", ".join(f"{k}: {v}" for k, v in dropped.items()) or "none"),
                            ("sweep points", manifest.get("n_sweep_points", "?"))]))
     parts.append("<h3>Baselines (unpatched runs)</h3>" + baselines_table(manifest))
@@ -502,7 +461,7 @@ def report_body(run_dir: Path) -> str:
                      f'<figcaption>figures/{esc(png.name)}{" (and .pdf)" if pdf.exists() else ""}</figcaption></figure>')
     parts.append('<h2 id="results">Results</h2>')
     if results is not None and len(results):
-        note, table = main_table(results, key_metric(results, method))
+        note, table = main_table(results, key_metric(results, method), RunContext.of(run_dir))
         parts.append(f'<p class="note">{esc(note)} {download_link(run_dir / "results.csv")}</p>{table}')
     else:
         parts.append(f'<p class="note">{esc(problem or "results.csv holds no rows")}</p>')
@@ -595,7 +554,7 @@ def run_summary(run_dir: Path) -> dict:
         results, problem = read_results_safely(run_dir)
         row["problem"] = problem
         if results is not None and len(results):
-            row["key"] = key_number(results, row["method"] or None)
+            row["key"] = key_number(results, row["method"] or None, run_dir)
         timings = manifest.get("wall_time_seconds") or {}
         row["seconds"] = sum(v for v in timings.values() if _numeric(v)) if timings else None
         pngs = figure_files(run_dir, manifest)
@@ -627,7 +586,7 @@ def index_body(root: Path, title: str | None = None) -> str:
             href = (link / REPORT_FILE).as_posix() if report.exists() else link.as_posix() + "/"
             thumb = f'<a href="{esc(href)}"><img class="thumb" alt="{esc(row["experiment"])}" src="{row["thumbnail"]}"></a>' if row["thumbnail"] else ""
             key = row["key"]
-            key_cell = (f'<td data-v="{esc(repr(key["value"]))}" title="{esc(key["metric"])} at {esc(key["where"])}">'
+            key_cell = (f'<td data-v="{esc(repr(key["value"]))}" title="{esc(key["metric"])} at {esc(key["where"])}; {esc(key["rule"])}">'
                         f'{esc(key["metric"])} <b>{esc(headline(key["value"]))}</b><br><span class="note">{esc(key["where"])}</span></td>'
                         if key and key["value"] is not None else f'<td>{esc(row["problem"])}</td>')
             overrides = " ".join(row["overrides"]) if row["overrides"] is not None else "(not recorded)"

@@ -59,6 +59,9 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
         "device %s | model %s (%d layers) | %d prompt pairs | %d sweep points",
         device, cfg.model.name, shape.n_layers, pairs.n_pairs, len(locations),
     )
+    templates = templates_used(cfg)
+    if templates:
+        log.info("templates: %s (%s)", ", ".join(templates["templates"]), templates["note"])
     resume.check_run_dir(cfg, run_dir, results_dir=False)  # refused here, before the model loads, with nothing written
     with timer("load_model"):  # before the run dir is touched: a checkpoint that fails to load changes nothing there
         model = loading.load_model(cfg.model, device=device)
@@ -120,6 +123,7 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         "chunks": store.summary(),
         "inputs": inputs.digests(cfg),
         "baselines": {"clean": output.clean, "corrupted": output.corrupted},
+        **({"templates": templates_used(cfg)} if templates_used(cfg) else {}),
         **output.extra,
         **({"overrides": list(overrides)} if overrides is not None else {}),
         "versions": rs.package_versions(),
@@ -143,7 +147,9 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
 
 def examples(pairs, tokenizer, count: int = 3, names: list[str] | None = None) -> dict:
     """The first `count` prompt pairs token by token, with their named positions and answers, as plain JSON for the
-    report (which reads no torch file); `names` call the clean and corrupted prompts what the task calls them."""
+    report and the figures (which read no torch file); `names` call the clean and corrupted prompts what the task calls
+    them. Over every pair: `roles` (named position -> {index: pairs with it there}) and `differ` ({index: pairs whose
+    two prompts differ there})."""
 
     def text(ids) -> list[str]:
         return [_token(tokenizer, int(i)) for i in ids]
@@ -158,7 +164,19 @@ def examples(pairs, tokenizer, count: int = 3, names: list[str] | None = None) -
                        "length": length, "positions": {k: int(v[b]) for k, v in pairs.named_positions.items()}, "answers": answers,
                        "clean_text": pairs.clean_texts[b] if b < len(pairs.clean_texts) else "",
                        "corrupted_text": pairs.corrupted_texts[b] if b < len(pairs.corrupted_texts) else ""})
-    return {"n_pairs": pairs.n_pairs, "prompt_names": names or ["clean", "corrupted"], "pairs": chosen}
+    lengths = pairs.lengths.view(-1, 1)
+    inside = torch.arange(pairs.width).view(1, -1) < lengths
+    differ = ((pairs.clean_tokens != pairs.corrupted_tokens) & inside).sum(0)
+    roles = {label: {str(int(i)): int(n) for i, n in zip(*torch.unique(where, return_counts=True))} for label, where in pairs.named_positions.items()}
+    return {"n_pairs": pairs.n_pairs, "prompt_names": names or ["clean", "corrupted"], "pairs": chosen,
+            "roles": roles, "differ": {str(i): int(n) for i, n in enumerate(differ.tolist()) if n}}
+
+
+def templates_used(cfg) -> dict | None:
+    """The task's record of the prompt templates this config uses (`templates_used` of the task module: names and
+    texts, and why that set), or None for a task without templates."""
+    describe = getattr(TASKS.get(cfg.task.name), "templates_used", None)
+    return describe(cfg.task) if describe is not None else None
 
 
 def _token(tokenizer, token_id: int) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import plotnine as p9
 
-from circuitlab.plotting import save
+from circuitlab.plotting import MAX_INCHES, save
 
 
 def edge_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -41,8 +41,9 @@ def faithfulness_curve(table: pd.DataFrame, out_dir: Path, title: str) -> list[P
         + p9.geom_line()
         + p9.geom_point(size=2)
         + p9.scale_x_log10(breaks=[0.1, 1, 10, 100], labels=["0.1%", "1%", "10%", "100%"])
-        + p9.labs(x="edges kept (% of the model's, log scale)", y="faithfulness (1 = the whole model, 0 = every edge ablated)",
-                  color="circuits ranked by", title=f"{title}: faithfulness of top-scoring circuits")
+        + p9.labs(x="edges kept (% of the model's, log scale)", y="faithfulness", color="circuits ranked by",
+                  title=f"{title}: faithfulness of top-scoring circuits",
+                  subtitle="faithfulness: the circuit's logit difference, 1 = the whole model's, 0 = every edge ablated")
         + p9.theme_minimal()
     )
     if len(chosen) and pd.notna(chosen["faithfulness"].iloc[0]):
@@ -52,46 +53,69 @@ def faithfulness_curve(table: pd.DataFrame, out_dir: Path, title: str) -> list[P
                               "text": [f"circuit.json: {n_edges} edges, faithfulness {float(row['faithfulness']):.2f}"]})
         plot += p9.geom_hline(yintercept=float(row["faithfulness"]), linetype="dotted", color="#238b45")
         plot += p9.geom_text(p9.aes("x", "y", label="text"), data=label, inherit_aes=False, ha="left", va="bottom", size=8, color="#238b45")
-    return save(plot, out_dir, "faithfulness_curve", width=7, height=4.5)
+    return save(plot, out_dir, "faithfulness_curve", width=8, height=4.8)
 
 
-def _node_xy(node: str, n_heads: int, n_layers: int) -> tuple[float, float]:
-    """Layer on the y axis (input below layer 0, logits above the last); heads then the MLP along x."""
-    if node == "input":
-        return (n_heads + 1) / 2, -1.0
-    if node == "logits":
-        return (n_heads + 1) / 2, float(n_layers)
+def node_place(node: str) -> tuple[str, int | None, int | None]:
+    """(kind, layer, head) of a node name: input, logits, a<L>.h<H> (a head; a receiver's <q>/<k>/<v> dropped), m<L>."""
     base = node.split("<")[0]
+    if base in ("input", "logits"):
+        return base, None, None
     if base.startswith("m"):
-        return float(n_heads + 1), float(base[1:]) + 0.5
+        return "mlp", int(base[1:]), None
     layer, head = base[1:].split(".h")
-    return float(head), float(layer)
+    return "head", int(layer), int(head)
 
 
 def circuit_graph(edges: pd.DataFrame, out_dir: Path, title: str) -> list[Path]:
+    """The circuit as a layered graph: input at the bottom, logits at the top, one row per layer that holds a node
+    of the circuit (layers without one are left out, so a 20-edge circuit of a 40-layer model stays small), heads
+    by index along x and each layer's MLP at the right (with many heads, only the heads in the circuit get a
+    column)."""
     kept = edges[edges["in_circuit"].astype(str).str.lower() == "true"].copy()
-    names = pd.concat([edges["sender"], edges["receiver"].str.split("<").str[0]])
-    heads = [int(n.split(".h")[1]) for n in names if n.startswith("a")]
-    layers = [int(n[1:].split(".")[0]) for n in names if n[0] in "am" and n != "input"]
-    n_heads, n_layers = (max(heads) + 1 if heads else 1), (max(layers) + 1 if layers else 1)
-    xy = lambda n: _node_xy(n, n_heads, n_layers)  # noqa: E731
-    kept["x"], kept["y"] = zip(*[xy(n) for n in kept["sender"]])
-    kept["xend"], kept["yend"] = zip(*[xy(n) for n in kept["receiver"]])
+    names = pd.unique(pd.concat([kept["sender"], kept["receiver"].str.split("<").str[0]]))
+    places = {n: node_place(n) for n in names}
+    model_heads = [node_place(n)[2] for n in pd.concat([edges["sender"], edges["receiver"]]).unique() if node_place(n)[0] == "head"]
+    n_heads = max(model_heads) + 1 if model_heads else 1
+    used_heads = sorted({h for kind, _, h in places.values() if kind == "head"})
+    columns = list(range(n_heads)) if n_heads <= 24 else used_heads  # with many heads, only the circuit's
+    mlp_x = float(len(columns) + 0.5)
+    layers = sorted({l for kind, l, _ in places.values() if l is not None})
+    row = {l: i + 1 for i, l in enumerate(layers)}
+    top = len(layers) + 1
+
+    def xy(node: str) -> tuple[float, float]:
+        kind, layer, head = node_place(node)
+        if kind == "input":
+            return (mlp_x - 0.5) / 2, 0.0
+        if kind == "logits":
+            return (mlp_x - 0.5) / 2, float(top)
+        if kind == "mlp":
+            return mlp_x, row[layer] + 0.3  # the MLP reads the layer's heads: drawn a little above them
+        return float(columns.index(head)), float(row[layer])
+
+    kept["x"], kept["y"] = zip(*[xy(n) for n in kept["sender"]]) if len(kept) else ((), ())
+    kept["xend"], kept["yend"] = zip(*[xy(n) for n in kept["receiver"]]) if len(kept) else ((), ())
     kept["sign"] = kept["score"].map(lambda v: "carries the clean answer (+)" if v >= 0 else "works against it (-)")
     kept["width"] = kept["score"].abs()
-    kept["input"] = kept["receiver"].str.extract(r"<(\w)>")[0].fillna("")
-    nodes = pd.DataFrame({"node": pd.unique(pd.concat([kept["sender"], kept["receiver"].str.split("<").str[0]]))})
+    nodes = pd.DataFrame({"node": names})
     nodes["x"], nodes["y"] = zip(*[xy(n) for n in nodes["node"]])
+    row_h = min(0.7, max(0.3, (MAX_INCHES - 2.0) / (top + 1)))
+    col_w = min(0.8, max(0.55, (MAX_INCHES - 4.0) / (len(columns) + 2)))
     plot = (
         p9.ggplot()
         + p9.geom_segment(p9.aes("x", "y", xend="xend", yend="yend", color="sign", size="width"), data=kept, alpha=0.7)
         + p9.geom_label(p9.aes("x", "y", label="node"), data=nodes, size=7)
         + p9.scale_color_manual(values={"carries the clean answer (+)": "#b2182b", "works against it (-)": "#2166ac"})
         + p9.scale_size_continuous(range=(0.4, 3))
-        + p9.scale_y_continuous(breaks=list(range(-1, n_layers + 1)), labels=["input", *[f"layer {l}" for l in range(n_layers)], "logits"])
-        + p9.labs(x="head (MLP at the right)", y="", color="edge", size="|score|",
-                  title=f"{title}: circuit of {len(kept)} edges (q / k / v inputs drawn into their head)")
+        + p9.scale_y_continuous(breaks=list(range(0, top + 1)), labels=["input", *[f"layer {l}" for l in layers], "logits"],
+                                expand=(0, 0.5))
+        + p9.scale_x_continuous(expand=(0, 0.7))
+        + p9.labs(x="head (MLP at the right)" + ("" if len(columns) == n_heads else f"; only the circuit's {len(columns)} of {n_heads} heads"),
+                  y="", color="edge", size="|score|", title=f"{title}: circuit of {len(kept)} edges",
+                  subtitle="q / k / v inputs drawn into their head; layers without a node of the circuit left out"
+                           if len(layers) < (max(layers) + 1 if layers else 0) else "q / k / v inputs drawn into their head")
         + p9.theme_minimal()
-        + p9.theme(axis_text_x=p9.element_blank())
+        + p9.theme(axis_text_x=p9.element_blank(), panel_grid_minor=p9.element_blank())
     )
-    return save(plot, out_dir, "circuit", width=8, height=max(4, 1 + 0.8 * (n_layers + 2)))
+    return save(plot, out_dir, "circuit", width=max(8.0, col_w * (len(columns) + 2) + 3.0), height=max(4.0, 1.6 + row_h * (top + 1)))

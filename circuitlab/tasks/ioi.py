@@ -245,3 +245,16 @@ def vocabulary() -> list[str]:
             if token not in words:
                 words.append(token)
     return words + [w for w in NAMES + PLACES + OBJECTS if w not in words]
+
+
+def templates_used(cfg) -> dict:
+    """The templates this config's prompts are drawn from (name -> text) and why that set, for the manifest and the
+    report: `split` train / test keeps part of several templates (the last quarter, at least one, is held out for
+    test), so `templates: all` with the default `split: test` uses the last template alone."""
+    chosen = _template_names(cfg)
+    used = split_lists(cfg.split, chosen)[3]
+    note = f"task.templates={cfg.templates if isinstance(cfg.templates, str) else ','.join(chosen)}, task.split={cfg.split}"
+    if used != chosen:
+        held = "the held-out last quarter (at least one)" if cfg.split == "test" else "all but the held-out last quarter"
+        note += f": {held} of {', '.join(chosen)}; task.split=all uses every one"
+    return {"templates": {name: TEMPLATES[name] for name in used}, "note": note}

@@ -152,3 +152,14 @@ def tokenize_counterfactuals(quads, tokenizer: Tokenizer, prefix: list[int], pad
     return assemble_pairs(tokenizer, pad_id, rows["source"], rows["base"], rows["label"], rows["wrong"], positions,
                           rows["source_text"], rows["base_text"], dropped, first_prompt=rows["base"][0],
                           prefix=prefix)
+
+
+def templates_used(cfg) -> dict:
+    """The templates of the test pairs (what IIA is measured on) and of the training pairs (name -> text), for the
+    manifest and the report: train and test use different halves of `task.templates`."""
+    chosen = _templates(cfg)
+    test, train = split_lists(cfg.variable, "test", chosen)[3], split_lists(cfg.variable, "train", chosen)[3]
+    return {"templates": {name: TEMPLATES[name] for name in test}, "train_templates": {name: TEMPLATES[name] for name in train},
+            "note": f"task.templates={cfg.templates if isinstance(cfg.templates, str) else ','.join(chosen)}: "
+                    f"test pairs use the second half ({', '.join(test)}), training pairs the first ({', '.join(train)})"}
+

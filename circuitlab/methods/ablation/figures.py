@@ -9,6 +9,8 @@ import plotnine as p9
 
 from circuitlab.plotting import save
 
+COLOURED = 12  # nodes drawn in colour and named; the others grey (a colour legend of 300 nodes helps nobody)
+
 
 def end_labels(df: pd.DataFrame) -> pd.DataFrame:
     """One label at the right end of the lines: the nodes whose lines end at about the same value share it (so that
@@ -56,18 +58,29 @@ def ablation_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
             aes = p9.aes("scale", "value", group="node", color="node")
         scales = sorted(df["scale"].unique())
         span = float(max(scales) - min(scales)) or 1.0
+        nodes = list(df["node"].cat.categories)
+        strongest = set(df.groupby("node", observed=True)["value"].apply(lambda v: float(v.abs().max())).nlargest(COLOURED).index)
+        circuit_nodes = set(df.loc[df["circuit"] == "in circuit", "node"]) if marked else set()
+        coloured = strongest | circuit_nodes
+        others = df[~df["node"].isin(coloured)]
+        shown = df[df["node"].isin(coloured)].copy()
+        shown["node"] = shown["node"].cat.remove_unused_categories()
+        subtitle = (f"coloured and named: the {len(strongest)} nodes of largest |{metric}|{' and the circuit' if circuit_nodes else ''}; "
+                    f"grey: the other {len(nodes) - len(coloured)}" if len(others) else None)
         plot = (
-            p9.ggplot(df, aes)
+            p9.ggplot(shown, aes)
             + p9.geom_hline(yintercept=0, color="grey")
+            + (p9.geom_line(p9.aes("scale", "value", group="node"), data=others, inherit_aes=False, color="#cccccc", size=0.3)
+               if len(others) else p9.geom_blank())
             + p9.geom_line()
             + p9.geom_point(size=1.5)
-            + p9.geom_text(p9.aes("scale", "value", label="text"), data=end_labels(df), inherit_aes=False, ha="left",
+            + p9.geom_text(p9.aes("scale", "value", label="text"), data=end_labels(shown), inherit_aes=False, ha="left",
                            nudge_x=0.02 * span, size=7)
             + p9.scale_x_continuous(breaks=scales, limits=(min(scales), max(scales) + 0.45 * span))
             + p9.labs(x="scale of the patched value", y=label, color="node" + (" (* in the circuit)" if marked else ""),
-                      linetype="", title=f"{experiment}: ablation {metric} against scale")
+                      linetype="", title=f"{experiment}: ablation {metric} against scale", subtitle=subtitle)
             + p9.theme_minimal()
             + p9.theme(panel_grid_minor=p9.element_blank())
         )
-        written += save(plot, out_dir, stem, 10, 5)
+        written += save(plot, out_dir, stem, 10, 5.4 if subtitle else 5)
     return written

@@ -7,7 +7,11 @@ from pathlib import Path
 import pandas as pd
 import plotnine as p9
 
-from circuitlab.plotting import heatmap, save
+from circuitlab.heatmaps import heatmap
+from circuitlab.plotting import FIRST_PROMPT, RunContext, save, save_pages
+from circuitlab.tokens import position_text
+
+LABELLED = 12  # points labelled per panel
 
 
 def attribution_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -17,9 +21,10 @@ def attribution_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[P
     estimate = results[(results["metric"] == "attribution_normalized")].copy()
     heads = estimate["heads"].fillna("")
     estimate["panel"] = estimate["stream"] + heads.map(lambda h: f" head {h}" if h else "")
-    plot, w, h = heatmap(estimate, "position_label", "layer", "panel", f"{experiment}: attribution patching (normalised)",
-                         "estimated\nnormalised\nchange", "position (first prompt's token)", "layer")
-    written += save(plot, out_dir, "attribution_heatmap", w, h)
+    context = RunContext.of(Path(out_dir).parent)
+    pages = heatmap(estimate.sort_values("layer", kind="stable"), "position_label", "layer", "panel", f"{experiment}: attribution patching (normalised)",
+                    "estimated\nnormalised\nchange", FIRST_PROMPT, "layer", context=context, drop_leading_zeros=True)
+    written += save_pages(pages, out_dir, "attribution_heatmap")
     exact = results[results["metric"] == "exact_normalized"]
     if len(exact):
         width, height = 4 + 3 * estimate["stream"].nunique(), 4.8
@@ -44,6 +49,7 @@ def attribution_vs_exact(estimate: pd.DataFrame, exact: pd.DataFrame, experiment
     from 0; the points away from 0 are labelled by layer and position."""
     keys = ["stream", "layer", "heads", "position"]
     both = estimate.merge(exact[keys + ["value"]], on=keys, suffixes=("_attribution", "_exact"))
+    both["position_label"] = both["position_label"].map(position_text)
     fits = {stream: fit(frame) for stream, frame in both.groupby("stream", sort=False)}
 
     def title(stream: str) -> str:
@@ -54,7 +60,9 @@ def attribution_vs_exact(estimate: pd.DataFrame, exact: pd.DataFrame, experiment
     lines = pd.DataFrame({"panel": [title(s_) for s_ in fits], "slope": [f["slope"] for f in fits.values()]})
     scale = max(float(both["value_exact"].abs().max()), float(both["value_attribution"].abs().max()), 1e-12)
     away = both[(both["value_exact"].abs() > 0.02 * scale) | (both["value_attribution"].abs() > 0.02 * scale)].copy()
-    away["label"] = "L" + away["layer"].astype(str) + " " + away["position_label"].astype(str)
+    away["distance"] = away["value_exact"].abs() + away["value_attribution"].abs()
+    away = away.sort_values("distance", ascending=False).groupby("stream", sort=False).head(LABELLED)  # the rest would pile up
+    away["label"] = "L" + away["layer"].astype(str) + " " + away["position_label"]
     return (
         p9.ggplot(both, p9.aes("value_exact", "value_attribution"))
         + p9.geom_abline(slope=1, intercept=0, linetype="dashed", color="grey")
@@ -64,6 +72,7 @@ def attribution_vs_exact(estimate: pd.DataFrame, exact: pd.DataFrame, experiment
         + p9.scale_x_continuous(expand=(0.05, 0, 0.3, 0))  # room for the labels right of the points
         + p9.facet_wrap("~panel")
         + p9.labs(x="exact patching (normalised change)", y="attribution (estimate)",
-                  title=f"{experiment}: attribution vs exact patching", subtitle="dashed: y = x; red: least-squares slope through 0")
+                  title=f"{experiment}: attribution vs exact patching",
+                  subtitle=f"dashed: y = x; red: least-squares slope through 0; labelled: the {LABELLED} points of a panel farthest from 0")
         + p9.theme_minimal()
     )

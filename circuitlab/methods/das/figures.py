@@ -7,7 +7,11 @@ from pathlib import Path
 import pandas as pd
 import plotnine as p9
 
-from circuitlab.plotting import head_group_bars, heatmap, save
+from circuitlab.heatmaps import heatmap
+from circuitlab.plotting import FIRST_PROMPT, MAX_INCHES, RunContext, chunks, head_group_bars, paged_title, save, save_pages
+from circuitlab.tokens import position_text
+
+LABELLED_LAYERS = 16  # iia_by_layer writes each point's value up to this many layers
 
 
 def das_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -20,10 +24,11 @@ def das_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     whole = iia[(heads == "") | ((groups == "") & (iia["head"].isna()))]
     by_stream = whole.groupby("stream")["position_label"].nunique()
     grid = whole[whole["stream"].map(by_stream) > 1]
+    context = RunContext.of(Path(out_dir).parent)
     if len(grid):
-        plot, w, h = heatmap(grid, "position_label", "layer", "stream", f"{experiment}: interchange intervention accuracy", "IIA",
-                             "position (first prompt's token)", "layer", unit_interval=True)
-        written += save(plot, out_dir, "iia_heatmap", w, h)
+        pages = heatmap(grid.sort_values("layer", kind="stable"), "position_label", "layer", "stream", f"{experiment}: interchange intervention accuracy",
+                        "IIA", FIRST_PROMPT, "layer", unit_interval=True, context=context)
+        written += save_pages(pages, out_dir, "iia_heatmap")
     lines = whole[whole["stream"].map(by_stream) == 1]
     if len(lines):
         plot, w, h = iia_by_layer(lines, experiment)
@@ -31,14 +36,14 @@ def das_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     singles = iia[(heads != "") & (groups == "") & iia["head"].notna()]
     if len(singles):
         singles = singles.assign(head_label=singles["heads"])
-        singles["panel"] = singles["stream"] + " · " + singles["position_label"]
-        plot, w, h = heatmap(singles, "head_label", "layer", "panel", f"{experiment}: IIA per head", "IIA", "head", "layer", unit_interval=True)
-        written += save(plot, out_dir, "iia_heads", w, h)
+        singles["panel"] = singles["stream"] + " · " + singles["position_label"].map(context.position)
+        pages = heatmap(singles, "head_label", "layer", "panel", f"{experiment}: IIA per head", "IIA", "head", "layer", unit_interval=True)
+        written += save_pages(pages, out_dir, "iia_heads")
     for group in ("leave_one_out", "cumulative"):
         bars = iia[groups == group]
         if len(bars):
-            plot, w, h = head_group_bars(bars, f"{experiment}: {group.replace('_', '-')} head groups", y_label="IIA", unit_interval=True)
-            written += save(plot, out_dir, f"iia_heads_{group}", w, h)
+            pages = head_group_bars(bars, f"{experiment}: {group.replace('_', '-')} head groups", y_label="IIA", unit_interval=True)
+            written += save_pages(pages, out_dir, f"iia_heads_{group}")
     weights_csv = Path(out_dir).parent / "rotation_weights.csv"
     if weights_csv.exists():
         written += rotation_weight_histograms(pd.read_csv(weights_csv), out_dir, experiment)
@@ -57,8 +62,9 @@ def iia_by_layer(lines: pd.DataFrame, experiment: str) -> tuple[p9.ggplot, float
     names = {stream: " = ".join(group) for group in members.values() for stream in group}
     df["streams"] = df["stream"].map(names)
     df = df[df["stream"].isin([group[0] for group in members.values()])]
-    df["label"] = df["value"].map(lambda v: f"{v:.2f}" if v >= 0.005 else "")  # zeros read off the axis; their labels would pile up
     layers = sorted(df["layer"].unique())
+    labelled = len(layers) <= LABELLED_LAYERS  # beyond that the numbers pile up: the report's table has them
+    df["label"] = df["value"].map(lambda v: f"{v:.2f}" if v >= 0.005 and labelled else "")  # zeros read off the axis
     dodge = p9.position_dodge(width=0.12 * min(len(members) - 1, 4) / max(len(members) - 1, 1))  # lines meeting at a value side by side
     df["label_y"] = df["value"] + 0.045
     plot = (
@@ -68,25 +74,31 @@ def iia_by_layer(lines: pd.DataFrame, experiment: str) -> tuple[p9.ggplot, float
         + p9.geom_text(p9.aes(y="label_y", label="label"), size=6.5, show_legend=False, position=dodge)
         + p9.scale_x_continuous(breaks=layers, limits=(min(layers) - 0.3, max(layers) + 0.3))
         + p9.scale_y_continuous(limits=(0, 1.08), breaks=[0, 0.25, 0.5, 0.75, 1])
-        + p9.labs(x="layer", y="IIA", color="stream", title=f"{experiment}: IIA by layer ({df['position_label'].iloc[0]})",
+        + p9.labs(x="layer", y="IIA", color="stream", title=f"{experiment}: IIA by layer ({position_text(df['position_label'].iloc[0])})",
                   subtitle="streams with the same IIA at every layer share one line (named a = b)" if len(members) < len(names) else None)
         + p9.theme_minimal()
-        + p9.theme(panel_grid_minor=p9.element_blank())
+        + p9.theme(panel_grid_minor=p9.element_blank(), axis_text_x=p9.element_text(size=7 if len(layers) > 24 else 8.8))
     )
-    return plot, 8 + 0.04 * max(len(n) for n in names.values()), 3.8
+    width = min(MAX_INCHES, max(8.0, 0.28 * len(layers) + 3) + 0.07 * max(len(n) for n in names.values()))
+    return plot, width, 3.8 if labelled else 3.4
 
 
 def rotation_weight_histograms(weights: pd.DataFrame, out_dir: Path, experiment: str) -> list[Path]:
     """Histograms of the learned basis entries, one panel per head: heads that matter carry large weights."""
     df = weights.copy()
     df["panel"] = "layer " + df["layer"].astype(str) + " · head " + df["head"].astype(str)
-    df["panel"] = pd.Categorical(df["panel"], categories=list(dict.fromkeys(df["panel"])), ordered=True)
-    plot = (
-        p9.ggplot(df, p9.aes("weight"))
-        + p9.geom_histogram(bins=30, fill="#3f007d")
-        + p9.facet_wrap("~panel")
-        + p9.labs(x="learned weight", y="count", title=f"{experiment}: DAS weights on the attention value output, by head")
-        + p9.theme_minimal()
-    )
-    n = df["panel"].nunique()
-    return save(plot, out_dir, "rotation_weights", min(16, 3 * min(n, 4) + 1), 2.5 * -(-n // 4) + 1)
+    panels = list(dict.fromkeys(df.sort_values(["layer", "head"], kind="stable")["panel"]))
+    pages = chunks(panels, 4 * int((MAX_INCHES - 1.5) // 2.5))
+    drawn = []
+    for number, chosen in enumerate(pages, start=1):
+        part = df[df["panel"].isin(chosen)].copy()
+        part["panel"] = pd.Categorical(part["panel"], categories=chosen, ordered=True)
+        plot = (
+            p9.ggplot(part, p9.aes("weight"))
+            + p9.geom_histogram(bins=30, fill="#3f007d")
+            + p9.facet_wrap("~panel", ncol=min(4, len(chosen)))
+            + p9.labs(x="learned weight", y="count", title=paged_title(f"{experiment}: DAS weights on the attention value output, by head", number, len(pages)))
+            + p9.theme_minimal()
+        )
+        drawn.append((plot, max(7.0, 3 * min(len(chosen), 4) + 1), 2.5 * -(-len(chosen) // 4) + 1.5))
+    return save_pages(drawn, out_dir, "rotation_weights")

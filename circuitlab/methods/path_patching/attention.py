@@ -9,6 +9,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from circuitlab.errors import ConfigError
+from circuitlab.tokens import token_label
 
 MAX_AUTO_HEADS = 8
 
@@ -65,7 +66,7 @@ def shared_labels(tokens: Int[Tensor, "batch pos"], lengths: Int[Tensor, " batch
 
 def patterns_frame(patterns: Float[Tensor, "head query key"], heads: list[tuple[int, int]], tokens: list[str], prompts: str, n_prompts: int) -> pd.DataFrame:
     """One row per (head, query, key): the mean attention weight, with `i:label` labels (`shared_labels`)."""
-    labels = [f"{i}:{t}".replace("\n", "\\n") for i, t in enumerate(tokens)]  # a newline token stays visible
+    labels = [f"{i}:{token_label(t, max_chars=1000)}" for i, t in enumerate(tokens)]  # readable; a newline token stays visible (↵)
     n = patterns.shape[-1]
     rows = [
         {"head": f"{layer}.{head}", "layer": layer, "head_index": head, "query": q, "key": k,

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 import plotnine as p9
 
-from circuitlab.plotting import heatmap, save
+from circuitlab.heatmaps import heatmap
+from circuitlab.plotting import MAX_INCHES, RunContext, chunks, paged_title, save_pages
+from circuitlab.tokens import position_text
+
+SUBTITLE = ("blue, negative: the sender's path restores the normal answer (−100 %: fully); 0: no effect;\n"
+            "red, positive: it pushes the output further towards the contrast answer")
 
 
 def path_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -20,40 +26,51 @@ def path_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
         f"head {h}" if stream == "z" and heads and "," not in heads else ("mlp" if stream == "mlp_out" else f"heads {heads or 'all'}")
         for stream, h, heads in zip(variation["stream"], variation["head"], variation["heads"].fillna(""))
     ]
-    variation["layer"] = variation["layer"].astype(str)
+    variation["layer"] = variation["layer"].astype(int)  # sender layers in numeric order (0, 1, 2, ..., 10, not 0, 1, 10)
     variation["panel"] = "receiver: " + variation["receiver"].fillna("")
-    plot, w, h = heatmap(variation, "layer", "sender", "panel", f"{experiment}: path patching results", "logit diff\nvariation (%)",
-                         "sender layer", "sender", cell_format="{:.0f}", min_limit=5.0,
-                         subtitle="blue, negative: the sender's path restores the normal answer\n"
-                                  "(−100 %: fully); 0: no effect; red, positive: it pushes the\n"
-                                  "output further towards the contrast answer")
-    written = save(plot, out_dir, "path_patching_heatmap", w, h)
+    pages = heatmap(variation, "layer", "sender", "panel", f"{experiment}: path patching results", "logit diff\nvariation (%)",
+                    "sender layer", "sender", cell_format="{:.0f}", min_limit=5.0, subtitle=SUBTITLE)
+    written = save_pages(pages, out_dir, "path_patching_heatmap")
     patterns_csv = Path(out_dir).parent / "attention_patterns.csv"
     if patterns_csv.exists():
-        written += attention_pattern_figure(pd.read_csv(patterns_csv, keep_default_na=False, dtype={"head": str, "query_label": str, "key_label": str}), out_dir, experiment)
+        patterns = pd.read_csv(patterns_csv, keep_default_na=False, dtype={"head": str, "query_label": str, "key_label": str})
+        written += attention_pattern_figure(patterns, out_dir, experiment, RunContext.of(Path(out_dir).parent))
     return written
 
 
-def attention_pattern_figure(patterns: pd.DataFrame, out_dir: Path, experiment: str) -> list[Path]:
-    """Query x key heatmaps of mean attention weights, one facet per head, token labels on both axes."""
+def attention_pattern_figure(patterns: pd.DataFrame, out_dir: Path, experiment: str, context: RunContext | None = None) -> list[Path]:
+    """Query x key heatmaps of mean attention weights, one facet per head, readable token labels on both axes
+    (with the role the task gives a position); heads beyond one page's grid go to further pages."""
+    context = context or RunContext()
     df = patterns.copy()
+    for column in ("query_label", "key_label"):
+        df[column] = df[column].map(lambda label: context.position(position_text(label)))
     order = df.drop_duplicates("query").sort_values("query")["query_label"].tolist()
-    df["key_label"] = pd.Categorical(df["key_label"], categories=order, ordered=True)
-    df["query_label"] = pd.Categorical(df["query_label"], categories=order[::-1], ordered=True)
-    df["head"] = pd.Categorical("head " + df["head"], categories=list(dict.fromkeys("head " + df["head"])), ordered=True)
-    n_tokens, n_heads = len(order), df["head"].nunique()
+    heads = list(dict.fromkeys("head " + df["head"]))
+    df["head"] = "head " + df["head"]
+    n_tokens = len(order)
     prompts = f"mean over {df['n_prompts'].iloc[0]} {df['prompts'].iloc[0]} prompts"
-    plot = (
-        p9.ggplot(df, p9.aes("key_label", "query_label", fill="weight"))
-        + p9.geom_tile()
-        + p9.scale_fill_gradient(low="white", high="#08306b", limits=(0, 1), name="attention")
-        + p9.facet_wrap("~head", ncol=min(4, n_heads))
-        + p9.labs(x="key", y="query", title=f"{experiment}: attention patterns ({prompts})",
-                  subtitle="position:token where every prompt has that token, else the named position they share, else (varies)")
-        + p9.theme_minimal()
-        + p9.theme(axis_text_x=p9.element_text(rotation=90, size=5), axis_text_y=p9.element_text(size=5), panel_grid=p9.element_blank())
-    )
-    side = max(3.0, 0.09 * n_tokens + 1.5)
-    columns = min(4, n_heads)
-    rows = -(-n_heads // columns)
-    return save(plot, out_dir, "attention_patterns", side * columns + 1.5, side * rows + 1)
+    label_chars = max(len(label) for label in order)
+    side = max(3.0, 0.14 * n_tokens + 0.07 * label_chars + 0.6)  # one head's panel, its labels included
+    columns = max(1, min(len(heads), 4, int((MAX_INCHES - 1.5) // side)))
+    rows = max(1, int((MAX_INCHES - 1.5) // side))
+    pages = chunks(heads, columns * rows)
+    drawn = []
+    for number, chosen in enumerate(pages, start=1):
+        part = df[df["head"].isin(chosen)].copy()
+        part["key_label"] = pd.Categorical(part["key_label"], categories=order, ordered=True)
+        part["query_label"] = pd.Categorical(part["query_label"], categories=order[::-1], ordered=True)
+        part["head"] = pd.Categorical(part["head"], categories=chosen, ordered=True)
+        ncol = min(columns, len(chosen))
+        plot = (
+            p9.ggplot(part, p9.aes("key_label", "query_label", fill="weight"))
+            + p9.geom_tile()
+            + p9.scale_fill_gradient(low="white", high="#08306b", limits=(0, 1), name="attention")
+            + p9.facet_wrap("~head", ncol=ncol, scales="free")
+            + p9.labs(x="key", y="query", title=paged_title(f"{experiment}: attention patterns ({prompts})", number, len(pages)),
+                      subtitle="position:token where every prompt has that token, else the named position they share, else (varies)")
+            + p9.theme_minimal()
+            + p9.theme(axis_text_x=p9.element_text(rotation=90, size=6), axis_text_y=p9.element_text(size=6), panel_grid=p9.element_blank())
+        )
+        drawn.append((plot, max(7.0, side * ncol + 1.5), side * math.ceil(len(chosen) / ncol) + 1.2))
+    return save_pages(drawn, out_dir, "attention_patterns")
