@@ -158,3 +158,89 @@ def test_position_sets_and_head_groups_train_and_match_vanilla_at_full_rank(toy_
     swapped = das_sweep(toy_model, train, test, locations, Training(intervention="das", low_rank_dimension=32), progress=False, saved=full)
     vanilla = das_sweep(toy_model, train, test, locations, Training(intervention="vanilla"), progress=False)
     torch.testing.assert_close(swapped.iia, vanilla.iia)
+
+
+GROUPED = [Location("resid_post", layer, position, None, "", None) for layer in (1, 0) for position in ("S2", "END", 3)] + [
+    Location("z", 1, "END", (0, 2), "", None), Location("z", 0, "END", (1, 3), "", None)]
+
+
+@pytest.fixture(scope="module")
+def toy_model_float64(toy_model):
+    """toy-ioi in float64 (a copy): float rounding no longer hides whether two runs compute the same thing."""
+    import copy
+
+    return copy.deepcopy(toy_model).to(torch.float64)
+
+
+@pytest.mark.parametrize("intervention", ["das", "boundless"])
+def test_groups_sized_by_the_budget_train_as_one_batch_does(toy_model, toy_model_float64, intervention, caplog):
+    """A budget too small for two locations trains each alone (and says so); a large one trains each stream in one
+    batch. Each location keeps its seed, its rotation's completion, its Adam state and batch order, so only batch
+    shapes differ: in float64 the learned parameters and losses agree to 1e-8 and IIA is identical. (In float32,
+    Adam's normalised steps can amplify rounding in directions the loss does not constrain: a borderline test prompt
+    may flip.)"""
+    training = Training(intervention=intervention, low_rank_dimension=4, epochs=2)
+    train, test = counterfactual_splits(toy_model)
+    with caplog.at_level("INFO", logger="circuitlab"):
+        alone = das_sweep(toy_model, train, test, GROUPED, training, progress=False, memory_budget_mb=1)
+    assert f"{len(GROUPED)} locations train in {len(GROUPED)} groups of 1 (memory_budget_mb=1" in caplog.text
+    assert "need more than memory_budget_mb=1 to train alone" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="circuitlab"):
+        together = das_sweep(toy_model, train, test, GROUPED, training, progress=False, memory_budget_mb=100_000)
+    assert f"{len(GROUPED)} locations train in 2 groups of 2-6" in caplog.text
+    torch.testing.assert_close(alone.iia, together.iia, rtol=0, atol=1.01 / test.n_pairs)  # a borderline test prompt at most
+    torch.set_default_dtype(torch.float64)
+    try:
+        alone = das_sweep(toy_model_float64, train, test, GROUPED, training, progress=False, memory_budget_mb=1)
+        together = das_sweep(toy_model_float64, train, test, GROUPED, training, progress=False, memory_budget_mb=100_000)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    torch.testing.assert_close(alone.iia, together.iia, rtol=0, atol=0)
+    torch.testing.assert_close(alone.loss, together.loss, rtol=0, atol=1e-8)
+    for a, b in zip(alone.states, together.states):
+        assert a.keys() == b.keys() and a["basis"].dtype == torch.float64
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-8)
+    assert any(not torch.equal(a["basis"], b["basis"]) for a, b in zip(alone.states, together.states))  # they did differ in rounding
+
+
+def test_a_location_trains_as_it_would_alone_whatever_ran_before(toy_model):
+    """The global random state and the locations beside it change nothing: torch's parametrisation would complete each
+    basis into a rotation from the global random state (a different trajectory for every neighbour and every
+    earlier draw); each location's completion comes from its own seed."""
+    train, test = counterfactual_splits(toy_model)
+    training = Training(intervention="das", low_rank_dimension=2, epochs=1)
+    location = [Location("z", 1, "END", (0,), "", 0)]
+    torch.manual_seed(0)
+    alone = das_sweep(toy_model, train, test, location, training, progress=False)
+    torch.manual_seed(1)
+    beside = das_sweep(toy_model, train, test, [Location("z", 1, "END", (h,), "", h) for h in (3, 2, 0)], training, progress=False)
+    torch.testing.assert_close(beside.states[2]["basis"], alone.states[0]["basis"], rtol=0, atol=1e-6)
+    torch.testing.assert_close(beside.loss[2], alone.loss[0], rtol=0, atol=1e-6)
+
+
+def test_groups_fit_the_budget_and_cover_every_location(toy_model):
+    """Every location in exactly one group of its stream and width; a group of several fits the budget; groups hold
+    consecutive layers (sorted), so that a group's forwards start late; the estimate grows with the layers and
+    positions trained and with the locations."""
+    from circuitlab.methods.das import groups
+    from circuitlab.methods.das.compute import location_width, model_dims
+
+    train, _ = counterfactual_splits(toy_model)
+    cfg = toy_model.cfg
+    widths = [location_width(loc, *model_dims(toy_model)) for loc in GROUPED]
+    starts = groups.first_positions(GROUPED, train)
+    assert starts[:3] == [int(train.named_positions["S2"].min()), int(train.named_positions["END"].min()), 3]
+    one = groups.training_bytes(cfg, 20, train.width, 3, 1, 64, 1)
+    assert groups.training_bytes(cfg, 20, train.width, 3, 0, 64, 1) > one > groups.training_bytes(cfg, 20, train.width, 5, 1, 64, 1)
+    assert one < groups.training_bytes(cfg, 20, train.width, 3, 1, 64, 1, n_locations=2) < 2 * one  # the weights' share is the group's
+    for budget in (1, 2 * one, 5 * one, 10**9):
+        plan = groups.plan_groups(GROUPED, widths, starts, cfg, train.width, 20, 1, budget)
+        assert sorted(i for g in plan for i in g.indices) == list(range(len(GROUPED)))
+        for g in plan:
+            assert {(GROUPED[i].stream, widths[i]) for i in g.indices} == {(g.stream, g.width)}
+            assert len(g.indices) == 1 or g.bytes <= budget
+            layers = [GROUPED[i].layer for i in g.indices]
+            assert layers == sorted(layers) and g.first_layer == layers[0]
+    assert len(groups.plan_groups(GROUPED, widths, starts, cfg, train.width, 20, 1, 10**9)) == 2

@@ -11,14 +11,16 @@ For heads, x is the concatenation of the chosen heads' z vectors at a position.
 
 Why it is fast: the model is frozen, so every activation before the intervened layer comes once from a cached
 run; training forwards and backwards start at that layer and at the first intervened position (earlier keys and
-values from the cache); only the final position is unembedded; and the points of one (stream, layer) train
-together, one parameter set each, in one batch.
+values from the cache); only the final position is unembedded; and the points of one stream train together, one
+parameter set each, in one batch, in groups that fit the memory budget (groups.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
+import time
 import zlib
 from dataclasses import dataclass
 from functools import partial
@@ -27,17 +29,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import orthogonal
-from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuitlab.methods.das.config import DASTraining as Training
 from circuitlab.errors import ConfigError
 from circuitlab.locations import STREAMS, Location, head_mask, position_mask
+from circuitlab.engine.batching import memory_budget
 from circuitlab.engine.forward import final_position_logits, frozen_prefix, fused_gelu
 from circuitlab.engine.sweep import patch_sweep
+from circuitlab.methods.das import groups
+from circuitlab.methods.das.saved import interventions_file, load_interventions, location_key  # noqa: F401  (das.* API)
 from circuitlab.tasks.base import PromptPairs
 
 INTERVENTIONS = ("vanilla", "das", "boundless")
+log = logging.getLogger("circuitlab")
 
 
 @dataclass
@@ -89,18 +94,36 @@ class _Interventions(nn.Module):
         k = training.low_rank_dimension if self.kind == "das" else width
         n_points = len(seeds)
         self.basis = nn.Parameter(torch.empty(n_points, width, k))
-        for matrix, seed in zip(self.basis.data, seeds):  # each point's start depends on its location only
-            nn.init.orthogonal_(matrix, generator=torch.Generator().manual_seed(seed))
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]  # each point's start depends on its location only
+        for matrix, generator in zip(self.basis.data, generators):
+            nn.init.orthogonal_(matrix, generator=generator)
         if self.kind == "boundless":
             self.boundary = nn.Parameter(torch.full((n_points,), 0.5))
         if states is None:
+            initial = self.basis.data.clone()
             orthogonal(self, "basis")  # torch's parametrisation, as pyvene's rotations use it
+            if k < width:
+                self._complete_from(initial, generators)
         else:  # evaluation of saved parameters: plain tensors, already orthonormal
             with torch.no_grad():
                 self.basis.copy_(torch.stack([s["basis"] for s in states]))
                 if self.kind == "boundless":
                     self.boundary.copy_(torch.stack([s["boundary"] for s in states]))
                     self.temperature = float(states[0]["temperature"])
+
+    @torch.no_grad()
+    def _complete_from(self, initial: Float[Tensor, "point width k"], generators: list[torch.Generator]) -> None:
+        """Torch's parametrisation of a width x k basis (k < width) trains in the coordinates of a full rotation
+        that completes it, drawn from the global random state for the whole batch of points at once, so each point's
+        training would depend on the points beside it and on what ran before. Each completion is drawn here from the
+        point's own generator instead (torch's construction: the basis beside Gaussian columns, orthonormalised by
+        a QR decomposition with a positive diagonal); the basis itself is unchanged (its first k columns)."""
+        base = self.parametrizations.basis[0].base
+        for i, generator in enumerate(generators):
+            columns = torch.randn(base.shape[-1], base.shape[-1] - initial.shape[-1], generator=generator)
+            full, tau = torch.geqrf(torch.cat([initial[i], columns], dim=-1))
+            rotation = torch.linalg.householder_product(full, tau) * full.diagonal().sgn().unsqueeze(-2)
+            base[i] = rotation.to(base)
 
     def bases(self) -> Tensor:
         """The orthonormal bases. Each read of a parametrised tensor recomputes it (a Householder product and its
@@ -137,38 +160,53 @@ def das_sweep(
     training: Training,
     progress: bool = True,
     saved: list[dict[str, Tensor]] | None = None,
+    memory_budget_mb: int | None = None,
 ) -> DASResult:
-    """Train (or, with `saved`, load) an intervention per location and measure IIA on `test`."""
+    """Train (or, with `saved`, load) an intervention per location and measure IIA on `test`; locations train in
+    groups that fit `memory_budget_mb` (groups.py)."""
     dims = model_dims(model)
     check_locations(locations, training, *dims)
     if training.intervention == "vanilla":
-        iia = patch_sweep(model, test, locations, "denoising", progress=progress, metrics=("accuracy",)).metrics["accuracy"]
+        iia = patch_sweep(model, test, locations, "denoising", memory_budget_mb=memory_budget_mb, progress=progress, metrics=("accuracy",)).metrics["accuracy"]
         return DASResult(locations, iia, torch.full((len(locations),), float("nan")), [{} for _ in locations])
     for p in model.parameters():
         p.requires_grad_(False)
+    budget = memory_budget(model.cfg.device, memory_budget_mb) * 2**20
+    widths = [location_width(loc, *dims) for loc in locations]
+    k = training.low_rank_dimension if training.intervention == "das" else None
+    plan = groups.plan_groups(locations, widths, groups.first_positions(locations, train), model.cfg, train.width,
+                              min(training.batch_size, train.n_pairs), k, budget)
+    log.info("%s: %s", training.intervention, groups.describe(plan, budget))
+    if groups.over_budget(plan, budget):
+        log.warning("%s: %s", training.intervention, groups.over_budget(plan, budget))
     iia, loss = torch.empty(len(locations)), torch.full((len(locations),), float("nan"))
     states: list[dict] = [{} for _ in locations]
-    bar = tqdm(total=len(locations), desc=f"{training.intervention} training", unit="location", disable=not progress)
     with fused_gelu(model):
+        started = time.perf_counter()
+        log.info("%s: caching the base and source activations of %d train and %d test pairs", training.intervention, train.n_pairs, test.n_pairs)
         train_run, test_run = _CachedRuns(model, train, locations), _CachedRuns(model, test, locations)
-        keys = [(loc.stream, location_width(loc, *dims)) for loc in locations]
-        for stream, width in dict.fromkeys(keys):  # every layer of a stream trains in one batch
-            group = [i for i, key in enumerate(keys) if key == (stream, width)]
-            points = [locations[i] for i in group]
-            seeds = [training.seed + zlib.crc32(location_key(locations[i]).encode()) for i in group]
-            module = _Interventions(seeds, width, training, None if saved is None else [saved[i] for i in group]).to(model.cfg.device)
+        log.info("%s: cached in %.1f s (%d MB)", training.intervention, time.perf_counter() - started, (train_run.nbytes() + test_run.nbytes()) // 2**20)
+        steps = 0 if saved is not None else training.epochs * -(-train.n_pairs // training.batch_size)
+        bar = groups.LocationBar(len(locations), f"{training.intervention} {'training' if saved is None else 'evaluating'}", progress)
+        for number, group in enumerate(plan):
+            index = list(group.indices)
+            points = [locations[i] for i in index]
+            seeds = [training.seed + zlib.crc32(location_key(locations[i]).encode()) for i in index]
+            module = _Interventions(seeds, group.width, training, None if saved is None else [saved[i] for i in index]).to(model.cfg.device)
+            batch = groups.eval_batch(model.cfg, len(index), test.width, group.start, budget)
+            bar.start_group(number, len(plan), points, steps + -(-test.n_pairs // batch))
             if saved is None:
-                loss[group] = _train(module, train_run, points, training)
+                loss[index] = _train(module, train_run, points, training, bar.step)
             with torch.no_grad():
-                iia[group] = _iia(module, test_run, points)
-            for i, state in zip(group, module.states()):
+                iia[index] = _iia(module, test_run, points, batch, bar.step)
+            for i, state in zip(index, module.states()):
                 states[i] = state
-            bar.update(len(group))
-    bar.close()
+            bar.end_group()
+        bar.close()
     return DASResult(locations, iia, loss, states)
 
 
-def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], training: Training) -> Tensor:
+def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], training: Training, on_step=lambda: None) -> Tensor:
     """The seed's loop: Adam, a linear lr decay, cross-entropy of the counterfactual label (plus the boundary
     penalty and temperature schedule of Boundless DAS). Returns each point's mean loss over the last epoch."""
     groups = [{"params": [p for n, p in module.named_parameters() if "boundary" not in n], "lr": training.lr}]
@@ -199,15 +237,17 @@ def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], t
                 module.temperature = temperatures[min(step, steps - 1)]
                 totals += per_point.detach().cpu() * len(batch)
                 step += 1
+                on_step()
             last = totals / n_train
     return last
 
 
-def _iia(module: _Interventions, run: "_CachedRuns", points: list[Location], batch_size: int = 256) -> Tensor:
+def _iia(module: _Interventions, run: "_CachedRuns", points: list[Location], batch_size: int = 256, on_batch=lambda: None) -> Tensor:
     correct = torch.zeros(len(points))
     for batch in torch.arange(run.pairs.n_pairs).split(batch_size):
         logits = run.intervened_logits(module, points, batch)
         correct += (logits.argmax(-1) == run.labels[batch]).float().sum(1).cpu()
+        on_batch()
     return correct / run.pairs.n_pairs
 
 
@@ -227,6 +267,9 @@ class _CachedRuns:
             _, self.source = model.run_with_cache(pairs.clean_tokens.to(device), names_filter=lambda n: n in source_hooks, stop_at_layer=model.cfg.n_layers)
         self.labels = pairs.answer_tokens.to(device)
         self.final_pos = pairs.final_positions.to(device)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for cache in (self.base, self.source) for t in cache.values())
 
     def intervened_logits(self, module: _Interventions, points: list[Location], batch: Tensor) -> Float[Tensor, "point batch vocab"]:
         """Final-position logits of the base prompts `batch` with each point's intervention (points share a
@@ -299,78 +342,3 @@ def head_weights_frame(locations: list[Location], result: DASResult, n_heads: in
             block = basis[i * d_head : (i + 1) * d_head].flatten().tolist()
             rows += [{"layer": loc.layer, "position": str(loc.positions), "head": head, "weight": w} for w in block]
     return pd.DataFrame(rows, columns=["layer", "position", "head", "weight"])
-
-
-# saving and loading learned interventions ------------------------------------------------------------
-
-
-def location_key(loc: Location) -> str:
-    """A location as text, e.g. `resid_post|1|END|` or `z|1|17|0,2` (stream, layer, positions, heads)."""
-    positions = ",".join(map(str, loc.positions)) if isinstance(loc.positions, tuple) else str(loc.positions)
-    heads = "" if loc.heads is None else ",".join(map(str, loc.heads))
-    return f"{loc.stream}|{loc.layer}|{positions}|{heads}"
-
-
-def interventions_file(locations: list[Location], result: DASResult, training: Training) -> dict:
-    """What `interventions.pt` holds: plain tensors, strings and numbers (loadable with weights_only=True)."""
-    return {
-        "intervention": training.intervention,
-        "low_rank_dimension": training.low_rank_dimension,
-        "locations": [location_key(loc) for loc in locations],
-        "states": result.states,
-    }
-
-
-def load_interventions(path: str, locations: list[Location], training: Training, widths: list[int | None] | None = None) -> list[dict[str, Tensor]]:
-    """The saved parameters of each location, from a run dir or its interventions.pt; every location of this
-    sweep must be there, trained with the same intervention (and, given `widths`, of each location's width). A
-    file that is missing, damaged or of another kind ends in one line; `plan.prepare` calls this before the
-    weights load."""
-    from pathlib import Path
-
-    from circuitlab.errors import CircuitlabError
-    from circuitlab.results import load_tensors
-
-    given = Path(path).expanduser()
-    file = given / "interventions.pt" if given.is_dir() else given
-    if not file.is_file():
-        raise ConfigError("method.load", path, "a run dir of method=das holding interventions.pt, or that file "
-                          f"({'it holds no interventions.pt' if given.is_dir() else 'no such file'}; vanilla runs save none)")
-    named = f"method.load={path}: " + (f"its {file.name} is " if file != given else "")
-    try:
-        data = load_tensors(file)
-    except Exception as err:  # empty, truncated, garbage or unsafe: whatever torch.load raises
-        import pickle
-
-        reason = ("garbage, or objects other than tensors" if isinstance(err, pickle.UnpicklingError)
-                  else (str(err).strip().splitlines() or [type(err).__name__])[0][:120] or type(err).__name__)
-        raise CircuitlabError(f"{named}not a readable torch file (empty, truncated or damaged: {reason})") from None
-    keys = ("intervention", "low_rank_dimension", "locations", "states")
-    what = f"{named}not the interventions.pt of a method=das run"
-    if not isinstance(data, dict) or any(k not in data for k in keys):
-        raise CircuitlabError(f"{what} (a dict with {', '.join(keys)}; it holds {type(data).__name__}"
-                              f"{' with ' + ', '.join(map(str, list(data)[:6])) if isinstance(data, dict) else ''})")
-    states = data["states"]
-    if not isinstance(data["locations"], list) or not isinstance(states, list) or len(states) != len(data["locations"]):
-        raise CircuitlabError(f"{what} (its locations and states are not two lists of one length)")
-    if data["intervention"] != training.intervention or data["low_rank_dimension"] != training.low_rank_dimension and training.intervention == "das":
-        raise ConfigError("method.intervention", training.intervention,
-                          f"{data['intervention']} with low_rank_dimension {data['low_rank_dimension']} (what {file} holds)")
-    by_key = dict(zip(map(str, data["locations"]), states))
-    missing = [location_key(loc) for loc in locations if location_key(loc) not in by_key]
-    if missing:
-        raise ConfigError("method.load", path, f"a run with these locations (missing {', '.join(missing[:3])})")
-    out = [by_key[location_key(loc)] for loc in locations]
-    k = training.low_rank_dimension
-    for loc, state, width in zip(locations, out, widths or [None] * len(out)):
-        basis = state.get("basis") if isinstance(state, dict) else None
-        ok = isinstance(basis, Tensor) and basis.ndim == 2
-        if ok and width is not None:
-            ok = tuple(basis.shape) == (width, k if training.intervention == "das" else width)
-        if ok and training.intervention == "boundless":
-            ok = isinstance(state.get("boundary"), Tensor) and "temperature" in state
-        if not ok:
-            raise CircuitlabError(f"{what}: the state of {location_key(loc)} is not a basis for this model "
-                                  f"({'a ' + 'x'.join(map(str, basis.shape)) + ' basis' if isinstance(basis, Tensor) else 'no basis'}"
-                                  f"{f', {width} wide expected' if width is not None else ''})")
-    return out

@@ -54,7 +54,7 @@ def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     hp = cfg.method
     training = das.training_from(hp)
     saved = das.load_interventions(hp.load, plan.locations, training) if hp.load else None
-    result = das.das_sweep(model, plan.method_plan, plan.pairs, plan.locations, training, cfg.progress, saved)
+    result = das.das_sweep(model, plan.method_plan, plan.pairs, plan.locations, training, cfg.progress, saved, cfg.memory_budget_mb)
     rows = []
     for i, loc in enumerate(plan.locations):
         values = {"iia": float(result.iia[i]), "loss": float(result.loss[i])}
