@@ -384,3 +384,28 @@ def test_titles_and_marks_say_what_was_done(runs, tmp_path):
         activation_patching_figures(circuitlab.load(run_dir).results, run_dir / "figures")
     [title] = [p.labels.title for p in plots.values()]
     assert "head sets" in title and "each head" not in title
+
+
+def test_the_report_says_the_templates_the_key_number_rule_and_position_roles(runs):
+    """ioi_patching (templates: when, every position): the manifest and the report name the template; examples.json
+    counts each named position's index over every pair; the key number is not a residual-stream cell and names its
+    position's role and its rule."""
+    import html as html_module
+
+    from circuitlab.tasks import ioi
+
+    run_dir = runs["activation_patching"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["templates"]["templates"] == {"when": ioi.TEMPLATES["when"]}
+    page = (run_dir / report.REPORT_FILE).read_text()
+    assert html_module.escape(ioi.TEMPLATES["when"]) in page
+    examples = json.loads((run_dir / report.EXAMPLES_FILE).read_text())
+    assert all(sum(where.values()) == examples["n_pairs"] for where in examples["roles"].values())
+    assert set(examples["differ"]) == {str(examples["pairs"][0]["positions"]["S2"])}  # abc: only S2 changes
+    key = circuitlab.load(run_dir).key_number
+    results = circuitlab.load(run_dir).results
+    assert key["value"] is not None and "residual stream" in key["rule"] and html_module.escape(key["rule"]) in page
+    quoted = results[(results["metric"] == key["metric"]) & (results["value"] == key["value"])]
+    assert not quoted["stream"].isin(["resid_pre", "resid_mid", "resid_post"]).all()
+    end = examples["pairs"][0]["positions"]["END"]
+    assert f"position {end}" not in key["where"] or "END" in key["where"]  # an index position is named by its role

@@ -106,3 +106,10 @@ def vocabulary() -> list[str]:
             if token not in words:
                 words.append(token)
     return words + [w for pair in CAPITALS.items() for w in pair if w not in words]
+
+
+def templates_used(cfg) -> dict:
+    """The templates the pairs cycle through (name -> text), for the manifest and the report."""
+    names = _list(cfg.templates, TEMPLATES)
+    return {"templates": {name: TEMPLATES[name] for name in names},
+            "note": f"task.templates={cfg.templates if isinstance(cfg.templates, str) else ','.join(names)}, cycled over the pairs"}
