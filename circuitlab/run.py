@@ -4,7 +4,8 @@ Order matters: every check that needs no model runs first (`plan.prepare`: the t
 positions are checked against real prompt lengths; then the run dir's: writable, not in use, resumable), and only
 then the model weights are loaded; nothing in the run dir changes before that. Then the dir is locked for this
 process, the method's runner (`runners.py`) does the work and this module writes the run dir. Ctrl-C (or SIGTERM)
-ends in `rundir.Interrupted`, whose one line says how many finished chunks were kept and how to resume.
+ends in `rundir.Interrupted`, whose one line says what was kept (finished chunks, or nothing for a method that keeps
+no partial results) and what a rerun does. The manifest records the run's peak memory (`memory.py`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from circuitlab import inputs, report, resume, rundir
+from circuitlab import inputs, memory, report, resume, rundir
 from circuitlab.engine import chunks
+from circuitlab.engine.batching import memory_budget
 from circuitlab import results as rs
 from circuitlab.models import loading
 from circuitlab.plan import bos_record, prepare_once
@@ -47,6 +49,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     call's), are recorded in the manifest for the report's command that reproduces the run."""
     run_dir = Path(run_dir)
     timer = PhaseTimer()
+    since_start = memory.reset_peak(loading.resolve_device(cfg.device))
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     with timer("prepare"):
@@ -63,13 +66,16 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     if templates:
         log.info("templates: %s (%s)", ", ".join(templates["templates"]), templates["note"])
     resume.check_run_dir(cfg, run_dir, results_dir=False)  # refused here, before the model loads, with nothing written
+    log.info("loading the model (%s)", f"{cfg.model.name}{f' from {cfg.model.path}' if cfg.model.get('path') else ''}")
     with timer("load_model"):  # before the run dir is touched: a checkpoint that fails to load changes nothing there
         model = loading.load_model(cfg.model, device=device)
+    log.info("model ready in %.1f s (%.1f MB of weights)", timer.seconds["load_model"], memory.weights_mb(model))
     with rundir.locked(run_dir):
-        return _run_locked(cfg, run_dir, plan, model, device, timer, overrides)
+        return _run_locked(cfg, run_dir, plan, model, device, timer, overrides, since_start)
 
 
-def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer: PhaseTimer, overrides: list[str] | None = None) -> dict:
+def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer: PhaseTimer, overrides: list[str] | None = None,
+                since_start: bool = False) -> dict:
     pairs, locations = plan.pairs, plan.locations
     store, finished = None, False
     try:
@@ -80,16 +86,18 @@ def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer:
             log.warning("sweep.shard=%d owned none of the sweep's %d chunks (num_shards=%d): its results are NaN; "
                         "use fewer shards", store.shard, store.planned, store.num_shards)
         finished = True
-        return _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides)
+        memory_record = memory.record(model, device, memory_budget(device, cfg.memory_budget_mb), since_start)
+        return _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides, memory_record)
     except KeyboardInterrupt as err:
         rundir.clear_progress_bars()
         if store is None:
             raise
         signum = rundir.interrupted_by(err)
-        raise rundir.Interrupted(rundir.kept_message(run_dir, signum, store.kept(), finished), signum) from None
+        keeps = registry.get(cfg.method.name).keeps_chunks(cfg)
+        raise rundir.Interrupted(rundir.kept_message(run_dir, signum, store.kept(), finished, keeps, cfg.method.name), signum) from None
 
 
-def _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides) -> dict:
+def _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides, memory_record: dict | None = None) -> dict:
     pairs, locations = plan.pairs, plan.locations
     with timer("write_results"):
         rs.write_csv(run_dir / "results.csv", rs.tidy_frame(output.rows))
@@ -129,6 +137,7 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         "versions": rs.package_versions(),
         "git_commit": rs.git_commit(Path(__file__).parent),
         "wall_time_seconds": timer.seconds,
+        **({"memory": memory_record} if memory_record else {}),
         "files": ["results.csv", "results.pt", "dataset.pt", resume.CONFIG_FILE, inputs.INPUTS_FILE, *output.tables, *output.tensor_files, report.EXAMPLES_FILE,
                   *[str(Path(f).relative_to(run_dir)) for f in figures], report.REPORT_FILE],
     }
@@ -139,6 +148,9 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         log.warning("report.html not written (%s: %s); `circuitlab report %s` retries", type(err).__name__, err, run_dir)
     if "logit_diff" in output.clean and "logit_diff" in output.corrupted:
         log.info("clean logit diff %.3f | corrupted %.3f", output.clean["logit_diff"], output.corrupted["logit_diff"])
+    if memory_record:
+        log.info("peak memory %d MB (%.1f MB of weights, memory_budget_mb=%d)", memory_record["peak_rss_mb"], memory_record["weights_mb"],
+                 memory_record["budget_mb"])
     log.info("results: %s", run_dir)
     if figures:
         log.info("figures: %s", ", ".join(figures))

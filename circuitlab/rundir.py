@@ -7,7 +7,8 @@ says it kept.
   is refused in one line naming the holder's pid. The kernel drops the lock with the process, even on SIGKILL, so
   a crashed run never leaves the dir locked; the file itself stays (removing it would race with a waiting opener).
 - `Interrupted` is the KeyboardInterrupt (Ctrl-C, or SIGTERM as Slurm sends it) of a run, carrying the one line the
-  CLI prints and its exit code (128 + the signal number).
+  CLI prints and its exit code (128 + the signal number); `kept_message` writes that line from what the method keeps
+  (finished chunks, or nothing until it ends).
 """
 
 from __future__ import annotations
@@ -165,11 +166,20 @@ def interrupted_by(err: BaseException) -> int:
     return int(getattr(err, "signum", signal.SIGINT))
 
 
-def kept_message(run_dir: Path, signum: int, kept: int, finished: bool = False) -> str:
+def kept_message(run_dir: Path, signum: int, kept: int, finished: bool = False, keeps_chunks: bool = True, method: str = "") -> str:
+    """The one line an interrupted run prints: what is kept in `run_dir` and what a rerun does. `keeps_chunks`: whether
+    the method keeps finished chunks (a rerun into the dir loads them) or nothing until it ends (a rerun starts over)."""
     what = "interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})"
-    chunks = f"{kept} finished chunk{'s' if kept != 1 else ''}" if kept else "no finished chunk"
-    done = " (the sweep had finished; its results were being written)" if finished else ""
-    return f"{what}: {chunks} kept in {run_dir}{done}; rerun the same command with run.dir={run_dir} to resume"
+    if kept:
+        done = " (the sweep had finished; its results were being written)" if finished else ""
+        return f"{what}: {kept} finished chunk{'s' if kept != 1 else ''} kept in {run_dir}{done}; rerun the same command with run.dir={run_dir} to resume"
+    again = f"rerun the same command to start over (run.dir={run_dir} reuses that dir)"
+    if keeps_chunks:
+        return f"{what}: no chunk had finished, so nothing is kept in {run_dir}; {again}"
+    who = f"method={method}" if method else "this method"
+    if finished:
+        return f"{what} while its results were being written: {who} keeps no partial results, so they are lost; {again}"
+    return f"{what}: {who} keeps no partial results (it writes them when it ends), so nothing is kept in {run_dir}; {again}"
 
 
 @contextlib.contextmanager

@@ -319,6 +319,59 @@ def test_interrupt_ends_in_one_line_and_resumes(tmp_path, monkeypatch, sig, code
     assert (tmp_path / "r" / "results.csv").read_bytes() == (whole / "results.csv").read_bytes()
 
 
+KEEPS_CHUNKS = [  # one quick run per method (and per config that decides), with what it keeps
+    (["+experiment=ioi_patching", "sweep.layers=[1]"], True),
+    (["+experiment=toy_resample_scales"], True),
+    (["+experiment=ioi_attribution", "sweep.layers=[1]"], True),
+    (["+experiment=ioi_attribution", "sweep.layers=[1]", "method.compare_exact=false"], False),
+    (["+experiment=ioi_name_vanilla", "sweep.layers=[1]", "task.n_train=20", "task.n_prompts=20"], True),
+    (["+experiment=ioi_name_das", "sweep.layers=[1]", "sweep.positions=[END]", "task.n_train=20", "task.n_prompts=20", "method.epochs=1"], False),
+    (["+experiment=ioi_dla"], False),
+    (["+experiment=ioi_eap"], False),
+    (["+experiment=ioi_eap_ig"], False),
+    (["+experiment=ioi_edge_patching"], True),
+    (["+experiment=ioi_path_to_name_movers"], True),
+]
+
+
+@pytest.mark.parametrize("overrides, keeps", KEEPS_CHUNKS, ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
+def test_what_a_method_says_it_keeps_is_what_it_writes(tmp_path, overrides, keeps):
+    """An interrupted run's line says "N finished chunks kept ... to resume" or "keeps no partial results" from the
+    method's `keeps_chunks(cfg)`; each method's run writes chunk files exactly when it says it keeps them."""
+    from circuitlab.methods import registry
+
+    defaults = ["task.n_prompts=8"] if not any(o.startswith("task.n_prompts") for o in overrides) else []
+    cfg = cli.compose_config([*overrides, *defaults, *QUIET])
+    assert registry.get(cfg.method.name).keeps_chunks(cfg) is keeps
+    run_experiment(cfg, tmp_path / "r")
+    assert bool(list((tmp_path / "r" / "chunks").glob("*.pt"))) is keeps
+
+
+def test_sigterm_during_das_training_says_nothing_is_kept(tmp_path):
+    """DAS keeps nothing until it ends: a SIGTERM while it trains says so (not "chunks kept ... to resume"), and the
+    rerun the line suggests starts over and finishes."""
+    args = ["run", "+experiment=ioi_name_das", "sweep.layers=[1]", "sweep.positions=[END]", "task.n_train=20", "task.n_prompts=20",
+            "method.epochs=400", *QUIET, "run.dir=r"]  # a few seconds of training
+    proc = _start(args, tmp_path, {})
+    log, deadline = tmp_path / "r" / "hydra_app.log", time.monotonic() + 120
+    while not (log.is_file() and "das: cached in" in log.read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"DAS did not start training: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    run_dir = tmp_path / "r"
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines() == [f"circuitlab: terminated (SIGTERM): method=das keeps no partial results (it writes them when it "
+                                        f"ends), so nothing is kept in {run_dir}; rerun the same command to start over (run.dir={run_dir} "
+                                        "reuses that dir)"]
+    assert not (run_dir / "results.csv").exists() and not list(run_dir.rglob("chunks/*.pt"))
+    proc = _cli(args, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert manifest(run_dir)["chunks"]["chunks_loaded"] == 0 and (run_dir / "results.csv").is_file()
+
+
 def test_pretrained_inputs_come_from_the_cache_snapshot(tmp_path, monkeypatch):
     """A pretrained name in the Hugging Face cache: its snapshot's weights, config and tokenizer are the inputs, an
     LFS blob by the sha256 its name is (not read); not in the cache: the name alone, which is not compared."""

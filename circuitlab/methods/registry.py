@@ -19,7 +19,8 @@ class Method:
     """`module` defines `validate(cfg)` (checks without the tokenizer or weights), `plan(cfg, shape, pairs, tokenizer,
     locations) -> (locations, method_plan)` (checks against the model's shape and the prompts; `method_plan` is the
     method's own part of the Plan) and `run(cfg, plan, model) -> MethodOutput`; optionally `shard_points(cfg,
-    locations, pairs) -> (count, what)`, the points its chunks hold, for the shard check."""
+    locations, pairs) -> (count, what)`, the points its chunks hold, for the shard check, and `keeps_chunks(cfg)`,
+    where the config decides whether finished chunks are kept (default: `shardable`)."""
 
     name: str
     schema: type  # its config dataclass, stored in Hydra's ConfigStore as method/base_<name>
@@ -35,6 +36,12 @@ class Method:
     @property
     def hooks(self) -> ModuleType:
         return importlib.import_module(self.module)
+
+    def keeps_chunks(self, cfg) -> bool:
+        """Whether a run of `cfg` keeps its finished chunks on disk (so that an interrupted run resumes): the module's
+        `keeps_chunks(cfg)` where the config decides, else `shardable` (sharding hands out chunks)."""
+        decide = getattr(self.hooks, "keeps_chunks", None)
+        return bool(decide(cfg)) if decide is not None else self.shardable
 
 
 METHODS: dict[str, Method] = {}

@@ -33,6 +33,11 @@ def shard_points(cfg: DictConfig, locations: list[Location], pairs: PromptPairs)
     return activation_patching.shard_points(cfg, locations, pairs)
 
 
+def keeps_chunks(cfg: DictConfig) -> bool:
+    """The exact patching beside the estimates keeps its finished chunks; the estimates alone keep nothing."""
+    return bool(cfg.method.get("compare_exact", True))
+
+
 def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     """Attribution estimates, with exact patching beside them when `compare_exact`."""
     sweep = patching_sweep(cfg, plan, model)

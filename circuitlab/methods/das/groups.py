@@ -95,7 +95,7 @@ def describe(groups: list[Group], budget_bytes: int) -> str:
     """One line for the log: how many groups, their sizes, the largest estimate, the budget."""
     sizes = sorted({len(g.indices) for g in groups})
     n = sum(len(g.indices) for g in groups)
-    return (f"{n} location{'s' if n != 1 else ''} train in {len(groups)} group{'s' if len(groups) != 1 else ''} of "
+    return (f"{n} location{'s train' if n != 1 else ' trains'} in {len(groups)} group{'s' if len(groups) != 1 else ''} of "
             f"{sizes[0] if len(sizes) == 1 else f'{sizes[0]}-{sizes[-1]}'} (memory_budget_mb={budget_bytes // 2**20}; "
             f"~{_mb(max(g.bytes for g in groups))} MB for the largest group)")
 

@@ -31,6 +31,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("method.load", cfg.method.load, "an existing run dir or interventions.pt")
 
 
+def keeps_chunks(cfg: DictConfig) -> bool:
+    """Vanilla interchange is activation patching's sweep (finished chunks kept, an interrupted run resumes); trained
+    interventions keep nothing until the run ends."""
+    return cfg.method.intervention == "vanilla"
+
+
 def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations: list[Location]):
     """Subspaces that fit their locations, the train split (the Plan's method part), saved interventions that fit."""
     from circuitlab.plan import special_ids
