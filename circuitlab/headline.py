@@ -172,15 +172,15 @@ def choose(rows: pd.DataFrame, differing: set[str] = frozenset()) -> tuple[pd.Se
     left_out = []
     if residual.any() and (~residual).any():
         rows = rows[~residual]
-        left_out.append("the whole residual stream")
+        left_out.append("the whole residual stream (at a position it carries everything there: ≈ 1 at the changed token "
+                        "until the information moves on, and at the final position once it has arrived)")
     at_change = rows["position"].astype(str).isin(differing)
     if at_change.any() and (~at_change).any():
         rows = rows[~at_change]
-        left_out.append("the positions where the two prompts differ")
+        left_out.append("the positions where the two prompts differ (a component there writes the changed token itself)")
     if not left_out:
         return largest(rows), "largest |value|"
-    return largest(rows), (f"largest |value| leaving out {' and '.join(left_out)} (a patch there carries the changed token "
-                           "itself, ≈ 1 by construction): an effect of information moved to where it is read")
+    return largest(rows), f"largest |value| leaving out {' and '.join(left_out)}: an effect of information moved to where it is read"
 
 
 def circuit_faithfulness(run_dir: Path | None) -> dict | None:
