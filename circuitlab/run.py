@@ -49,7 +49,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     call's), are recorded in the manifest for the report's command that reproduces the run."""
     run_dir = Path(run_dir)
     timer = PhaseTimer()
-    since_start = memory.reset_peak(loading.resolve_device(cfg.device))
+    meter = memory.PeakMeter(loading.resolve_device(cfg.device))
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     with timer("prepare"):
@@ -69,13 +69,14 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     log.info("loading the model (%s)", f"{cfg.model.name}{f' from {cfg.model.path}' if cfg.model.get('path') else ''}")
     with timer("load_model"):  # before the run dir is touched: a checkpoint that fails to load changes nothing there
         model = loading.load_model(cfg.model, device=device)
-    log.info("model ready in %.1f s (%.1f MB of weights)", timer.seconds["load_model"], memory.weights_mb(model))
+    log.info("model ready in %.1f s (%.1f MB of weights, peak memory %d MB)", timer.seconds["load_model"], memory.weights_mb(model),
+             meter.mark("load_model"))
     with rundir.locked(run_dir):
-        return _run_locked(cfg, run_dir, plan, model, device, timer, overrides, since_start)
+        return _run_locked(cfg, run_dir, plan, model, device, timer, overrides, meter)
 
 
 def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer: PhaseTimer, overrides: list[str] | None = None,
-                since_start: bool = False) -> dict:
+                meter: memory.PeakMeter | None = None) -> dict:
     pairs, locations = plan.pairs, plan.locations
     store, finished = None, False
     try:
@@ -86,7 +87,10 @@ def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer:
             log.warning("sweep.shard=%d owned none of the sweep's %d chunks (num_shards=%d): its results are NaN; "
                         "use fewer shards", store.shard, store.planned, store.num_shards)
         finished = True
-        memory_record = memory.record(model, device, memory_budget(device, cfg.memory_budget_mb), since_start)
+        memory_record = None
+        if meter is not None:
+            meter.mark("method")
+            memory_record = meter.record(model, memory_budget(device, cfg.memory_budget_mb))
         return _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides, memory_record)
     except KeyboardInterrupt as err:
         rundir.clear_progress_bars()
@@ -149,8 +153,9 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
     if "logit_diff" in output.clean and "logit_diff" in output.corrupted:
         log.info("clean logit diff %.3f | corrupted %.3f", output.clean["logit_diff"], output.corrupted["logit_diff"])
     if memory_record:
-        log.info("peak memory %d MB (%.1f MB of weights, memory_budget_mb=%d)", memory_record["peak_rss_mb"], memory_record["weights_mb"],
-                 memory_record["budget_mb"])
+        log.info("peak memory %d MB (loading the model %d MB, the method %d MB; %.1f MB of weights, memory_budget_mb=%d)",
+                 memory_record["peak_rss_mb"], memory_record["by_phase"]["load_model"], memory_record["by_phase"]["method"],
+                 memory_record["weights_mb"], memory_record["budget_mb"])
     log.info("results: %s", run_dir)
     if figures:
         log.info("figures: %s", ", ".join(figures))

@@ -77,6 +77,7 @@ def test_manifest(run_dir):
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
     memory = manifest["memory"]
     assert memory["weights_mb"] == round(weights, 1) and memory["budget_mb"] == 1024 and memory["scope"] == "run"
+    assert set(memory["by_phase"]) == {"load_model", "method"} and memory["peak_rss_mb"] == max(memory["by_phase"].values())
     assert 100 < memory["peak_rss_mb"] < 8000  # torch alone takes ~100 MB
 
 

@@ -19,6 +19,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from circuitlab.engine.forward import final_position_logits
 from circuitlab.tasks.base import PromptPairs
 
 
@@ -49,15 +50,17 @@ def direct_attribution(model: HookedTransformer, pairs: PromptPairs, prompts: st
     n_layers, rows = model.cfg.n_layers, torch.arange(pairs.n_pairs, device=tokens.device)
     final = pairs.final_positions.to(tokens.device)
     with torch.no_grad():
-        logits, cache = model.run_with_cache(tokens)
+        cache = final_position_cache(model, tokens, final)
         answer, wrong = pairs.answer_tokens.to(tokens.device), pairs.wrong_tokens.to(tokens.device)
-        measured = (logits[rows, final, answer] - logits[rows, final, wrong]).mean().item()
-        final_normed = cache["ln_final.hook_normalized"] if "ln_final.hook_normalized" in cache.cache_dict else cache[f"blocks.{n_layers - 1}.hook_resid_post"]
-        uncapped = model.unembed(final_normed[rows, final][:, None])[:, 0]
-        uncapped_measured = (uncapped[rows, answer] - uncapped[rows, wrong]).mean().item()
+        last = cache[f"blocks.{n_layers - 1}.hook_resid_post"][:, None]
+        logits = final_position_logits(model, last, torch.zeros_like(final))  # [batch, vocab], soft-capped as the model's own
+        measured = (logits[rows, answer] - logits[rows, wrong]).mean().item()
+        final_normed = cache.get("ln_final.hook_normalized", cache[f"blocks.{n_layers - 1}.hook_resid_post"])
+        uncapped_diff = (final_normed * (model.W_U[:, answer] - model.W_U[:, wrong]).T).sum(-1) + model.b_U[answer] - model.b_U[wrong]
+        uncapped_measured = uncapped_diff.mean().item()
         direction = (model.W_U[:, answer] - model.W_U[:, wrong]).T  # [batch, d_model]
-        at_end = lambda name: cache[name][rows, final]  # noqa: E731
-        scale = at_end("ln_final.hook_scale") if "ln_final.hook_scale" in cache.cache_dict else None
+        at_end = cache.__getitem__
+        scale = cache.get("ln_final.hook_scale")
 
         centre = model.cfg.normalization_type in ("LN", "LNPre")
 
@@ -79,7 +82,7 @@ def direct_attribution(model: HookedTransformer, pairs: PromptPairs, prompts: st
         lens.append(("resid_post", n_layers - 1, read(at_end(f"blocks.{n_layers - 1}.hook_resid_post"))))
 
         components = [("embed", 0, None, read(at_end("hook_embed")))]
-        if "hook_pos_embed" in cache.cache_dict:
+        if "hook_pos_embed" in cache:
             components.append(("pos_embed", 0, None, read(at_end("hook_pos_embed"))))
         for layer in range(n_layers):
             attn = model.blocks[layer].attn
@@ -100,3 +103,17 @@ def direct_attribution(model: HookedTransformer, pairs: PromptPairs, prompts: st
             constant += (bias * direction).sum(-1).mean().item()
     lens = [(stream, layer, value + constant) for stream, layer, value in lens]  # the last point: the measured value (before any cap)
     return DirectAttribution(measured, lens, components, constant, uncapped_measured)
+
+
+def final_position_cache(model: HookedTransformer, tokens: Tensor, final: Tensor) -> dict[str, Tensor]:
+    """The activations the attribution reads, at each prompt's final position only (a full cache of a 30-layer model
+    holds every position of every hook, and the logits of the whole vocabulary at every position: gigabytes)."""
+    wanted = ("hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_z",
+              "hook_attn_out", "hook_mlp_out", "ln1_post.hook_scale", "ln_final.hook_scale", "ln_final.hook_normalized")
+    rows, kept = torch.arange(tokens.shape[0], device=tokens.device), {}
+
+    def keep(activation: Tensor, hook) -> None:
+        kept[hook.name] = activation[rows, final].clone()
+
+    model.run_with_hooks(tokens, return_type=None, fwd_hooks=[(lambda name: name.endswith(wanted), keep)])
+    return kept
