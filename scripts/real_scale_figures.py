@@ -35,6 +35,8 @@ SHRINK = {  # per preset, on a real model: fewer prompts / less training / a sam
     "ioi_eap_ig": ["task.n_prompts=8", "method.ig_steps=2"],
     "ioi_edge_patching": ["task.n_prompts=4", "method.sample=3000"],
     "toy_resample_scales": ["task.n_prompts=8", "method.scales=[0,1,5]"],
+    # the toy's name movers (heads 1.0, 1.2) mean nothing elsewhere: every head of every layer into the final stream
+    "ioi_path_to_name_movers": ["task.n_prompts=8", "method.receivers=[resid_post.-1]"],
 }
 
 
