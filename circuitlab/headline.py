@@ -167,8 +167,8 @@ def choose(rows: pd.DataFrame, differing: set[str] = frozenset()) -> tuple[pd.Se
             enough = end[end["value"].abs() >= ARRIVED_SHARE * end["value"].abs().max()]
             first = enough.loc[depth[enough.index].idxmin()]
             return first, (f"the residual stream alone: the first layer where it carries at least {ARRIVED_SHARE:.0%} of its "
-                           "largest value at the final position (where the information has arrived; its largest cells "
-                           "are ≈ 1 by construction)")
+                           "largest value at the final position, where the information has arrived (a whole-stream sweep's "
+                           "largest cells sit at the changed token before the information moves and at the end after)")
     left_out = []
     if residual.any() and (~residual).any():
         rows = rows[~residual]
