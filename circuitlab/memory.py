@@ -1,44 +1,48 @@
 """A run's memory record for the manifest: its peak resident memory, per phase, beside the weights' size and the
 budget.
 
-On Linux the kernel's peak-RSS mark (VmHWM) is reset when a run starts and between its phases
-(`/proc/self/clear_refs`), so each run of a multirun process, and each phase (loading the model, the method's work),
-has its own peak; where it cannot be reset the peak is the process's so far (`scope` says which). On CUDA the
-allocator's peak is recorded too.
+The process's peak (the kernel's high-water mark, VmHWM: what `/usr/bin/time -v` reports) is never reset: it covers
+everything this process did, earlier runs of a multirun included. A run's own peaks, per phase (loading the model,
+the method's work), come from a thread that reads the resident size every 10 ms while the run lasts (a spike
+shorter than that can be missed). Where /proc is missing (macOS), only getrusage's process peak is known. On CUDA
+the allocator's peak is recorded too (reset when the run starts).
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
+import threading
+import weakref
 from pathlib import Path
 
 import torch
 
-STATUS, CLEAR_REFS = Path("/proc/self/status"), Path("/proc/self/clear_refs")
+STATUS, STATM = Path("/proc/self/status"), Path("/proc/self/statm")
+PAGE_MB = (os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096) / 2**20
+INTERVAL_S = 0.01
 
 
-def reset_peak(device: str) -> bool:
-    """Start counting this run's peak; False when only the process's peak can be read."""
-    if str(device).startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats(torch.device(device))
+def rss_mb() -> float | None:
+    """The resident size now, in MiB (None without /proc)."""
     try:
-        CLEAR_REFS.write_text("5")  # resets VmHWM to the current RSS
-        return True
-    except OSError:
-        return False
+        return int(STATM.read_text().split()[1]) * PAGE_MB
+    except (OSError, IndexError, ValueError):
+        return None
 
 
-def peak_rss_mb() -> int:
-    """The peak resident memory in MiB: VmHWM where it exists, else getrusage's (bytes on macOS, KiB elsewhere)."""
+def process_peak_mb() -> int:
+    """The process's peak resident memory in MiB: VmHWM where it exists, else getrusage's (bytes on macOS, KiB
+    elsewhere)."""
     try:
         for line in STATUS.read_text().splitlines():
             if line.startswith("VmHWM:"):
-                return int(line.split()[1]) // 1024
+                return round(int(line.split()[1]) / 1024)
     except OSError:
         pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak // 2**20 if sys.platform == "darwin" else peak // 1024)
+    return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024)
 
 
 def weights_mb(model: torch.nn.Module) -> float:
@@ -48,27 +52,47 @@ def weights_mb(model: torch.nn.Module) -> float:
 
 
 class PeakMeter:
-    """Peak resident memory per phase of a run: `mark(phase)` records the peak since the previous mark (or the start)
-    and starts counting again (where the kernel's mark cannot be reset, each phase's value is the process's peak so
-    far)."""
+    """A run's peak resident memory per phase: `mark(phase)` closes the phase running since the previous mark (or
+    since the meter was made) under that name. The sampling thread ends with the meter (or at `record`)."""
 
     def __init__(self, device: str):
         self.device = str(device)
-        self.resettable = reset_peak(self.device)
         self.phases: dict[str, int] = {}
+        self._current = rss_mb() or 0.0
+        self._stop = threading.Event()
+        if str(device).startswith("cuda") and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats(torch.device(device))
+        if rss_mb() is not None:
+            threading.Thread(target=_sample, args=(weakref.ref(self), self._stop), daemon=True, name="circuitlab-memory").start()
+
+    def observe(self) -> None:
+        now = rss_mb()
+        if now is not None and now > self._current:
+            self._current = now
 
     def mark(self, phase: str) -> int:
-        self.phases[phase] = peak_rss_mb()
-        if self.resettable:
-            reset_peak(self.device)
+        """The peak of the phase that ends now, in MiB (the process's peak so far where it cannot be sampled)."""
+        self.observe()
+        self.phases[phase] = round(self._current) if rss_mb() is not None else process_peak_mb()
+        self._current = rss_mb() or 0.0
         return self.phases[phase]
 
     def record(self, model: torch.nn.Module, budget_mb: int) -> dict:
-        """manifest["memory"]: peak_rss_mb (the run's), by_phase, weights_mb, budget_mb (the activation budget the run
-        was given), scope ("run": since this run started; "process": the process's peak so far) and, on CUDA,
-        cuda_peak_mb."""
-        out = {"peak_rss_mb": max(self.phases.values(), default=peak_rss_mb()), "by_phase": dict(self.phases),
-               "weights_mb": weights_mb(model), "budget_mb": int(budget_mb), "scope": "run" if self.resettable else "process"}
+        """manifest["memory"]: peak_rss_mb (this run's), by_phase, process_peak_rss_mb (the process's, as
+        /usr/bin/time reports it), weights_mb, budget_mb (the activation budget the run was given) and, on CUDA,
+        cuda_peak_mb. Stops the sampling."""
+        self._stop.set()
+        out = {"peak_rss_mb": max(self.phases.values(), default=process_peak_mb()), "by_phase": dict(self.phases),
+               "process_peak_rss_mb": process_peak_mb(), "weights_mb": weights_mb(model), "budget_mb": int(budget_mb)}
         if self.device.startswith("cuda") and torch.cuda.is_available():
             out["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated(torch.device(self.device)) / 2**20)
         return out
+
+
+def _sample(meter: weakref.ref, stop: threading.Event) -> None:
+    while not stop.wait(INTERVAL_S):
+        live = meter()
+        if live is None:
+            return
+        live.observe()
+        del live
