@@ -133,7 +133,7 @@ def test_out_of_memory_halves_the_chunk(tmp_path, monkeypatch, caplog):
     toy = loading.load_model(ModelConfig(source="embedded", name="toy-ioi"), device="cpu")
     pairs = ioi_pairs(toy, n_prompts=6)
     expected = engine_sweep.patch_sweep(toy, pairs, locations, progress=False).logit_diff
-    real = model._patched_final_logits
+    real = model._patched_final_resid
 
     def small_memory(m, layer, start, spec, cache, source, pos_masks, *args):
         if pos_masks.shape[0] > 2:
@@ -141,7 +141,7 @@ def test_out_of_memory_halves_the_chunk(tmp_path, monkeypatch, caplog):
         return real(m, layer, start, spec, cache, source, pos_masks, *args)
 
     calls = []
-    monkeypatch.setattr(model, "_patched_final_logits", lambda *a: calls.append(a[6].shape[0]) or small_memory(*a))
+    monkeypatch.setattr(model, "_patched_final_resid", lambda *a: calls.append(a[6].shape[0]) or small_memory(*a))
     with caplog.at_level(logging.WARNING, logger="circuitlab"):
         got = engine_sweep.patch_sweep(toy, pairs, locations, progress=False).logit_diff
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -22,8 +22,7 @@ from transformer_lens import HookedTransformer
 from circuitlab.edges import counterfactual as cf
 from circuitlab.edges.graph import EdgeGraph
 from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, logits_hook, sender_hooks, stack_senders
-from circuitlab.engine.forward import final_position_logits
-from circuitlab.metrics import logit_diff
+from circuitlab.engine.forward import fast_mlps, final_logit_diff
 from circuitlab.tasks.base import PromptPairs
 
 
@@ -90,9 +89,9 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
 
             hooks = [(INPUT_HOOK, interpolate)] + hooks
         grads.clear()
-        with edges_exposed(model, split=False, mlp_in=True, ungroup=True), frozen_weights(model), torch.enable_grad():
+        with edges_exposed(model, split=False, mlp_in=True, ungroup=True), frozen_weights(model), fast_mlps(model), torch.enable_grad():
             resid = model.run_with_hooks(clean_tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
-            logit_diff(final_position_logits(model, resid, final), answer, wrong).sum().backward()
+            final_logit_diff(model, resid, final, answer, wrong).sum().backward()
             for name, grad in _receiver_gradients(model, graph, grads, norm_inputs).items():
                 _accumulate(total, name, grad)
         bar.update(1)

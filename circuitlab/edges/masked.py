@@ -5,6 +5,10 @@ Row block c of the batch runs circuit c. Each sender's hook records (source - cu
 the recorded difference of every edge the circuit leaves out. So an edge in the circuit carries the sender's
 output as the circuit computes it, and an edge outside it the sender's counterfactual output (as EAP-IG's and
 MIB's evaluation). The empty circuit is the counterfactual run itself; the full one is the clean run.
+
+With the `patching` counterfactual, every sender's counterfactual output equals its clean one before the first
+position where a clean prompt differs from its corrupted twin, so every circuit's run equals the clean run there:
+the forwards compute only the later positions, attending to the clean run's keys and values of the earlier ones.
 """
 
 from __future__ import annotations
@@ -12,45 +16,75 @@ from __future__ import annotations
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuitlab.edges import counterfactual as cf
 from circuitlab.edges.graph import EdgeGraph
 from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, logits_hook
 from circuitlab.engine.batching import memory_budget
-from circuitlab.engine.forward import final_position_logits
-from circuitlab.metrics import logit_diff
+from circuitlab.engine.forward import fast_mlps, final_logit_diff, frozen_prefix
+from circuitlab.engine.sweep import first_difference
 from circuitlab.tasks.base import PromptPairs
 
 
 def circuits_logit_diff(
     model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sources,
-    keep: Bool[Tensor, "circuit sender receiver"], memory_budget_mb: int | None = None,
+    keep: Bool[Tensor, "circuit sender receiver"], memory_budget_mb: int | None = None, progress: bool = False,
 ) -> tuple[Float[Tensor, " circuit"], int]:
     """The mean logit difference of each circuit, and the number of masked forwards it took: as many circuits
-    per forward as the memory budget holds (all prompts at once unless they alone exceed it)."""
+    per forward as the memory budget holds (all prompts at once unless they alone exceed it). `progress`: a bar
+    over circuits (x prompt batches), moved after each forward."""
     device = model.cfg.device
+    start = unchanged_before(pairs, sources)
     budget = memory_budget(device, memory_budget_mb) * 2**20
-    per_prompt = pairs.width * (len(graph.senders) + 4 * graph.n_heads + 8) * model.cfg.d_model * 4  # bytes per row
+    per_prompt = (pairs.width - start) * (len(graph.senders) + 4 * graph.n_heads + 8) * model.cfg.d_model * 4  # bytes per row
     prompts = max(1, min(pairs.n_pairs, int(budget // per_prompt)))  # prompts per forward (all, unless too many)
     copies = max(1, int(budget // (per_prompt * prompts)))  # circuits per forward
     source = sources.outputs(model, pairs, graph)
     totals, forwards = torch.zeros(keep.shape[0], dtype=torch.float64), 0
-    for first_prompt in range(0, pairs.n_pairs, prompts):
+    batches = range(0, pairs.n_pairs, prompts)
+    desc = "circuits" if len(batches) == 1 else f"circuits ({len(batches)} prompt batches each)"
+    bar = tqdm(total=keep.shape[0] * len(batches), desc=desc, unit="circuit", disable=not progress)
+    for first_prompt in batches:
         rows = torch.arange(first_prompt, min(pairs.n_pairs, first_prompt + prompts))
         part = source if source.shape[0] == 1 else source[rows.to(source.device)]
+        prefix = clean_prefix(model, pairs, rows) if start else None
         for first in range(0, keep.shape[0], copies):
             block = keep[first:first + copies].to(device)
-            totals[first:first + copies] += _masked(model, pairs, graph, part, block, rows).double() * len(rows)
+            totals[first:first + copies] += _masked(model, pairs, graph, part, block, rows, start, prefix).double() * len(rows)
             forwards += 1
+            bar.update(block.shape[0])
+    bar.close()
     return (totals / pairs.n_pairs).float(), forwards
 
 
-def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, source: Tensor, keep: Tensor, rows: Tensor) -> Tensor:
-    """The mean logit difference of the prompts `rows` under each circuit of `keep`, in one forward."""
+def unchanged_before(pairs: PromptPairs, sources: cf.Sources) -> int:
+    """The positions every circuit's run shares with the clean run: those before the first difference of the
+    prompts under the `patching` counterfactual (at most up to the earliest final position), else none."""
+    if sources.kind != "patching":
+        return 0
+    return min(first_difference(pairs), int(pairs.final_positions.min()))
+
+
+def clean_prefix(model: HookedTransformer, pairs: PromptPairs, rows: Tensor) -> dict[str, Tensor]:
+    """The clean run of the prompts `rows`, as the masked forward's blocks see it (split inputs, one key and value
+    per query head): the input to block 0 and every layer's keys and values."""
+    names = {INPUT_HOOK} | {f"blocks.{layer}.attn.hook_{kv}" for layer in range(model.cfg.n_layers) for kv in "kv"}
+    with torch.no_grad(), edges_exposed(model), fast_mlps(model):
+        _, cache = model.run_with_cache(pairs.clean_tokens[rows].to(model.cfg.device), names_filter=lambda n: n in names,
+                                        stop_at_layer=model.cfg.n_layers)
+    return dict(cache.items())
+
+
+def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, source: Tensor, keep: Tensor, rows: Tensor,
+            start: int = 0, prefix: dict[str, Tensor] | None = None) -> Tensor:
+    """The mean logit difference of the prompts `rows` under each circuit of `keep`, in one forward over the
+    positions from `start` on (the earlier ones from `prefix`, the clean run's)."""
     device, dtype = model.cfg.device, model.cfg.dtype
-    copies, n, width = keep.shape[0], len(rows), pairs.width
+    copies, n, width = keep.shape[0], len(rows), pairs.width - start
     ablate = (~keep).to(dtype)  # circuit sender receiver
+    source = source if start == 0 else source[:, start:]
     source = source.to(device=device, dtype=dtype).expand(n, width, len(graph.senders), model.cfg.d_model)
     differences = torch.zeros(copies, n, width, len(graph.senders), model.cfg.d_model, device=device, dtype=dtype)
 
@@ -82,10 +116,16 @@ def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, sour
             hooks.append((f"blocks.{layer}.hook_mlp_in", construct(receiver, graph.feeding(receiver), False)))
             hooks.append((f"blocks.{layer}.hook_mlp_out", record(graph.mlp_sender(layer), 1)))
     hooks.append((logits_hook(graph), construct(graph.logits_receiver, len(graph.senders), False)))
-    tokens = pairs.clean_tokens[rows].to(device).repeat(copies, 1)
-    final = pairs.final_positions[rows].to(device).repeat(copies)
-    with torch.no_grad(), edges_exposed(model):
-        resid = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
-        logits = final_position_logits(model, resid, final)
+    final = pairs.final_positions[rows].to(device).repeat(copies) - start
     answer, wrong = pairs.answer_tokens[rows].to(device), pairs.wrong_tokens[rows].to(device)
-    return logit_diff(logits.view(copies, n, -1), answer, wrong).mean(1).float().cpu()
+    with torch.no_grad(), edges_exposed(model), fast_mlps(model):
+        if prefix is None:
+            tokens = pairs.clean_tokens[rows].to(device).repeat(copies, 1)
+            resid = model.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
+        else:
+            resid = prefix[INPUT_HOOK][:, start:].repeat(copies, 1, 1)
+            with model.hooks(fwd_hooks=hooks):
+                for layer, block in enumerate(model.blocks):
+                    resid = block(resid, past_kv_cache_entry=frozen_prefix(model, prefix, layer, start, copies))
+        values = final_logit_diff(model, resid, final, answer.repeat(copies), wrong.repeat(copies))
+    return values.view(copies, n).mean(1).float().cpu()

@@ -6,7 +6,8 @@ edge allows:
 - it starts at the receiver's block, from the clean run's residual stream there;
 - it computes only positions from the first one where clean and corrupted prompts differ (the senders' outputs
   are equal before it; earlier keys and values come from the clean run), for the `patching` counterfactual;
-- the last block runs at the final position only, and only the final position is unembedded;
+- the last block runs at the final position only, and only the final position's answer and wrong logits are
+  computed;
 - an edge into the logits needs no block at all.
 Edges are grouped by receiver block and cut into chunks that fit the memory budget; each chunk is stored as it
 finishes (`engine/chunks.py`), so a rerun resumes and `sweep.num_shards` splits the edges.
@@ -27,9 +28,8 @@ from circuitlab.edges.graph import EdgeGraph
 from circuitlab.edges.hooks import edges_exposed, sender_hooks, stack_senders
 from circuitlab.engine import chunks
 from circuitlab.engine.batching import halving_on_oom, points_per_chunk
-from circuitlab.engine.forward import final_position_logits, frozen_prefix, fused_gelu, last_block_final_row
+from circuitlab.engine.forward import fast_mlps, final_logit_diff, frozen_prefix, last_block_final_row
 from circuitlab.engine.sweep import first_difference
-from circuitlab.metrics import logit_diff
 from circuitlab.tasks.base import PromptPairs
 
 
@@ -45,9 +45,9 @@ def patch_edges(
     answer, wrong = pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)
     wanted = set(sender_hooks(graph)) | {f"blocks.{l}.hook_resid_pre" for l in range(n_layers)}
     wanted |= {f"blocks.{l}.attn.hook_{kv}" for l in range(n_layers) for kv in "kvz"} | {f"blocks.{l}.hook_attn_out" for l in range(n_layers)}
-    with torch.no_grad(), edges_exposed(model, split=False), fused_gelu(model):
+    with torch.no_grad(), edges_exposed(model, split=False), fast_mlps(model):
         resid, cache = model.run_with_cache(pairs.clean_tokens.to(device), names_filter=lambda n: n in wanted, stop_at_layer=n_layers)
-        clean_ld = logit_diff(final_position_logits(model, resid, final), answer, wrong).mean().item()
+        clean_ld = final_logit_diff(model, resid, final, answer, wrong).mean().item()
         clean = stack_senders(cache, graph, model)
         sources = cf.prepare(model, pairs, graph, counterfactual, pairs.n_pairs)
         difference = sources.outputs(model, pairs, graph) - clean
@@ -65,12 +65,13 @@ def patch_edges(
                 def compute(points: list[int], block=block) -> dict[str, Tensor]:
                     chosen = [edges[j] for j in points]
                     if block == n_layers:
-                        patched = resid[None] + torch.stack([difference[:, :, s] for s, _ in chosen])
-                        logits = final_position_logits(model, patched.flatten(0, 1), final.repeat(len(chosen)))
+                        patched = (resid[None] + torch.stack([difference[:, :, s] for s, _ in chosen])).flatten(0, 1)
+                        final_index = final.repeat(len(chosen))
                     else:
-                        logits = _from_block(model, graph, block, start, cache, difference, chosen, final, pairs.same_length)
-                    values = logit_diff(logits.view(len(chosen), pairs.n_pairs, -1), answer, wrong).mean(1)
-                    return {"logit_diff": values}
+                        patched, final_index = _from_block(model, graph, block, start, cache, difference, chosen, final, pairs.same_length)
+                    copies = len(chosen)
+                    values = final_logit_diff(model, patched, final_index, answer.repeat(copies), wrong.repeat(copies))
+                    return {"logit_diff": values.view(copies, pairs.n_pairs).mean(1)}
 
                 keys = chunks.point_keys(call, [graph.edge_name(*edges[j]) for j in part])
                 found = chunks.compute_or_load(keys, lambda part=part: halving_on_oom(compute, part))
@@ -82,8 +83,9 @@ def patch_edges(
 
 
 def _from_block(model: HookedTransformer, graph: EdgeGraph, block: int, start: int, cache, difference: Tensor,
-                chosen: list[tuple[int, int]], final: Tensor, same_length: bool) -> Float[Tensor, "rows vocab"]:
-    """Final-position logits of len(chosen) row blocks, block b patching edge chosen[b], from `block` on."""
+                chosen: list[tuple[int, int]], final: Tensor, same_length: bool) -> tuple[Float[Tensor, "rows pos d_model"], Tensor]:
+    """The final residual stream of len(chosen) row blocks, block b patching edge chosen[b], from `block` on, and
+    where each row's final position is in it."""
     cfg = model.cfg
     copies = len(chosen)
     resid = _patched_block(model, graph, block, start, cache, difference, chosen)
@@ -95,8 +97,8 @@ def _from_block(model: HookedTransformer, graph: EdgeGraph, block: int, start: i
         else:
             resid = model.blocks[layer](resid, past_kv_cache_entry=prefix)
     if resid.shape[1] == 1:
-        return final_position_logits(model, resid, torch.zeros_like(final.repeat(copies)))
-    return final_position_logits(model, resid, final.repeat(copies) - start)
+        return resid, torch.zeros_like(final.repeat(copies))
+    return resid, final.repeat(copies) - start
 
 
 def _patched_block(model: HookedTransformer, graph: EdgeGraph, block: int, start: int, cache, difference: Tensor,

@@ -1,42 +1,71 @@
 """Forward helpers every method shares: the model's own computation, started part-way or read at one position.
 
-- `final_position_logits`: unembed only each prompt's final position, with the model's logit soft cap;
+- `final_position_logits` / `final_logit_diff`: unembed only each prompt's final position (every logit, or the
+  few a metric reads), with the model's logit soft cap;
 - `frozen_prefix`: a cached run's keys and values of the positions before a patch, as a frozen KV-cache entry, so
   a forward over the later positions attends to them;
 - `second_half` / `starts_after_attention`: a block from its attention output on, for streams past attention;
 - `last_block_final_row`: the last block at the final position only;
-- `fused_gelu`, `attn_result_enabled`: temporary model settings.
+- `fast_mlps`, `attn_result_enabled`: temporary model settings.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from functools import partial
+from types import MethodType
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.components.mlps.gated_mlp import GatedMLP
 from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 from transformer_lens.utilities.activation_functions import apply_softcap
 
 
 @contextmanager
-def fused_gelu(model: HookedTransformer):
-    """Run `gelu_new` MLPs with torch's fused tanh-approximate GELU (the same formula, one kernel)."""
+def fast_mlps(model: HookedTransformer):
+    """The model's MLPs, the same numbers with less work, while the context lasts:
+    - `gelu_new` runs as torch's fused tanh-approximate GELU (the same formula, one kernel);
+    - gated MLPs (Llama, Mistral, Qwen, Gemma) multiply by their weights as stored: TransformerLens' own forward
+      copies each of its three weight matrices transposed on every call (`W.T.contiguous()`), which at a few
+      hundred rows costs as much as the products themselves. Hooks (`hook_pre`, `hook_pre_linear`, `hook_post`)
+      see what they see in TransformerLens' forward. Float32 on one device only (TransformerLens keeps its
+      layout for bfloat16, where the accumulation order follows it)."""
     swapped = []
-    if model.cfg.act_fn == "gelu_new":
-        fused = partial(torch.nn.functional.gelu, approximate="tanh")
-        for block in model.blocks:
-            mlp = getattr(block, "mlp", None)  # attention-only models have none
-            if hasattr(mlp, "act_fn"):
-                swapped.append((mlp, mlp.act_fn))
-                mlp.act_fn = fused
+    plain_gated = model.cfg.dtype == torch.float32 and model.cfg.n_devices == 1 and not model.cfg.is_layer_norm_activation()
+    fused = partial(torch.nn.functional.gelu, approximate="tanh")
+    for block in model.blocks:
+        mlp = getattr(block, "mlp", None)  # attention-only models have none
+        if mlp is None:
+            continue
+        if model.cfg.act_fn == "gelu_new" and hasattr(mlp, "act_fn"):
+            swapped.append((mlp, "act_fn", mlp.act_fn))
+            mlp.act_fn = fused
+        if plain_gated and type(mlp) is GatedMLP:
+            swapped.append((mlp, "forward", None))
+            mlp.forward = MethodType(_gated_mlp_forward, mlp)
     try:
         yield
     finally:
-        for mlp, original in swapped:
-            mlp.act_fn = original
+        for mlp, name, original in swapped:
+            if name == "forward":
+                del mlp.forward  # the class's own again
+            else:
+                setattr(mlp, name, original)
+
+
+fused_gelu = fast_mlps  # the name DAS and path patching import
+
+
+def _gated_mlp_forward(self: GatedMLP, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    """TransformerLens' GatedMLP.forward without its per-call weight copies."""
+    pre_act = self.hook_pre(torch.matmul(x, self.W_gate))
+    pre_linear = self.hook_pre_linear(torch.matmul(x, self.W_in))
+    post_act = self.hook_post((self.act_fn(pre_act) * pre_linear) + self.b_in)
+    out = torch.addmm(self.b_out, post_act.reshape(-1, post_act.shape[-1]), self.W_out)
+    return out.view(*post_act.shape[:-1], out.shape[-1])
 
 @contextmanager
 def attn_result_enabled(model: HookedTransformer, needed: bool):
@@ -51,17 +80,32 @@ def attn_result_enabled(model: HookedTransformer, needed: bool):
             model.set_use_attn_result(before)
 
 def final_position_logits(
-    model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], final_pos: Int[Tensor, " batch"]
-) -> Float[Tensor, "batch vocab"]:
+    model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], final_pos: Int[Tensor, " batch"],
+    tokens: Int[Tensor, "batch k"] | None = None,
+) -> Float[Tensor, "batch vocab"] | Float[Tensor, "batch k"]:
     """Unembed only each prompt's final position of a final residual stream, with the model's logit soft cap
-    (Gemma-2) as in its own forward.
+    (Gemma-2) as in its own forward: every logit, or with `tokens` only the logits of those tokens (row i's
+    `tokens[i]`), from the few unembedding columns they name instead of the whole vocabulary.
 
     A plain matmul with W_U: TransformerLens' Unembed copies the transposed unembedding on every call.
     """
     last = resid[torch.arange(resid.shape[0], device=resid.device), final_pos][:, None]
     if hasattr(model, "ln_final"):  # models without normalisation have none
         last = model.ln_final(last)
-    return apply_softcap(torch.addmm(model.unembed.b_U, last[:, 0], model.unembed.W_U), model.cfg.output_logits_soft_cap)
+    if tokens is None:
+        logits = torch.addmm(model.unembed.b_U, last[:, 0], model.unembed.W_U)
+    else:
+        columns, where = torch.unique(tokens, return_inverse=True)
+        logits = torch.addmm(model.unembed.b_U[columns], last[:, 0], model.unembed.W_U[:, columns]).gather(1, where)
+    return apply_softcap(logits, model.cfg.output_logits_soft_cap)
+
+def final_logit_diff(
+    model: HookedTransformer, resid: Float[Tensor, "batch pos d_model"], final_pos: Int[Tensor, " batch"],
+    answer: Int[Tensor, " batch"], wrong: Int[Tensor, " batch"],
+) -> Float[Tensor, " batch"]:
+    """logit(answer) - logit(wrong) at each row's final position, from the two unembedding columns alone."""
+    logits = final_position_logits(model, resid, final_pos, torch.stack([answer, wrong], -1)).float()
+    return logits[:, 0] - logits[:, 1]
 
 def frozen_prefix(
     model: HookedTransformer, cache, layer: int, start: int, repeats: int, rows: Tensor | None = None

@@ -6,7 +6,8 @@ one full forward per point:
 - the forward starts at the patched layer, from the base run's cached residual stream;
 - causality: a patch whose first position is p leaves positions < p untouched, so only positions >= p are
   computed, attending to the base run's cached keys and values of the earlier positions;
-- only each prompt's final position is unembedded.
+- only each prompt's final position is unembedded, and only the answer and wrong tokens' columns when the
+  logit difference is the one metric.
 
 denoising: base = corrupted prompts, source = clean prompts. noising: base = clean, source = corrupted.
 """
@@ -28,9 +29,10 @@ from circuitlab.engine.batching import halving_on_oom, overhead_rows, plan_chunk
 from circuitlab.engine.forward import (
     attn_result_enabled,
     base_hooks_after_attention,
+    fast_mlps,
+    final_logit_diff,
     final_position_logits,
     frozen_prefix,
-    fused_gelu,
     last_block_final_row,
     second_half,
     starts_after_attention,
@@ -108,16 +110,23 @@ def patch_sweep(
 
     # identical prompts give identical activations before their first difference, unless the source is transformed
     unchanged_before = first_difference(pairs) if source_transform is None else 0
-    with torch.no_grad(), attn_result_enabled(model, needs_result), fused_gelu(model):
+    with torch.no_grad(), attn_result_enabled(model, needs_result), fast_mlps(model):
         # stop after the last block: only the final positions are unembedded
         n_layers = model.cfg.n_layers
         base_resid, base_cache = model.run_with_cache(base_tokens, names_filter=lambda n: n in base_hooks, stop_at_layer=n_layers)
         source_resid, source_cache = model.run_with_cache(source_tokens, names_filter=lambda n: n in source_hooks, stop_at_layer=n_layers)
-        clean_final, corrupted_final = (final_position_logits(model, r, final_pos) for r in (base_resid, source_resid))
-        if direction == "denoising":
-            clean_final, corrupted_final = corrupted_final, clean_final
-        score = lambda logits: point_metrics(logits, answer, wrong, metrics, clean_final, tracked, pairs.labels_differ)  # noqa: E731
-        baselines = {"clean": score(clean_final[None]), "corrupted": score(corrupted_final[None])}
+        clean_resid, corrupted_resid = (source_resid, base_resid) if direction == "denoising" else (base_resid, source_resid)
+        clean_final = None if metrics == ("logit_diff",) else final_position_logits(model, clean_resid, final_pos)
+
+        def score(resid: Tensor, final_index: Tensor, copies: int) -> dict[str, Tensor]:
+            """Each metric per copy (rows: copies x prompts); the logit difference alone needs two logits per row."""
+            if clean_final is None:
+                values = final_logit_diff(model, resid, final_index, answer.repeat(copies), wrong.repeat(copies))
+                return {"logit_diff": values.view(copies, pairs.n_pairs).mean(-1)}
+            logits = final_position_logits(model, resid, final_index).view(copies, pairs.n_pairs, -1)
+            return point_metrics(logits, answer, wrong, metrics, clean_final, tracked, pairs.labels_differ)
+
+        baselines = {"clean": score(clean_resid, final_pos, 1), "corrupted": score(corrupted_resid, final_pos, 1)}
 
         chunk = points_per_chunk(model, pairs.n_pairs, pairs.width, memory_budget_mb)
         call = f"patch:{direction}:{','.join(metrics)}" + (":transformed" if source_transform is not None else "")
@@ -146,11 +155,11 @@ def patch_sweep(
                 part = [active[k] for k in chunk_part]
 
                 def compute(points: list[int], start: int = start) -> dict[str, Tensor]:
-                    logits = _patched_final_logits(
+                    resid, final_index = _patched_final_resid(
                         model, layer, start, spec, base_cache, source, pos_masks[points].to(device),
                         None if heads is None else heads[points].to(device), final_pos, pairs.same_length,
                     )
-                    return score(logits.view(len(points), pairs.n_pairs, -1))
+                    return score(resid, final_index, len(points))
 
                 keys = chunks.point_keys(call, [locations[group[j]] for j in part])
                 store(chunks.compute_or_load(keys, lambda part=part: halving_on_oom(compute, part)), [group[j] for j in part])
@@ -169,7 +178,7 @@ def first_patched_position(pos_masks: Bool[Tensor, "point batch pos"], model: Ho
     any_prompt = pos_masks.any(1)
     return torch.where(any_prompt.any(-1), any_prompt.float().argmax(-1), 0)
 
-def _patched_final_logits(
+def _patched_final_resid(
     model: HookedTransformer,
     layer: int,
     start: int,
@@ -180,8 +189,9 @@ def _patched_final_logits(
     heads: Bool[Tensor, "point head"] | None,
     final_pos: Int[Tensor, " batch"],
     same_length: bool,
-) -> Float[Tensor, "point_batch vocab"]:
-    """One batched forward over positions >= `start` from `layer` on, for points of one (stream, layer)."""
+) -> tuple[Float[Tensor, "point_batch pos d_model"], Int[Tensor, " point_batch"]]:
+    """One batched forward over positions >= `start` from `layer` on, for points of one (stream, layer): the final
+    residual stream and where each row's final position is in it."""
     n_points, n_prompts = pos_masks.shape[:2]
     cells = pos_masks[:, :, start:].reshape(n_points * n_prompts, -1)
     source = source_act.narrow(spec.pos_dim, start, source_act.shape[spec.pos_dim] - start)
@@ -206,9 +216,9 @@ def _patched_final_logits(
         for index in range(first, model.cfg.n_layers):
             if index == last and index > layer and same_length and resid.shape[1] > 1:
                 final_row = last_block_final_row(model, resid, frozen_prefix(model, base_cache, index, start, n_points))
-                return final_position_logits(model, final_row, torch.zeros_like(final_pos).repeat(n_points))
+                return final_row, torch.zeros_like(final_pos).repeat(n_points)
             resid = model.blocks[index](resid, past_kv_cache_entry=frozen_prefix(model, base_cache, index, start, n_points))
-    return final_position_logits(model, resid, (final_pos - start).repeat(n_points))
+    return resid, (final_pos - start).repeat(n_points)
 
 
 def patching_points(locations: list[Location], pairs: PromptPairs) -> int:
