@@ -245,7 +245,37 @@ def test_edge_patching_edges_list_and_bad_edge(tmp_path, capsys):
     out = run_cli(tmp_path, "+experiment=known_circuit_eap", "method=edge_patching", 'method.edges=["input->m0","m0->logits"]',
                   "method.expected=null", "task.n_prompts=8")
     edges = pd.read_csv(out / "edges.csv")
-    assert edges["score"].notna().sum() == 2 and not (out / "circuit.json").exists()
+    assert set(edges["edge"]) == {"input->m0", "m0->logits"} and edges["score"].notna().all() and not (out / "circuit.json").exists()
+    assert len(pd.read_csv(out / "results.csv")) == 2
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["edges_scored"] == manifest["edges_selected"] == 2 and manifest["n_edges_in_graph"] == 110
+    log = (out / "hydra_app.log").read_text()
+    assert "2 of the model's 110 edges scored; 2 selected by method.edges" in log and "shard" not in log
+    assert "figures/edge_scores.png" in manifest["files"]
+
+
+def test_edge_patching_of_a_sample_writes_baselines_and_its_scores(tmp_path):
+    """A sample: the scored edges only, baselines (every edge = the clean run, none = the corrupted run), the
+    figure of its scores; the scores equal the full run's."""
+    from circuitlab.models import loading
+
+    sampled = run_cli(tmp_path / "sample", "+experiment=known_circuit_eap", "method=edge_patching", "method.sample=30", "task.n_prompts=8")
+    manifest = json.loads((sampled / "manifest.json").read_text())
+    edges = pd.read_csv(sampled / "edges.csv").set_index("edge")
+    assert len(edges) == 30 and manifest["edges_scored"] == 30 and "auroc" not in manifest
+    assert "figures/edge_scores.png" in manifest["files"] and "figures/circuit.png" not in manifest["files"]
+    assert "30 selected by method.sample=30 (seed 0)" in (sampled / "hydra_app.log").read_text()
+    dataset = torch.load(sampled / "dataset.pt")
+    model = loading.load_model(cli.compose_config(["+experiment=known_circuit_eap"]).model)
+    rows = torch.arange(len(dataset["answer_tokens"]))
+    with torch.no_grad():
+        clean, corrupted = (logit_diff(model(dataset[f"{kind}_tokens"])[rows, dataset["lengths"] - 1], dataset["answer_tokens"],
+                                       dataset["wrong_tokens"]).mean().item() for kind in ("clean", "corrupted"))
+    assert manifest["baselines"]["clean"]["logit_diff"] == pytest.approx(clean, abs=ATOL)
+    assert manifest["baselines"]["corrupted"]["logit_diff"] == pytest.approx(corrupted, abs=ATOL)
+    whole = pd.read_csv(run_cli(tmp_path / "whole", "+experiment=known_circuit_eap", "method=edge_patching", "task.n_prompts=8",
+                                "figures=false") / "edges.csv").set_index("edge")
+    assert torch.allclose(torch.tensor(edges["score"].values), torch.tensor(whole.loc[edges.index, "score"].values), atol=1e-6)
 
 
 def test_gemma2_post_norms_are_refused_in_one_line():

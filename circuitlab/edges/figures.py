@@ -2,7 +2,8 @@
 - `faithfulness_curve.png`: MIB's curve, faithfulness against the percentage of edges kept, signed and absolute
   rankings, with the circuit of circuit.json marked;
 - `circuit.png`: the circuit as a layered graph (input at the bottom, logits at the top, heads and the MLP of each
-  layer side by side); edge width = |score|, colour = sign.
+  layer side by side); edge width = |score|, colour = sign;
+- `edge_scores.png` (edges/scored_figure.py) when only some edges were scored: the largest |scores|.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import plotnine as p9
 
+from circuitlab.edges.scored_figure import scored_edges
 from circuitlab.plotting import MAX_INCHES, save
 
 
@@ -27,6 +29,8 @@ def edge_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
         edges = pd.read_csv(edges_file)
         if edges["in_circuit"].astype(str).str.lower().eq("true").any():
             written += circuit_graph(edges, out_dir, f"{experiment} ({method})")
+        elif not curve_file.exists():  # only some edges scored (a sample, a list, a shard): no circuit was cut
+            written += scored_edges(edges, out_dir, f"{experiment} ({method})")
     return written
 
 

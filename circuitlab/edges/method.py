@@ -93,40 +93,68 @@ def expected_mask(graph: EdgeGraph, names: list[str] | None) -> torch.Tensor | N
     return mask
 
 
-def run_edges(cfg: DictConfig, plan: Plan, model, score: Callable[[], tuple[torch.Tensor, dict]]) -> MethodOutput:
-    """`score()` -> ((sender, receiver) scores, extra manifest entries); the rest is the same for every method."""
+def run_edges(cfg: DictConfig, plan: Plan, model, score: Callable[[], tuple[torch.Tensor, dict]],
+              selected: list[tuple[int, int]] | None = None, selection: str | None = None) -> MethodOutput:
+    """`score()` -> ((sender, receiver) scores, extra manifest entries); the rest is the same for every method.
+    `selected`: the edges the method scores when not every edge of the model (results.csv and edges.csv list only
+    them), `selection` what chose them (e.g. `method.sample=2000`). A circuit and the faithfulness curve are cut
+    only when every edge has a score; the baselines (the full and the empty circuit) are always measured."""
     check_additive(model.cfg)
     graph: EdgeGraph = plan.method_plan
     m = cfg.method
     scores, extra = score()
-    missing = int(torch.isnan(scores[graph.real]).sum())
+    unscored = int(torch.isnan(scores[graph.real]).sum())
     keep = torch.zeros_like(graph.real)
-    if missing == 0:
+    if unscored == 0:
         keep = circuits.select(graph, scores, m.select, m.n_edges, float(m.threshold), m.absolute)
-    rows, edges_table = edge_rows(cfg, graph, scores, keep)
-    tables, json_files, baselines = {"edges.csv": edges_table}, {}, ({}, {})
-    if missing == 0:
+    rows, edges_table = edge_rows(cfg, graph, scores, keep, selected)
+    tables, json_files = {"edges.csv": edges_table}, {}
+    if unscored == 0:
         faithfulness, found = evaluate(cfg, plan, model, graph, scores, keep)
         tables["faithfulness.csv"] = faithfulness
         extra.update(found)
         json_files["circuit.json"] = circuits.graph_json(graph, scores, keep)
-        baselines = ({"logit_diff": found["full_logit_diff"]}, {"logit_diff": found["empty_logit_diff"]})
         expected = expected_mask(graph, plain(m.expected))
         if expected is not None:
             extra["auroc"] = circuits.auroc(scores, expected, graph.real)
             log.info("AUROC of |score| against the %d expected edges: %.3f", int(expected.sum()), extra["auroc"])
     else:
-        log.warning("%d edges have no score (another shard's: `circuitlab merge` cuts the circuit; or outside method.sample): "
-                    "no circuit or faithfulness curve", missing)
-    extra.update(n_edges_in_graph=graph.n_edges, counterfactual=m.counterfactual)
+        log.info(unscored_message(cfg, graph.n_edges, graph.n_edges - unscored, len(selected) if selected is not None else None, selection))
+        extra.update(full_and_empty(cfg, plan, model, graph))
+    baselines = ({"logit_diff": extra["full_logit_diff"]}, {"logit_diff": extra["empty_logit_diff"]})
+    extra.update(n_edges_in_graph=graph.n_edges, edges_scored=graph.n_edges - unscored, counterfactual=m.counterfactual)
     return MethodOutput(rows, {"scores": scores, "edge_exists": graph.real}, *baselines, tables=tables, extra=extra, json_files=json_files)
 
 
-def edge_rows(cfg: DictConfig, graph: EdgeGraph, scores: torch.Tensor, keep: torch.Tensor):
-    """results.csv's rows (one per edge) and edges.csv (ranked by |score|, unscored edges last)."""
+def unscored_message(cfg: DictConfig, n_edges: int, scored: int, n_selected: int | None, selection: str | None) -> str:
+    """Why some edges have no score, in numbers: the ones selected, and of them the other shards'."""
+    shards = cfg.sweep.num_shards
+    parts = [f"{scored} of the model's {n_edges} edges scored"]
+    if n_selected is not None and n_selected < n_edges:
+        parts.append(f"{n_selected} selected by {selection}")
+    if shards > 1 and scored < (n_selected if n_selected is not None else n_edges):
+        parts.append(f"the others of them are other shards' (shard {cfg.sweep.shard} of {shards}; `circuitlab merge` puts them together)")
+    return "; ".join(parts) + ": no circuit or faithfulness curve (they need every edge's score)"
+
+
+def full_and_empty(cfg: DictConfig, plan: Plan, model, graph: EdgeGraph) -> dict:
+    """The baselines without a circuit: the logit difference with every edge (the clean run) and with none (every
+    edge carrying its counterfactual value), from one masked forward of the two."""
+    from circuitlab.edges.masked import circuits_logit_diff
+
+    sources = cf.prepare(model, plan.pairs, graph, cfg.method.counterfactual, cfg.method.batch_size or plan.pairs.n_pairs)
+    everything = torch.stack([torch.zeros_like(graph.real), graph.real])
+    (empty, full), forwards = circuits_logit_diff(model, plan.pairs, graph, sources, everything, cfg.memory_budget_mb, cfg.progress)
+    log.info("baselines: every edge %.3f, none (all %s) %.3f", float(full), cfg.method.counterfactual, float(empty))
+    return {"full_logit_diff": float(full), "empty_logit_diff": float(empty), "masked_forwards": forwards}
+
+
+def edge_rows(cfg: DictConfig, graph: EdgeGraph, scores: torch.Tensor, keep: torch.Tensor, selected: list[tuple[int, int]] | None = None):
+    """results.csv's rows (one per edge, or per `selected` edge) and edges.csv (ranked by |score|, unscored edges last)."""
     import pandas as pd
 
-    senders, receivers = (torch.tensor(index) for index in zip(*graph.edges))
+    edges = graph.edges if selected is None else sorted(selected, key=lambda edge: (edge[1], edge[0]))  # the graph's order
+    senders, receivers = (torch.tensor(index) for index in zip(*edges))
     values = scores[senders, receivers]
     order = torch.argsort(torch.nan_to_num(values.abs(), nan=-1.0), descending=True, stable=True)
     rank = torch.empty_like(order)
@@ -135,7 +163,7 @@ def edge_rows(cfg: DictConfig, graph: EdgeGraph, scores: torch.Tensor, keep: tor
     common = {"experiment": cfg.name, "method": cfg.method.name, "stream": "edge", "heads": "", "group": "", "position": "all",
               "position_label": "all", "metric": "score"}
     rows, table = [], []
-    for i, (s, r) in enumerate(graph.edges):
+    for i, (s, r) in enumerate(edges):
         value = float(values[i])
         rows.append({**common, "layer": graph.receiver_layer(r), "head": graph.receiver_kind(r)[1], "sender": graph.senders[s],
                      "receiver": graph.receivers[r], "value": value})
@@ -161,7 +189,9 @@ def evaluate(cfg: DictConfig, plan: Plan, model, graph: EdgeGraph, scores: torch
             masks.append(circuits.select(graph, scores, how, circuits.edges_for_percent(graph, percent), 0.0, absolute))
     sources = cf.prepare(model, plan.pairs, graph, m.counterfactual, m.batch_size or plan.pairs.n_pairs)
     everything = torch.stack([torch.zeros_like(graph.real), graph.real, *masks])
-    values, forwards = circuits_logit_diff(model, plan.pairs, graph, sources, everything, cfg.memory_budget_mb)
+    log.info("evaluating %d circuits with masked forwards: the empty and full ones, the chosen circuit%s", len(everything),
+             f", MIB's faithfulness curve ({len(curve)} percentages x signed / absolute ranking)" if curve else "")
+    values, forwards = circuits_logit_diff(model, plan.pairs, graph, sources, everything, cfg.memory_budget_mb, cfg.progress)
     empty, full = float(values[0]), float(values[1])
     faithful = lambda v: (v - empty) / (full - empty) if full != empty else float("nan")  # noqa: E731
     table = pd.DataFrame([

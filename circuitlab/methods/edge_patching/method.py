@@ -50,16 +50,25 @@ def shard_points(cfg: DictConfig, locations, pairs) -> tuple[int, str]:
     return len(selected_edges(cfg, EdgeGraph.of(loading.model_shape(cfg.model)))), "edges"
 
 
+def selection(cfg: DictConfig) -> str | None:
+    """What chose the edges, in the config's words (None: every edge)."""
+    listed = plain(cfg.method.edges) != "all"
+    if cfg.method.sample is not None:
+        return f"method.sample={cfg.method.sample} (seed {cfg.seed})" + (" of the edges in method.edges" if listed else "")
+    return "method.edges" if listed else None
+
+
 def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     graph = plan.method_plan
+    chosen = selected_edges(cfg, graph)
 
     def score():
-        chosen = selected_edges(cfg, graph)
         patched, clean_ld = patch_edges(model, plan.pairs, graph, cfg.method.counterfactual, chosen, cfg.memory_budget_mb, cfg.progress)
         scores = torch.full((len(graph.senders), len(graph.receivers)), float("nan"))
         scores[~graph.real] = 0.0
         for (s, r), value in zip(chosen, patched.tolist()):
             scores[s, r] = clean_ld - value
-        return scores, {"edges_patched": len(chosen)}
+        return scores, {"edges_selected": len(chosen), "edges_patched": int((~torch.isnan(patched)).sum())}
 
-    return edges.run_edges(cfg, plan, model, score)
+    described = selection(cfg)
+    return edges.run_edges(cfg, plan, model, score, chosen if described else None, described)
