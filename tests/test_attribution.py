@@ -34,10 +34,16 @@ def hand_attribution(model, pairs, hook_name, select):
     return float(select((clean_cache[hook_name] - stash["act"].detach()) * grad).sum())
 
 
-def test_resid_and_head_attribution(toy_model, toy_pairs):
+@pytest.mark.parametrize("budget", [None, 1])
+def test_resid_and_head_attribution(toy_model, toy_pairs, budget):
+    """Against autograd on one whole forward; with a 1 MB budget the prompts go through in batches of one (the same
+    sums, in parts)."""
+    from circuitlab.engine.batching import backward_batch
+
+    assert (backward_batch(toy_model, toy_pairs.width, budget) >= toy_pairs.n_pairs) is (budget is None)
     s2 = int(toy_pairs.named_positions["S2"][0])
     locations = enumerate_locations(["resid_pre"], [1], [s2]) + enumerate_locations(["z"], [1], ["all"], heads=[[2]], shape=toy_model.cfg)
-    ours, clean, corrupted = attribute(toy_model, toy_pairs, locations)
+    ours, clean, corrupted = attribute(toy_model, toy_pairs, locations, memory_budget_mb=budget)
     assert ours[0].item() == pytest.approx(hand_attribution(toy_model, toy_pairs, "blocks.1.hook_resid_pre", lambda t: t[:, s2]), abs=1e-4)
     assert ours[1].item() == pytest.approx(hand_attribution(toy_model, toy_pairs, "blocks.1.attn.hook_z", lambda t: t[:, :, 2]), abs=1e-4)
     assert clean > corrupted
