@@ -119,8 +119,10 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
     if cfg.figures:
         from circuitlab.figures import render_run
 
+        log.info("drawing the figures")
         with timer("figures"):
             figures = [str(p) for p in render_run(run_dir)]
+        log.info("%d figure files in %.1f s", len(figures), timer.seconds["figures"])
     manifest = {
         "experiment": cfg.name,
         "config": OmegaConf.to_container(cfg, resolve=True),

@@ -77,7 +77,7 @@ def test_manifest(run_dir):
     weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) / 2**20
     memory = manifest["memory"]
     assert memory["weights_mb"] == round(weights, 1) and memory["budget_mb"] == 1024
-    assert set(memory["by_phase"]) == {"load_model", "method"} and memory["peak_rss_mb"] == max(memory["by_phase"].values())
+    assert set(memory["by_phase"]) == {"load_model", "method"} and abs(memory["peak_rss_mb"] - max(memory["by_phase"].values())) <= 2
     assert memory["process_peak_rss_mb"] >= memory["peak_rss_mb"]
     assert 100 < memory["peak_rss_mb"] < 8000  # torch alone takes ~100 MB
 
@@ -99,7 +99,7 @@ def test_peak_memory_per_phase(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     before, big, small, process = map(float, proc.stdout.split())
-    assert 390 <= big - before <= 420 and small < before + 50 and process >= big
+    assert 390 <= big - before <= 420 and small < before + 50 and process >= big - 2, (before, big, small, process)  # batched counters
 
 
 def test_same_seed_same_numbers_other_seed_other_prompts(tmp_path, run_dir):

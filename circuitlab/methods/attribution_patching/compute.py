@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuitlab.errors import ConfigError
@@ -26,7 +27,7 @@ from circuitlab.tasks.base import PromptPairs
 
 def attribute(
     model: HookedTransformer, pairs: PromptPairs, locations: list[Location], direction: str = "denoising",
-    memory_budget_mb: int | None = None,
+    memory_budget_mb: int | None = None, progress: bool = False,
 ) -> tuple[Float[Tensor, " point"], float, float]:
     """Estimated change of the mean logit difference per location; also the clean and corrupted values. Prompts go
     through the forward and backward in batches that fit `memory_budget_mb` (the metric is a mean over prompts, so
@@ -48,6 +49,7 @@ def attribute(
     estimates, base_sum, source_sum = torch.zeros(len(locations), dtype=torch.float64), 0.0, 0.0
     needs_result = any(STREAMS[loc.stream].needs_attn_result for loc in locations)
     with attn_result_enabled(model, needs_result):
+        bar = tqdm(total=n, desc="attribution", unit="prompt", disable=not progress)
         for part in torch.arange(n, device=device).split(backward_batch(model, pairs.width, memory_budget_mb)):
             with torch.no_grad():
                 resid, source_cache = model.run_with_cache(source_tokens[part], names_filter=lambda name: name in hooks, stop_at_layer=depth)
@@ -73,6 +75,8 @@ def attribute(
                 mask = cell_mask(STREAMS[loc.stream], cells[part], heads, contribution.dim())
                 estimates[i] += torch.where(mask, contribution, 0).sum().item()
             del kept, source_cache, resid, metric
+            bar.update(len(part))
+        bar.close()
     base_ld, source_ld = base_sum / n, source_sum / n
     clean_ld, corrupted_ld = (source_ld, base_ld) if direction == "denoising" else (base_ld, source_ld)
     return estimates.float(), clean_ld, corrupted_ld

@@ -42,7 +42,7 @@ def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     """Attribution estimates, with exact patching beside them when `compare_exact`."""
     sweep = patching_sweep(cfg, plan, model)
     locations = swept_locations(cfg, plan, sweep)
-    estimates, clean_ld, corrupted_ld = attribution_patching.attribute(model, plan.pairs, locations, cfg.method.direction, cfg.memory_budget_mb)
+    estimates, clean_ld, corrupted_ld = attribution_patching.attribute(model, plan.pairs, locations, cfg.method.direction, cfg.memory_budget_mb, cfg.progress)
     exact = sweep(locations) if cfg.method.compare_exact else None
     rows = attribution_rows(cfg, locations, estimates, clean_ld - corrupted_ld, exact, plan.pairs)
     tensors = patching_tensors(exact, plan.pairs) if exact is not None else {}
