@@ -2,48 +2,23 @@
 method's saved state (`method.load`).
 
 A run dir records them in `inputs.json` when the run starts; a rerun into the dir (resume) and a merge of shard dirs
-are refused when any of them changed, as they are when the config changed. Digests are sha256, streamed, and
-remembered within the process by (path, inode, size, mtime, ctime), so that big weights are read once per process.
-A file of the Hugging Face cache that links to a blob named by its sha256 (how the hub stores LFS files: weights)
-is not read at all: the blob's name is its digest.
+are refused when any of them changed, as they are when the config changed. Digests are sha256 (`digests.py`: read
+once per process; a Hugging Face cache blob is named by its own).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from circuitlab.digests import sha256  # noqa: F401  (re-exported: inputs.sha256)
 from circuitlab.errors import CircuitlabError
 
 INPUTS_FILE = "inputs.json"
 # what transformers' tokenizers read from a checkpoint dir (those present are digested)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "vocab.txt",
                    "tokenizer.model", "spiece.model", "added_tokens.json")
-_DIGESTS: dict[tuple, str] = {}
-BLOCK = 1 << 20
-
-
-def sha256(path: Path) -> str:
-    """The sha256 of a file's bytes (cached per process by path, size and modification times)."""
-    path = Path(path)
-    if path.is_symlink():
-        target = path.resolve()
-        if target.parent.name == "blobs" and len(target.name) == 64 and all(c in "0123456789abcdef" for c in target.name):
-            return target.name  # a Hugging Face cache blob of an LFS file: content-addressed by its sha256
-    try:
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-        if key not in _DIGESTS:
-            digest = hashlib.sha256()
-            with open(path, "rb") as handle:
-                while block := handle.read(BLOCK):
-                    digest.update(block)
-            _DIGESTS[key] = digest.hexdigest()
-    except OSError as err:
-        raise CircuitlabError(f"{path}: cannot be read ({err.strerror or err})") from None
-    return _DIGESTS[key]
 
 
 def _get(cfg, key: str, default=None):

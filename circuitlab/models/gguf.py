@@ -97,7 +97,7 @@ def require_gguf_package(file: Path) -> None:
 
 def prepare(file: Path) -> Path:
     """The prepared cache dir of a .gguf file (built on first use, atomically): see the module docstring."""
-    from circuitlab.inputs import sha256
+    from circuitlab.digests import sha256
 
     file = Path(file).expanduser().resolve()
     check_header(file)
@@ -136,7 +136,8 @@ def _read_metadata(file: Path):
     from transformers import AutoConfig, AutoTokenizer
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    from circuitlab.models.hf_checkpoint import SUPPORTED, first_line, quiet, supported_list
+    from circuitlab.models.architectures import SUPPORTED, supported_list
+    from circuitlab.models.hf_logging import first_line, quiet
 
     _check_whole(file)
     with quiet():

@@ -29,26 +29,11 @@ import torch
 
 from circuitlab.errors import CircuitlabError
 from circuitlab.models import gguf
+from circuitlab.models.architectures import ALIASES, BUILT_HERE, SUPPORTED, TL_BUILT, supported_list  # noqa: F401  (re-exported)
+from circuitlab.models.hf_logging import first_line, quiet  # noqa: F401  (re-exported)
 
 log = logging.getLogger("circuitlab")
 
-# Built by TransformerLens from the Hugging Face config; each is tested on a tiny random-weight fixture.
-TL_BUILT = {
-    "GPT2LMHeadModel": "GPT-2",
-    "GPTNeoForCausalLM": "GPT-Neo",
-    "GPTJForCausalLM": "GPT-J",
-    "GPTNeoXForCausalLM": "GPT-NeoX / Pythia",
-    "LlamaForCausalLM": "Llama",
-    "MistralForCausalLM": "Mistral",
-    "Qwen2ForCausalLM": "Qwen2 / Qwen2.5",
-    "Qwen3ForCausalLM": "Qwen3",
-    "Phi3ForCausalLM": "Phi-3",
-    "OPTForCausalLM": "OPT",
-}
-# Built here from the Hugging Face config.
-BUILT_HERE = {"GemmaForCausalLM": "Gemma", "Gemma2ForCausalLM": "Gemma-2", "Gemma3ForCausalLM": "Gemma 3"}
-SUPPORTED = {**TL_BUILT, **BUILT_HERE}
-ALIASES = {"GPT2Model": "GPT2LMHeadModel"}  # a base model saved without its head: same weights but lm_head
 WEIGHT_FILES = ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin")
 POST_NORM_ARCHITECTURES = {"Olmo2ForCausalLM", "Olmo3ForCausalLM"}  # TransformerLens' own list: no fold_ln, no centring
 PROCESSING_FLAGS = ("fold_ln", "center_writing_weights", "center_unembed", "fold_value_biases", "refactor_factored_attn_matrices")
@@ -58,10 +43,6 @@ NEUTRAL_NAME = "checkpoint"
 # Gemma configs built here cap the context as TransformerLens' own Gemma configs do: its rotary tables are
 # n_ctx x d_head per layer (Gemma 3 270M claims 32k positions; 8192 keeps them at a few MB)
 MAX_BUILT_CONTEXT = 8192
-
-
-def supported_list() -> str:
-    return ", ".join(f"{name} ({arch})" for arch, name in SUPPORTED.items())
 
 
 def read_config(directory: Path) -> dict:
@@ -149,23 +130,6 @@ def check_weight_file(file: Path) -> None:
             raise CircuitlabError(f"{file}: truncated ({size} bytes, its tensors need {8 + length + end})")
     elif not zipfile.is_zipfile(file):
         raise CircuitlabError(f"{file}: truncated or not a torch.save file (read with weights_only=True)")
-
-
-@contextmanager
-def quiet():
-    """TransformerLens logs at INFO on the root logger and transformers prints a load report: keep both quiet
-    (circuitlab reports what matters in one line of its own)."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.disable(logging.INFO)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-        hf_logging.set_verbosity(verbosity)
 
 
 @contextmanager
@@ -380,8 +344,3 @@ def _hf_config(directory: Path):
     config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
     config.architectures = [architecture(read_config(directory), directory)]
     return config
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__

@@ -59,7 +59,7 @@ def package_dir(module: str) -> Path | None:
 
 def gguf_file(name: str) -> Path:
     """The .gguf file of a packaged model; one line naming the `pip install` when its package is missing."""
-    from circuitlab.inputs import sha256
+    from circuitlab.digests import sha256
     from circuitlab.models.gguf import cache_root
 
     model = known(name)
