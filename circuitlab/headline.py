@@ -159,28 +159,44 @@ def choose(rows: pd.DataFrame, differing: set[str] = frozenset()) -> tuple[pd.Se
         enough = rows[rows["value"] >= CUMULATIVE_SHARE * rows["value"].max()]
         sizes = enough["heads"].fillna("").astype(str).str.count(",") + 1
         return enough.loc[sizes.idxmin()], f"cumulative groups: the fewest heads that reach {CUMULATIVE_SHARE:.0%} of the largest value"
+    if not rows["value"].abs().max() > 0:
+        return rows.iloc[0], "every value is 0"
     residual = rows["stream"].isin(list(RESIDUAL))
-    if residual.all() and rows["layer"].nunique() > 1:
-        end = final_position(rows)
-        if len(end) and end["value"].abs().max() > 0:
-            depth = end["layer"].astype(float) + end["stream"].map(RESIDUAL)
-            enough = end[end["value"].abs() >= ARRIVED_SHARE * end["value"].abs().max()]
-            first = enough.loc[depth[enough.index].idxmin()]
-            return first, (f"the residual stream alone: the first layer where it carries at least {ARRIVED_SHARE:.0%} of its "
-                           "largest value at the final position, where the information has arrived (a whole-stream sweep's "
-                           "largest cells sit at the changed token before the information moves and at the end after)")
+    if residual.all() and rows["layer"].nunique() > 1 and arrival(rows) is not None:
+        return arrival(rows), ARRIVAL_RULE
     left_out = []
+    kept = rows
     if residual.any() and (~residual).any():
-        rows = rows[~residual]
+        kept = kept[~residual]
         left_out.append("the whole residual stream (at a position it carries everything there: ≈ 1 at the changed token "
                         "until the information moves on, and at the final position once it has arrived)")
-    at_change = rows["position"].astype(str).isin(differing)
+    at_change = kept["position"].astype(str).isin(differing)
     if at_change.any() and (~at_change).any():
-        rows = rows[~at_change]
+        kept = kept[~at_change]
         left_out.append("the positions where the two prompts differ (a component there writes the changed token itself)")
     if not left_out:
         return largest(rows), "largest |value|"
-    return largest(rows), f"largest |value| leaving out {' and '.join(left_out)}: an effect of information moved to where it is read"
+    if kept["value"].abs().max() > 0:
+        return largest(kept), f"largest |value| leaving out {' and '.join(left_out)}: an effect of information moved to where it is read"
+    if residual.any() and rows.loc[residual, "layer"].nunique() > 1 and arrival(rows[residual]) is not None:
+        return arrival(rows[residual]), "every component elsewhere is 0; " + ARRIVAL_RULE
+    return largest(rows), "largest |value| (every cell but the residual stream and the changed token is 0)"
+
+
+ARRIVAL_RULE = (f"the residual stream alone: the first layer where it carries at least {ARRIVED_SHARE:.0%} of its largest value "
+                "at the final position, where the information has arrived (a whole-stream sweep's largest cells sit at the "
+                "changed token before the information moves and at the end after)")
+
+
+def arrival(rows: pd.DataFrame) -> pd.Series | None:
+    """The residual-stream row at the final position of the least depth that reaches ARRIVED_SHARE of the largest
+    |value| there; None when the final position was not swept or is 0 throughout."""
+    end = final_position(rows)
+    if not len(end) or not end["value"].abs().max() > 0:
+        return None
+    depth = end["layer"].astype(float) + end["stream"].map(RESIDUAL)
+    enough = end[end["value"].abs() >= ARRIVED_SHARE * end["value"].abs().max()]
+    return enough.loc[depth[enough.index].idxmin()]
 
 
 def circuit_faithfulness(run_dir: Path | None) -> dict | None:

@@ -88,17 +88,21 @@ def rotation_weight_histograms(weights: pd.DataFrame, out_dir: Path, experiment:
     df = weights.copy()
     df["panel"] = "layer " + df["layer"].astype(str) + " · head " + df["head"].astype(str)
     panels = list(dict.fromkeys(df.sort_values(["layer", "head"], kind="stable")["panel"]))
-    pages = chunks(panels, 4 * int((MAX_INCHES - 1.5) // 2.5))
+    columns = min(len(panels), 4 if len(panels) <= 16 else 8)  # many heads: smaller panels, more to a page
+    panel_w, panel_h = (3.0, 2.5) if columns <= 4 else (2.5, 2.0)
+    pages = chunks(panels, columns * int((MAX_INCHES - 1.5) // panel_h))
     drawn = []
     for number, chosen in enumerate(pages, start=1):
         part = df[df["panel"].isin(chosen)].copy()
         part["panel"] = pd.Categorical(part["panel"], categories=chosen, ordered=True)
+        ncol = min(columns, len(chosen))
         plot = (
             p9.ggplot(part, p9.aes("weight"))
             + p9.geom_histogram(bins=30, fill="#3f007d")
-            + p9.facet_wrap("~panel", ncol=min(4, len(chosen)))
+            + p9.facet_wrap("~panel", ncol=ncol)
             + p9.labs(x="learned weight", y="count", title=paged_title(f"{experiment}: DAS weights on the attention value output, by head", number, len(pages)))
             + p9.theme_minimal()
+            + p9.theme(strip_text=p9.element_text(size=8 if columns > 4 else 9))
         )
-        drawn.append((plot, max(7.0, 3 * min(len(chosen), 4) + 1), 2.5 * -(-len(chosen) // 4) + 1.5))
+        drawn.append((plot, max(7.0, panel_w * ncol + 1), panel_h * -(-len(chosen) // ncol) + 1.5))
     return save_pages(drawn, out_dir, "rotation_weights")
