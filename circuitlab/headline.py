@@ -67,10 +67,11 @@ def position_words(label: str, context: RunContext) -> str:
 def describe_location(row: pd.Series, columns: list[str], context: RunContext | None = None) -> str:
     """Where a row is, in words, from the location columns that vary in the run."""
     context = context or RunContext()
+    edge = text(row.get("sender")) != "" and text(row.get("receiver")) != ""  # an edge: its name says where
     parts = []
     for column in columns:
         value = row.get(column)
-        if text(value) == "":
+        if text(value) == "" or (edge and column in ("layer", "head", "heads", "stream")):
             continue
         if column == "layer":
             parts.append(f"L{value}")
@@ -146,6 +147,8 @@ def differing_positions(rows: pd.DataFrame, run_dir: Path | None) -> set[str]:
 def choose(rows: pd.DataFrame, differing: set[str] = frozenset()) -> tuple[pd.Series, str]:
     """The quoted row of the key metric and the rule that chose it (see the module docstring); `differing`: the
     position values where the two prompts differ."""
+    if not rows["value"].abs().max() > 0:
+        return rows.iloc[0], "every value is 0"
     if "scale" in rows.columns and rows["scale"].notna().any():
         scales = rows["scale"].dropna().astype(float)
         plain = scales.iloc[(scales - 1.0).abs().argmin()]
@@ -159,8 +162,6 @@ def choose(rows: pd.DataFrame, differing: set[str] = frozenset()) -> tuple[pd.Se
         enough = rows[rows["value"] >= CUMULATIVE_SHARE * rows["value"].max()]
         sizes = enough["heads"].fillna("").astype(str).str.count(",") + 1
         return enough.loc[sizes.idxmin()], f"cumulative groups: the fewest heads that reach {CUMULATIVE_SHARE:.0%} of the largest value"
-    if not rows["value"].abs().max() > 0:
-        return rows.iloc[0], "every value is 0"
     residual = rows["stream"].isin(list(RESIDUAL))
     if residual.all() and rows["layer"].nunique() > 1 and arrival(rows) is not None:
         return arrival(rows), ARRIVAL_RULE
