@@ -42,3 +42,11 @@ def toy_pairs(toy_model):
 
 def namespace(**kwargs):
     return SimpleNamespace(**kwargs)
+
+
+@pytest.fixture(scope="session")
+def report_runs(tmp_path_factory):
+    """A finished small run of every registered method, shared by the report tests (tests/report_pages.py)."""
+    from tests.report_pages import build_runs
+
+    return build_runs(tmp_path_factory.mktemp("reports"))

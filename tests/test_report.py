@@ -1,17 +1,15 @@
 """report.html and index.html: every figure and table of the run dir is in the page with the CSV's numbers, the page
-needs nothing outside itself, it is written without torch, and (where Chromium is installed) it loads in a real
-browser with no console error and every figure decoded. The notebook API returns what the CLI writes."""
+needs nothing outside itself and it is written without torch (test_report_browser.py opens it in Chromium,
+test_report_escaping.py feeds it hostile values). The notebook API returns what the CLI writes."""
 
 from __future__ import annotations
 
 import base64
 import json
-import math
 import re
 import shutil
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pandas as pd
@@ -21,103 +19,14 @@ import circuitlab
 from circuitlab import cli, report
 from circuitlab.methods import registry
 from circuitlab.run import run_experiment
-from tests import chromium
-from tests.test_registry import METHOD_SETTINGS
+from tests.report_pages import SMALL, Page, read_page, same_number
 from tests.torchless import run_without_torch
-
-SMALL = ["progress=false", "device=cpu"]
-# one run of each method kind, small; a method registered later runs its own YAML with test_registry's settings
-RUNS = {
-    "activation_patching": ["+experiment=ioi_patching", "task.n_prompts=8"],
-    "attribution_patching": ["+experiment=ioi_attribution", "task.n_prompts=8"],
-    "path_patching": ["+experiment=ioi_path_to_name_movers", "task.n_prompts=8"],
-    "das": ["+experiment=ioi_position_heads_loo", "task.n_prompts=8", "task.n_train=16", "method.epochs=1"],
-    "direct_attribution": ["+experiment=ioi_dla", "task.n_prompts=8"],
-    "ablation": ["+experiment=known_circuit_scales", "task.n_prompts=8"],
-}
-
-
-def overrides_for(method: str) -> list[str]:
-    return RUNS.get(method) or [f"method={method}", *METHOD_SETTINGS.get(method, []), "task.n_prompts=8"]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
+def runs(report_runs) -> dict[str, Path]:
     """A finished run dir of every registered method (figures drawn, report written at the end of the run)."""
-    root = tmp_path_factory.mktemp("reports")
-    out = {}
-    for method in registry.METHODS:
-        run_dir = root / method
-        overrides = [*overrides_for(method), *SMALL, f"run.dir={run_dir}"]
-        run_experiment(cli.compose_config(overrides), run_dir, overrides=overrides)
-        out[method] = run_dir
-    return out
-
-
-class Page(HTMLParser):
-    """The parts of a report the tests read: tables (id -> rows of cells), images, code and links."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.tables: dict[str, list[list[dict]]] = {}
-        self.row_ids: dict[str, list[str | None]] = {}
-        self.images: list[dict] = []
-        self.links: list[str] = []
-        self.scripts: list[str] = []
-        self.code: list[str] = []
-        self._table: str | None = None
-        self._cell: dict | None = None
-        self._in: str | None = None
-        self.feed(text)
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        if tag == "table":
-            self._table = attrs.get("id") or f"table{len(self.tables)}"
-            self.tables[self._table], self.row_ids[self._table] = [], []
-        elif tag == "tr" and self._table and self._in != "thead":
-            self.tables[self._table].append([])
-            self.row_ids[self._table].append(attrs.get("data-row"))
-        elif tag == "thead":
-            self._in = "thead"
-        elif tag == "td" and self._table and self.tables[self._table]:
-            self._cell = {**attrs, "text": ""}
-            self.tables[self._table][-1].append(self._cell)
-        elif tag == "img":
-            self.images.append(attrs)
-        elif tag == "a" and "href" in attrs:
-            self.links.append(attrs["href"])
-        elif tag in ("script", "code"):
-            self._in = tag
-            (self.scripts if tag == "script" else self.code).append("")
-        if tag == "link" or (tag == "script" and "src" in attrs):
-            self.links.append(attrs.get("href") or attrs.get("src"))
-
-    def handle_endtag(self, tag):
-        if tag == "table":
-            self._table = None
-        elif tag == "td":
-            self._cell = None
-        elif tag in ("thead", "script", "code"):
-            self._in = None
-
-    def handle_data(self, data):
-        if self._cell is not None:
-            self._cell["text"] += data
-        if self._in == "script":
-            self.scripts[-1] += data
-        elif self._in == "code":
-            self.code[-1] += data
-
-
-def read_page(path: Path) -> Page:
-    return Page(path.read_text(encoding="utf-8"))
-
-
-def same_number(shown: str, value) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return shown in ("", "nan")
-    return float(shown) == float(value)
+    return report_runs
 
 
 @pytest.mark.parametrize("method", sorted(registry.METHODS))
@@ -291,35 +200,6 @@ def test_import_circuitlab_stays_light():
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-BROWSER = chromium.find()
-
-
-@pytest.mark.skipif(BROWSER is None, reason="no Chromium here (Debian: apt-get install chromium; .ci/run installs it when it can)")
-def test_reports_open_in_headless_chromium(runs, tmp_path):
-    """Each method's report and a sweep's index in a real browser, from file://: no console error or uncaught
-    exception, no request outside the file itself, every figure decoded (naturalWidth > 0), the tables sort."""
-    sweep = tmp_path / "multirun"
-    for number, run_dir in enumerate(runs.values()):
-        shutil.copytree(run_dir, sweep / str(number))
-    report.write_index(sweep)
-    browser = chromium.Browser(BROWSER)
-    sort_check = """(() => { const t = document.getElementById('table-results'); const heads = t.tHead.rows[0].cells;
-        const last = heads[heads.length - 1]; last.click();
-        const values = Array.from(t.tBodies[0].rows).map(r => r.cells[heads.length - 1].getAttribute('data-v')).filter(v => v !== '').map(Number);
-        return values.every((v, i) => i === 0 || values[i - 1] <= v) && last.getAttribute('data-dir') === 'asc'; })()"""
-    try:
-        for method, run_dir in [*runs.items(), ("index", sweep)]:
-            page = run_dir / (report.INDEX_FILE if method == "index" else report.REPORT_FILE)
-            seen = browser.open(page.as_uri(), screenshot=tmp_path / f"{method}.png", script=None if method == "index" else sort_check)
-            assert not seen["errors"], (method, seen["errors"])
-            assert seen["images"] and all(width > 0 for _, width in seen["images"]), (method, seen["images"])
-            assert all(url.startswith(("file:", "data:")) for url in seen["requests"]), (method, seen["requests"])
-            assert method == "index" or seen["value"] is True, method
-            assert seen["screenshot"].stat().st_size > 20_000  # a rendered page, not a blank one
-    finally:
-        browser.close()
-
-
 # --- figures a researcher can trust (drawn from the same small runs, as plotnine objects) ----------------------------
 
 def geoms(plot) -> list[str]:
@@ -390,21 +270,19 @@ def test_the_report_says_the_templates_the_key_number_rule_and_position_roles(ru
     """ioi_patching (templates: when, every position): the manifest and the report name the template; examples.json
     counts each named position's index over every pair; the key number is not a residual-stream cell and names its
     position's role and its rule."""
-    import html as html_module
-
     from circuitlab.tasks import ioi
 
     run_dir = runs["activation_patching"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["templates"]["templates"] == {"when": ioi.TEMPLATES["when"]}
-    page = (run_dir / report.REPORT_FILE).read_text()
-    assert html_module.escape(ioi.TEMPLATES["when"]) in page
+    page = "\n".join(read_page(run_dir / report.REPORT_FILE).shown)  # as a browser shows it, entities decoded
+    assert ioi.TEMPLATES["when"] in page
     examples = json.loads((run_dir / report.EXAMPLES_FILE).read_text())
     assert all(sum(where.values()) == examples["n_pairs"] for where in examples["roles"].values())
     assert set(examples["differ"]) == {str(examples["pairs"][0]["positions"]["S2"])}  # abc: only S2 changes
     key = circuitlab.load(run_dir).key_number
     results = circuitlab.load(run_dir).results
-    assert key["value"] is not None and "residual stream" in key["rule"] and html_module.escape(key["rule"]) in page
+    assert key["value"] is not None and "residual stream" in key["rule"] and key["rule"] in page
     quoted = results[(results["metric"] == key["metric"]) & (results["value"] == key["value"])]
     assert not quoted["stream"].isin(["resid_pre", "resid_mid", "resid_post"]).all()
     end = examples["pairs"][0]["positions"]["END"]
