@@ -44,14 +44,18 @@ def logits_hook(graph: EdgeGraph) -> str:
 
 
 @contextmanager
-def edges_exposed(model: HookedTransformer, split: bool = True, mlp_in: bool | None = None, ungroup: bool | None = None):
+def edges_exposed(model: HookedTransformer, split: bool = True, mlp_in: bool | None = None, ungroup: bool | None = None,
+                  result: bool | None = None):
     """Per-head outputs, per-head q / k / v inputs and MLP inputs as hook points, restored afterwards. `split=False`
     leaves the q / k / v inputs fused and the per-head outputs unmaterialised; `mlp_in` (default: `split`) exposes
     the MLP input alone; `ungroup` (default: `split`) gives grouped-query attention one key and value per query
-    head (the same numbers: the shared weights repeated)."""
+    head (the same numbers: the shared weights repeated); `result` (default: `split`) TransformerLens' per-head
+    `hook_result` (which it computes as a broadcast product of head x d_head x d_model per position: read
+    `hook_z` and `head_outputs` instead where speed matters)."""
     cfg = model.cfg
     mlp_in = split if mlp_in is None else mlp_in
-    wanted = {"use_attn_result": split, "use_split_qkv_input": split, "use_hook_mlp_in": mlp_in and not cfg.attn_only}
+    result = split if result is None else result
+    wanted = {"use_attn_result": result, "use_split_qkv_input": split, "use_hook_mlp_in": mlp_in and not cfg.attn_only}
     if (split if ungroup is None else ungroup) and cfg.n_key_value_heads is not None:
         wanted["ungroup_grouped_query_attention"] = True
     before = {name: getattr(cfg, name) for name in wanted}
