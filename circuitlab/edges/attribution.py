@@ -11,6 +11,7 @@ clean ones (alpha = k / ig_steps, k = 1..ig_steps: one step is EAP).
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 
 import torch
@@ -25,6 +26,8 @@ from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, logits_hook, sende
 from circuitlab.engine.forward import fast_mlps, final_logit_diff
 from circuitlab.tasks.base import PromptPairs
 
+log = logging.getLogger("circuitlab")
+
 
 def edge_scores(
     model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, counterfactual: str, ig_steps: int | None = None,
@@ -38,6 +41,9 @@ def edge_scores(
     sources = cf.prepare(model, pairs, graph, counterfactual, batch_size)
     scores = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
     batches = [torch.arange(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
+    if progress:
+        log.info("scoring %d edges: %d forward + backward(s) (%s x %d batch(es) of up to %d prompts)", graph.n_edges,
+                 len(batches) * steps, f"{steps} integrated-gradient steps" if steps > 1 else "one", len(batches), batch_size)
     bar = tqdm(total=len(batches) * steps, desc="edge attribution", unit="backward", disable=not progress)
     for rows in batches:
         scores += _batch_scores(model, pairs, graph, sources, rows, steps, bar)

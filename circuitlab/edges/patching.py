@@ -16,6 +16,7 @@ finishes (`engine/chunks.py`), so a rerun resumes and `sweep.num_shards` splits 
 from __future__ import annotations
 
 import itertools
+import logging
 
 import torch
 from jaxtyping import Float
@@ -31,6 +32,8 @@ from circuitlab.engine.batching import halving_on_oom, points_per_chunk
 from circuitlab.engine.forward import fast_mlps, final_logit_diff, frozen_prefix, last_block_final_row
 from circuitlab.engine.sweep import first_difference
 from circuitlab.tasks.base import PromptPairs
+
+log = logging.getLogger("circuitlab")
 
 
 def patch_edges(
@@ -56,6 +59,9 @@ def patch_edges(
         results = torch.full((len(edges),), float("nan"))
         chunk = points_per_chunk(model, pairs.n_pairs, pairs.width - start, memory_budget_mb)
         call = f"edge_patching:{counterfactual}"
+        if progress:
+            log.info("patching %d edges (up to %d per forward, by receiver block) over positions %d-%d of %d prompts", len(edges),
+                     min(chunk, len(edges)), start, pairs.width - 1, pairs.n_pairs)
         bar = tqdm(total=len(edges), desc="edge patching", unit="edge", disable=not progress)
         order = sorted(range(len(edges)), key=lambda i: (graph.receiver_layer(edges[i][1]), i))
         for block, group in itertools.groupby(order, key=lambda i: graph.receiver_layer(edges[i][1])):
