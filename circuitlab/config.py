@@ -157,6 +157,7 @@ class RunConfig:
     results_dir: str = "results"
     progress: bool = True
     memory_budget_mb: Optional[int] = None
+    threads: Optional[int] = None  # torch's intra-op threads (null: torch's default); see circuitlab/threads.py
     figures: bool = True
     run: RunOptions = field(default_factory=RunOptions)
     model: ModelConfig = MISSING

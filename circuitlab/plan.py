@@ -11,6 +11,7 @@ import re
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from circuitlab import threads
 from circuitlab.errors import CircuitlabError, ConfigError
 from circuitlab.locations import Location, check_present, enumerate_locations, get_stream, resolve_layers, resolve_positions
 from circuitlab.config import plain
@@ -85,6 +86,7 @@ def check_values(cfg: DictConfig) -> None:
         value = cfg.memory_budget_mb
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError("memory_budget_mb", value, "null (1024 MiB on CPU, half the free memory on CUDA) or a positive integer (MiB)")
+    threads.check(cfg.get("threads"))
     if "n_prompts" in cfg.task:
         require_number("task.n_prompts", cfg.task.n_prompts, integer=True, minimum=1)
     for key in ("layers", "positions"):

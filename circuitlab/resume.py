@@ -26,7 +26,7 @@ log = logging.getLogger("circuitlab")
 CONFIG_FILE = "run_config.json"
 CHUNKS_DIR = "chunks"
 # settings that change where and how a run executes, not its numbers
-NOT_COMPARED = ("name", "device", "results_dir", "progress", "memory_budget_mb", "figures", "run")
+NOT_COMPARED = ("name", "device", "results_dir", "progress", "memory_budget_mb", "threads", "figures", "run")
 
 
 def resolved(cfg: DictConfig) -> dict:
@@ -102,12 +102,13 @@ def holds_files(run_dir: Path) -> bool:
     return Path(run_dir).is_dir() and any(Path(run_dir).iterdir())
 
 
-def preflight(cfg: DictConfig) -> None:
-    """Before Hydra writes into `run.dir` (its .hydra/ and log): the run dir checks, and, when the dir already holds
-    files, the model's load (memoised: the run reuses it), so that nothing there changes unless it loads."""
+def preflight(cfg: DictConfig, run_dir: Path | None = None) -> None:
+    """Before Hydra writes into the run dir (its .hydra/ and log; `run_dir`, default `run.dir`): the run dir checks,
+    and, when the dir already holds files, the model's load (memoised: the run reuses it), so that nothing there
+    changes unless it loads."""
     from circuitlab.models import loading
 
-    run_dir = Path(str(cfg.run.dir))
+    run_dir = Path(str(cfg.run.dir)) if run_dir is None else Path(run_dir)
     check_run_dir(cfg, run_dir)
     if holds_files(run_dir):
         loading.load_model(cfg.model, device=loading.resolve_device(cfg.device))

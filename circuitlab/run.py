@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from circuitlab import inputs, memory, report, resume, rundir
+from circuitlab import inputs, memory, report, resume, rundir, threads
 from circuitlab.engine import chunks
 from circuitlab.engine.batching import memory_budget
 from circuitlab import results as rs
@@ -48,6 +48,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     """Run one experiment into `run_dir`; returns the manifest. `overrides`, the command line's (or the notebook
     call's), are recorded in the manifest for the report's command that reproduces the run."""
     run_dir = Path(run_dir)
+    threads.apply(cfg.get("threads"))  # before any torch work of the run
     timer = PhaseTimer()
     meter = memory.PeakMeter(loading.resolve_device(cfg.device))
     random.seed(cfg.seed)
@@ -128,6 +129,7 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         "config": OmegaConf.to_container(cfg, resolve=True),
         "model": loading.describe(model),
         "device": device,
+        "threads": threads.record(cfg.get("threads")),
         "seed": cfg.seed,
         "n_prompt_pairs": pairs.n_pairs,
         "dropped_prompt_pairs": pairs.dropped,
