@@ -16,12 +16,25 @@ import pandas as pd
 SHARED_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "group", "position", "position_label"]
 
 
-def csv_columns() -> list[str]:
-    """results.csv's columns: the shared ones, every registered method's own (in registration order), metric, value."""
+SHARED_DTYPES = {"head": "Int64", "heads": "string", "group": "string", "position": "string"}
+
+
+def method_columns() -> dict[str, str]:
+    """Every registered method's own results.csv columns (in registration order) and the dtype its record declares
+    (`registry.Column`)."""
     from circuitlab.methods import registry
 
-    own = [c for method in registry.METHODS.values() for c in method.columns]
-    return [*SHARED_COLUMNS, *dict.fromkeys(own), "metric", "value"]
+    own: dict[str, str] = {}
+    for method in registry.METHODS.values():
+        for column in method.columns:
+            if own.setdefault(column.name, column.dtype) != column.dtype:
+                raise ValueError(f"results.csv column {column.name}: {method.name} declares {column.dtype}, another method {own[column.name]}")
+    return own
+
+
+def csv_columns() -> list[str]:
+    """results.csv's columns: the shared ones, every registered method's own (in registration order), metric, value."""
+    return [*SHARED_COLUMNS, *method_columns(), "metric", "value"]
 
 
 def required_columns() -> list[str]:
@@ -97,20 +110,27 @@ def tidy_frame(rows: list[dict]) -> pd.DataFrame:
     return frame
 
 
+EMPTY = {"string": "", "float64": float("nan"), "boolean": None}  # a method's column in a run of another method
+
+
 def read_results(run_dir: Path) -> pd.DataFrame:
-    dtypes = {"head": "Int64", "heads": "string", "group": "string", "position": "string", "receiver": "string", "in_circuit": "string"}
-    # (scale: read as text, then numbers below, so that an empty cell is NaN)
+    """results.csv with the shared columns' dtypes and each method's own as its registry record declares them; the
+    columns of methods registered since the run was written are added, empty."""
+    own = method_columns()
+    # float64 columns are parsed by pandas as written, then made numbers so that an empty cell is NaN; boolean ones
+    # are read as text and mapped
+    dtypes = {**SHARED_DTYPES, **{c: "string" for c, dtype in own.items() if dtype != "float64"}}
     frame = pd.read_csv(Path(run_dir) / "results.csv", dtype=dtypes, keep_default_na=False, na_values={"head": [""]})
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")  # "nan" (e.g. no training loss) stays NaN
-    if "scale" in frame.columns:
-        frame["scale"] = pd.to_numeric(frame["scale"], errors="coerce")
-    if "in_circuit" in frame.columns:
-        frame["in_circuit"] = frame["in_circuit"].map({"True": True, "False": False}).astype("boolean")
-    kinds = {"scale": (float("nan"), "float64"), "in_circuit": (None, "boolean")}
-    for column in csv_columns():  # a method's own columns are newer than the runs of other methods: filled empty
+    for column, dtype in own.items():
+        if column in frame.columns and dtype == "float64":
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        elif column in frame.columns and dtype == "boolean":
+            frame[column] = frame[column].map({"True": True, "False": False}).astype("boolean")
+    for column in csv_columns():  # columns newer than the run (a method registered since, say): added, empty
         if column not in frame.columns and "metric" in frame.columns:
-            empty, dtype = kinds.get(column, ("", "string"))
-            frame.insert(frame.columns.get_loc("metric"), column, pd.Series([empty] * len(frame), dtype=dtype))
+            dtype = own.get(column, "string")
+            frame.insert(frame.columns.get_loc("metric"), column, pd.Series([EMPTY[dtype]] * len(frame), dtype=dtype))
     return frame
 
 

@@ -70,3 +70,37 @@ def test_a_cli_run_plans_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli.main(["run", "+experiment=ioi_patching", "task.n_prompts=8", "sweep.layers=[0]", "progress=false", "figures=false", f"run.dir={tmp_path / 'run'}"])
     assert len(calls) == 1 and (tmp_path / "run" / "results.csv").is_file()
+
+
+def test_read_results_takes_each_methods_column_dtypes_from_its_record(tmp_path, monkeypatch):
+    """A method's own columns are read as its registry record declares them (a method registered here, that no code
+    outside the registry knows of); a run written before they existed gets them, empty, with the same dtypes."""
+    import pandas as pd
+
+    from circuitlab.results import csv_columns, read_results
+
+    extra = registry.Method("made_up", registry.METHODS["eap"].schema, "circuitlab.methods.eap.method",
+                            columns=(registry.Column("weight", "float64"), registry.Column("kept", "boolean"), registry.Column("note")))
+    monkeypatch.setitem(registry.METHODS, extra.name, extra)
+    assert csv_columns()[-5:] == ["weight", "kept", "note", "metric", "value"]
+    row = {"experiment": "x", "method": "made_up", "stream": "z", "layer": 1, "head": "", "metric": "m", "value": "0.5"}
+    rows = [{**row, "weight": "2.5", "kept": "True", "note": "a"}, {**row, "weight": "", "kept": "", "note": ""}]
+    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    frame = read_results(tmp_path)
+    assert {c: str(frame[c].dtype) for c in ("weight", "kept", "note")} == {"weight": "float64", "kept": "boolean", "note": "string"}
+    assert frame["weight"].iloc[0] == 2.5 and pd.isna(frame["weight"].iloc[1])
+    assert bool(frame["kept"].iloc[0]) and frame["kept"].isna().iloc[1] and list(frame["note"]) == ["a", ""]
+    (tmp_path / "old").mkdir()
+    pd.DataFrame([row]).to_csv(tmp_path / "old" / "results.csv", index=False)
+    old = read_results(tmp_path / "old")
+    assert list(old.columns) == csv_columns()
+    expected = {"weight": "float64", "kept": "boolean", "note": "string", "scale": "float64", "in_circuit": "boolean", "receiver": "string"}
+    assert {c: str(old[c].dtype) for c in expected} == expected
+
+
+def test_shipped_methods_declare_their_column_dtypes():
+    from circuitlab.results import method_columns
+
+    assert method_columns() == {"receiver": "string", "scale": "float64", "in_circuit": "boolean", "sender": "string"}
+    with pytest.raises(ValueError, match="dtype 'int' is not one of string, float64, boolean"):
+        registry.Column("count", "int")

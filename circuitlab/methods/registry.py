@@ -14,6 +14,23 @@ from types import ModuleType
 from circuitlab.errors import ConfigError
 
 
+COLUMN_DTYPES = ("string", "float64", "boolean")
+
+
+@dataclass(frozen=True)
+class Column:
+    """One of a method's own results.csv columns and how `results.read_results` reads it back: `string` (text; empty
+    where the row has none), `float64` (numbers; NaN where empty) or `boolean` (True / False; <NA> where empty). A run
+    of another method lacks the column: it is added, empty, with this dtype."""
+
+    name: str
+    dtype: str = "string"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in COLUMN_DTYPES:
+            raise ValueError(f"column {self.name}: dtype {self.dtype!r} is not one of {', '.join(COLUMN_DTYPES)}")
+
+
 @dataclass(frozen=True)
 class Method:
     """`module` defines `validate(cfg)` (checks without the tokenizer or weights), `plan(cfg, shape, pairs, tokenizer,
@@ -26,12 +43,13 @@ class Method:
     schema: type  # its config dataclass, stored in Hydra's ConfigStore as method/base_<name>
     module: str
     figures: Callable[..., list[Path]] | None = None  # (its rows of results.csv, figures dir) -> written files
-    columns: tuple[str, ...] = ()  # its own results.csv columns, beyond the shared ones
+    columns: tuple[Column, ...] = ()  # its own results.csv columns beyond the shared ones, with their dtypes
     shardable: bool = True
     ranks_cumulative_heads: bool = False  # sweep.heads=cumulative without head_order: ranks heads by their own effect
     sweeps: bool = True  # plans sweep points from the sweep group (False: it reads the whole model; plan.locations == [])
     key_metric: str | None = None  # the report's key number and main-table order (None: the first *_normalized metric, else the first)
     table_sort: tuple[tuple[str, str], ...] = ()  # (side-table file, column): the report lists that table by |column|, largest first
+    summary: str = ""  # one line for `circuitlab list methods`
 
     @property
     def hooks(self) -> ModuleType:

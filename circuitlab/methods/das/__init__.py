@@ -4,4 +4,7 @@ from circuitlab.methods.registry import Method, register
 from circuitlab.methods.das.config import DASConfig
 from circuitlab.methods.das.figures import das_figures
 
-METHOD = register(Method("das", DASConfig, "circuitlab.methods.das.method", das_figures, (), shardable=False, ranks_cumulative_heads=False, key_metric="iia"))
+METHOD = register(Method(
+    "das", DASConfig, "circuitlab.methods.das.method", das_figures,
+    columns=(), shardable=False, ranks_cumulative_heads=False, key_metric="iia",
+    summary="interchange interventions: vanilla, DAS (a learned rotation), Boundless DAS; IIA per location"))
