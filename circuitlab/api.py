@@ -150,7 +150,7 @@ def run(experiment: str | None = None, *overrides: str, model: str | None = None
     `Result`. `experiment` is a preset name (`"ioi_patching"` -> `+experiment=ioi_patching`); `overrides` are the
     command line's strings; `model=`, `task=`, `method=`, `sweep=` choose a config group's option; other keywords set
     top-level keys (`seed=1`, `figures=False`); `config_dir` is the CLI's `--config-dir`."""
-    from circuitlab import cli
+    from circuitlab import compose
 
     arguments = overrides_from(experiment, overrides, {"model": model, "task": task, "method": method, "sweep": sweep}, settings)
     hydra = [o for o in arguments if o.lstrip("+~").startswith("hydra")]
@@ -158,8 +158,8 @@ def run(experiment: str | None = None, *overrides: str, model: str | None = None
         raise CircuitlabError(f"{hydra[0]}: hydra.* settings apply to `circuitlab run` on the command line only (a sweep: circuitlab run -m ...)")
     config_dirs = []
     if config_dir is not None:
-        _, config_dirs = cli._config_dir(["--config-dir", str(config_dir)])
-    cfg = cli.preflight(arguments, config_dirs)  # the CLI's checks: group names, composition, the plan, the run dir
+        _, config_dirs = compose.config_dirs(["--config-dir", str(config_dir)])
+    cfg = compose.preflight(arguments, config_dirs)  # the CLI's checks: group names, composition, the plan, the run dir
     return _run_composed(cfg, arguments)
 
 

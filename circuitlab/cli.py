@@ -1,36 +1,33 @@
-"""`circuitlab run|figures|train-toy|list`: dispatch on argv[1]; `run` hands the rest to Hydra.
+"""`circuitlab run|figures|report|merge|train-toy|list`: argparse subcommands, each with `--help`.
 
-User mistakes end in one line on stderr and exit code 2. Heavy imports (torch, TransformerLens) happen only
-in the commands that need them, so `circuitlab figures` runs without torch.
+`run` hands its arguments to Hydra unchanged (overrides, `-m`, `--cfg job`, `--config-dir`, Hydra's own `--help`)
+after the pre-flight checks (`compose.preflight`, `multirun.preflight_multirun`). User mistakes end in one line on
+stderr and exit code 2, argparse's own included. Heavy imports (torch, TransformerLens) happen only in the commands
+that need them, so `circuitlab figures` and `circuitlab report` run without torch. The config helpers live in
+`compose.py`, below this module, `hydra_app.py` and `multirun.py`; their names stay importable from here.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
+from circuitlab.compose import (CONFIG_DIR, GROUPS, check_group_choices, compose_config, config_dirs, group_options,  # noqa: F401
+                                is_hydra_override, launcher_options, one_line_error, preflight)
 from circuitlab.errors import EXIT_USAGE, CircuitlabError, ConfigError
 
-CONFIG_DIR = Path(os.environ.get("CIRCUITLAB_CONFIGS", Path(__file__).resolve().parent / "configs"))  # ships in the wheel
-GROUPS = ("model", "task", "method", "sweep", "experiment")
 HYDRA_INFO_FLAGS = {"--help", "-h", "--hydra-help", "--info", "-i", "--shell-completion", "-sc", "--config-name", "-cn", "--version"}
-USAGE = """usage: circuitlab COMMAND [ARGS]
+LIST_CHOICES = ("streams", "models", "tasks", "methods", "launchers", "experiments", "all")
+TRAIN_TOY_KEYS = ("task", "out", "steps")
+_config_dir = config_dirs  # the name api.py and older scripts used
 
-commands:
-  run [OVERRIDES]        run an experiment, e.g. `circuitlab run +experiment=ioi_patching`
-                         (any Hydra override; -m for multirun; --cfg job to print the config;
-                         --config-dir DIR adds your own presets, e.g. DIR/experiment/NAME.yaml)
-  figures [DIR ...]      redraw the figures of every run under DIR (default: results/) from its CSV
-  report [DIR ...]       write report.html in every run under DIR (default: results/) and index.html in
-                         each sweep dir and in DIR, from the run dirs' files (no model, no torch);
-                         --title TEXT names DIR's index page
-  train-toy task=ioi     retrain an embedded toy model by its recipe [out=DIR] [steps=N]
-  merge DIR... --out OUT combine the shard dirs of one sweep (sweep.num_shards=N) into one run dir
-  list [WHAT]            list streams, models, tasks, launchers, experiments (default: all)
-"""
+
+class Parser(argparse.ArgumentParser):
+    """argparse with circuitlab's errors: one line, exit code 2 (argparse prints its usage and exits itself)."""
+
+    def error(self, message: str):
+        raise CircuitlabError(f"{self.prog.removeprefix('circuitlab ')}: {message}" if self.prog != "circuitlab" else message)
 
 
 def fail(message: str) -> None:
@@ -38,147 +35,23 @@ def fail(message: str) -> None:
     raise SystemExit(EXIT_USAGE)
 
 
-def group_options(group: str, config_dirs: Sequence[Path] = ()) -> list[str]:
-    """The options of a config group: the shipped ones and those in the user's `--config-dir`."""
-    return sorted({p.stem for d in (CONFIG_DIR, *config_dirs) for p in (d / group).glob("*.yaml")})
-
-
-LAUNCHER_PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher", "submitit_local": "hydra_plugins.hydra_submitit_launcher",
-                    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher"}
-LAUNCHER_NEEDS = {"local_gpus": "joblib", "slurm": "submitit_slurm"}
-
-
-def launcher_options() -> list[str]:
-    return sorted({"basic", *LAUNCHER_PLUGINS, *(p.stem for p in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml"))})
-
-
-def check_launcher(value: str) -> None:
-    """A known launcher whose Hydra plugin is installed."""
-    import importlib.util
-
-    if value not in launcher_options():
-        raise ConfigError("hydra/launcher", value, launcher_options())
-    plugin = LAUNCHER_PLUGINS.get(LAUNCHER_NEEDS.get(value, value))
-    if plugin and importlib.util.find_spec(plugin) is None:
-        raise ConfigError("hydra/launcher", value, "basic (the Hydra plugin it needs is not installed: pip install 'circuitlab[cluster]')")
-    if LAUNCHER_NEEDS.get(value, value) == "submitit_slurm" and shutil.which("sbatch") is None:
-        others = [o for o in launcher_options() if LAUNCHER_NEEDS.get(o, o) != "submitit_slurm"]
-        raise ConfigError("hydra/launcher", value, others, hint="there is no Slurm here: sbatch is not on PATH")
-
-
-def check_group_choices(overrides: list[str], config_dirs: Sequence[Path] = ()) -> None:
-    """Unknown names in `model=`, `task=`, `+experiment=`, `hydra/launcher=` ... become one line naming the options."""
-    for override in overrides:
-        key, sep, value = override.partition("=")
-        key = key.lstrip("+~")
-        if key == "hydra/launcher" and sep:
-            check_launcher(value)
-        if sep and key in GROUPS and value and not any(c in value for c in ",()[]{}$"):
-            if value not in group_options(key, config_dirs):
-                raise ConfigError(key, value, group_options(key, config_dirs))
-
-
-def preflight(overrides: list[str], config_dirs: Sequence[Path] = ()):
-    """Compose the config as Hydra will and validate it, before any run dir or model exists."""
-    from circuitlab.plan import prepare_once
-
-    check_group_choices(overrides, config_dirs)
-    from circuitlab import resume
-
-    cfg = compose_config([o for o in overrides if not o.lstrip("+~").startswith("hydra")], config_dirs)
-    prepare_once(cfg)
-    resume.preflight(cfg)  # results_dir / run.dir, the dir's lock, config and inputs; the model when the dir holds files
-    return cfg
-
-
-def compose_config(overrides: list[str], config_dirs: Sequence[Path] = ()):
-    """The composed config (Hydra's compose API, same files and overrides as `circuitlab run`).
-
-    `config_dirs` are searched after the shipped configs, as Hydra searches `--config-dir`."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from circuitlab.config import register_configs
-
-    register_configs()
-    search = ["hydra.searchpath=[" + ",".join(f"'file://{d}'" for d in config_dirs) + "]"] if config_dirs else []
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=[*overrides, *search])
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise CircuitlabError(one_line_error(err, overrides, config_dirs)) from None
-
-
-def one_line_error(err: Exception, overrides: list[str], config_dirs: Sequence[Path] = ()) -> str:
-    """Hydra / OmegaConf's multi-line composition error as one line, with the allowed keys for a typo."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    cause = err.__cause__
-    while cause is not None:
-        lines += [ln.strip() for ln in str(cause).splitlines() if ln.strip()]
-        cause = cause.__cause__
-    key = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("full_key:")), None)
-    skip = ("full_key", "object_type", "reference_type", "To append", "Set the environment")
-    messages = list(dict.fromkeys(ln for ln in lines if not ln.startswith(skip)))
-    message = "; ".join(messages[:2]) or str(err)
-    if "LexerNoViableAltException" in message and any(ch in o for o in overrides for ch in "<>"):
-        message += ("; quote values with < or >, such as edge names: 'method.edges=[\"a0.h1->m1\",\"m0->a1.h0<v>\"]'")
-    if key and "not in" in message and "." in key:
-        parent = key.rsplit(".", 1)[0]
-        without = [o for o in overrides if not o.lstrip("+~").startswith(key)]
-        if without != overrides and not key.startswith("hydra."):  # the typo is the user's: list the keys the config has
-            node = compose_config(without, config_dirs)
-            for part in parent.split("."):
-                node = node[part]
-            message += f"; allowed keys: {', '.join(node.keys())}"
-    return f"{key}: {message}" if key else message
-
-
 def run_command(args: list[str]) -> None:
-    args, config_dirs = _config_dir(args)
+    """`circuitlab run ARGS`: pre-flight (the config composed and validated, the run dir checked; every job of a
+    multirun), then Hydra with ARGS as given."""
+    args, dirs = config_dirs(args)
     flags = {a.split("=")[0] for a in args if a.startswith("-")}
-    multirun = bool(flags & {"-m", "--multirun"})
     if not flags & HYDRA_INFO_FLAGS:
         overrides = _overrides(args)
-        if multirun:
+        if flags & {"-m", "--multirun"}:
             from circuitlab.multirun import preflight_multirun
 
-            preflight_multirun(overrides, config_dirs)
+            preflight_multirun(overrides, dirs)
         else:
-            if any(o.lstrip("+~").startswith("hydra") for o in overrides):  # Hydra's own errors in one line too
-                from circuitlab.multirun import compose_hydra
-
-                check_group_choices(overrides, config_dirs)
-                compose_hydra(overrides, config_dirs)
-            preflight(overrides, config_dirs)
+            preflight(overrides, dirs)
     sys.argv = ["circuitlab", *args]
     from circuitlab.hydra_app import hydra_main
 
     hydra_main()
-
-
-def _config_dir(args: list[str]) -> tuple[list[str], list[Path]]:
-    """Hydra's `--config-dir DIR` / `-cd DIR` (the user's own config groups, searched after the shipped ones),
-    checked and handed on to Hydra as one `--config-dir=ABSOLUTE_DIR`; Hydra uses the last one given."""
-    out, dirs, rest = [], [], list(args)
-    while rest:
-        arg = rest.pop(0)
-        flag, eq, value = arg.partition("=")
-        if flag not in ("--config-dir", "-cd"):
-            out.append(arg)
-            continue
-        if not eq:
-            if not rest:
-                raise ConfigError(flag, "(nothing)", "a directory of your own presets, e.g. --config-dir ~/my_presets")
-            value = rest.pop(0)
-        directory = Path(value).expanduser().resolve()
-        if not directory.is_dir():
-            raise ConfigError(flag, value, "an existing directory of config groups (e.g. DIR/experiment/NAME.yaml)")
-        if "'" in str(directory):
-            raise ConfigError(flag, value, "a path without quote characters")
-        out.append(f"--config-dir={directory}")
-        dirs = [directory]
-    return out, dirs
 
 
 def _overrides(args: list[str]) -> list[str]:
@@ -194,14 +67,14 @@ def _overrides(args: list[str]) -> list[str]:
     return out
 
 
-def figures_command(args: list[str]) -> None:
+def figures_command(args: argparse.Namespace) -> None:
     """Redraw every run under the dirs; a run that cannot be read (a damaged, empty or truncated results.csv or
     manifest.json, or a manifest without its results.csv) is skipped with one line on stderr. Exit 0 when at least
     one run was drawn, else 2."""
     from circuitlab.figures import redraw
     from circuitlab.results import find_run_dirs
 
-    roots = [Path(a) for a in args] or [Path("results")]
+    roots = [Path(a) for a in args.dirs] or [Path("results")]
     for root in roots:
         if not root.exists():
             raise ConfigError("figures DIR", root, "an existing directory (default: results/)")
@@ -229,48 +102,57 @@ def figures_command(args: list[str]) -> None:
         raise CircuitlabError(f"figures: none of the {skipped} runs under {', '.join(map(str, roots))} could be read; nothing drawn")
 
 
-def report_command(args: list[str]) -> None:
+def report_command(args: argparse.Namespace) -> None:
     """report.html for every finished run under the dirs, index.html for each dir of runs and each DIR; a run that
     cannot be read is skipped with one line on stderr (its row in the index says why). Exit 2 when DIR holds no run."""
     from circuitlab.report import run_dirs_under, write_reports
 
-    title = None
-    if "--title" in args:
-        at = args.index("--title")
-        if at == len(args) - 1:
-            raise ConfigError("report --title", "(nothing)", "a title for the index page, e.g. --title 'seed 000'")
-        title, args = args[at + 1], args[:at] + args[at + 2:]
-    roots = [Path(a) for a in args] or [Path("results")]
+    roots = [Path(a) for a in args.dirs] or [Path("results")]
     for root in roots:
         if not root.is_dir():
             raise ConfigError("report DIR", root, "an existing directory: a run dir, a multirun dir or results/")
     if not any(run_dirs_under(root) for root in roots):
         raise CircuitlabError(f"report: no runs under {', '.join(map(str, roots))}")
-    written, skipped = write_reports(roots, title)
+    written, skipped = write_reports(roots, args.title)
     for run_dir, why in skipped:
         print(f"circuitlab: warning: no report for {run_dir}: {why}", file=sys.stderr)
     for path in written:
         print(path)
 
 
-def train_toy_command(args: list[str]) -> None:
-    options = dict(a.split("=", 1) for a in args if "=" in a)
-    unknown = set(options) - {"task", "out", "steps"}
-    if unknown or len(options) != len(args):
-        raise ConfigError("train-toy", " ".join(args), "task=NAME [out=DIR] [steps=N]")
-    from circuitlab.models.toy import RECIPES, TASK_TO_TOY
+def train_toy_settings(settings: list[str]) -> dict:
+    """`task=NAME [out=DIR] [steps=N]` checked before any training: (toy name, out dir, steps or None)."""
+    from circuitlab.models.toy import TASK_TO_TOY
+    from circuitlab.rundir import check_location
 
+    allowed = f"task={'|'.join(TASK_TO_TOY)} (required), out=DIR, steps=N"
+    options: dict[str, str] = {}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or key not in TRAIN_TOY_KEYS:
+            raise CircuitlabError(f"train-toy: {setting!r} is not a setting; allowed: {allowed}")
+        if key in options:
+            raise CircuitlabError(f"train-toy: {key} is given twice ({key}={options[key]}, {key}={value}); give it once")
+        options[key] = value
     task = options.get("task")
+    if task is None:
+        raise CircuitlabError(f"train-toy: task=NAME is required; allowed: {allowed}")
     if task not in TASK_TO_TOY:
-        raise ConfigError("task", task, TASK_TO_TOY)
+        raise ConfigError("task", task, list(TASK_TO_TOY))
     steps = options.get("steps")
-    if steps is not None and not steps.isdigit():
-        raise ConfigError("steps", steps, "a positive integer")
+    if steps is not None and not (steps.isascii() and steps.isdigit() and int(steps) >= 1):
+        raise ConfigError("steps", steps, "a positive integer (training steps; the recipe's own when left out)")
     name = TASK_TO_TOY[task]
-    out = Path(options.get("out", f"results/toy_models/{name}"))
-    from circuitlab.models.toy import train_toy
+    out = check_location("out", options.get("out", f"results/toy_models/{name}"))
+    return {"name": name, "out": out, "steps": int(steps) if steps else None}
 
-    report = train_toy(name, out, steps=int(steps) if steps else None)
+
+def train_toy_command(args: argparse.Namespace) -> None:
+    settings = train_toy_settings(args.settings)
+    from circuitlab.models.toy import RECIPES, train_toy
+
+    name, out = settings["name"], settings["out"]
+    report = train_toy(name, out, steps=settings["steps"])
     accuracy = {k: v for k, v in report.items() if k.endswith("accuracy") and k != "train_accuracy"}
     print(f"{name}: {', '.join(f'{k} {v:.4f}' for k, v in accuracy.items())} after {report['recipe']['steps']} steps "
           f"({report['train_seconds']} s); written to {out}")
@@ -279,28 +161,19 @@ def train_toy_command(args: list[str]) -> None:
         print(f"to ship it: cp {out}/* {shipped}/  (recipe: {RECIPES[name]})")
 
 
-def merge_command(args: list[str]) -> None:
-    if "--out" not in args or args.index("--out") == len(args) - 1:
-        raise ConfigError("merge", " ".join(args) or "(nothing)", "DIR... --out OUT")
-    at = args.index("--out")
-    out, dirs = args[at + 1], args[:at] + args[at + 2:]
-    if not dirs:
-        raise ConfigError("merge", " ".join(args), "DIR... --out OUT (one or more shard dirs)")
+def merge_command(args: argparse.Namespace) -> None:
     import logging
 
     from circuitlab.merge import merge_shards
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")
-    manifest = merge_shards([Path(d) for d in dirs], Path(out))
+    manifest = merge_shards([Path(d) for d in args.dirs], Path(args.out))
     chunks = manifest["chunks"]
-    print(f"merged {len(dirs)} shards into {out}: {chunks['chunks_loaded']} chunks loaded, {chunks['chunks_computed']} computed")
+    print(f"merged {len(args.dirs)} shards into {args.out}: {chunks['chunks_loaded']} chunks loaded, {chunks['chunks_computed']} computed")
 
 
-def list_command(args: list[str]) -> None:
-    what = args[0] if args else "all"
-    choices = ("streams", "models", "tasks", "launchers", "experiments", "all")
-    if what not in choices:
-        raise ConfigError("list", what, choices)
+def list_command(args: argparse.Namespace) -> None:
+    what = args.what
     if what in ("streams", "all"):
         from circuitlab.locations import STREAMS
 
@@ -315,6 +188,12 @@ def list_command(args: list[str]) -> None:
               "a local checkpoint via model=local model.path=DIR")
     if what in ("tasks", "all"):
         print("tasks: " + ", ".join(group_options("task")))
+    if what in ("methods", "all"):
+        from circuitlab.methods import registry
+
+        print("methods (method=NAME; registered in circuitlab/methods/):")
+        for method in registry.METHODS.values():
+            print(f"  {method.name:<22} {method.summary}")
     if what in ("launchers", "all"):
         print("launchers (circuitlab run -m hydra/launcher=NAME ...): " + ", ".join(launcher_options()))
     if what in ("experiments", "all"):
@@ -325,22 +204,61 @@ def list_command(args: list[str]) -> None:
             print(f"  {name:<28} {about}")
 
 
-COMMANDS = {"run": run_command, "figures": figures_command, "report": report_command, "train-toy": train_toy_command, "merge": merge_command, "list": list_command}
+RUN_HELP = """run an experiment; every argument goes to Hydra: overrides (e.g. +experiment=ioi_patching
+task.n_prompts=32), -m for a multirun, --cfg job to print the config, --config-dir DIR for your own presets
+(DIR/experiment/NAME.yaml), hydra.run.dir=DIR; `circuitlab run --help` lists the config groups and settings"""
+
+
+def build_parser() -> tuple[Parser, dict[str, Parser]]:
+    """The top-level parser and each subcommand's (`run` is listed there, its arguments go to Hydra unparsed)."""
+    parser = Parser(prog="circuitlab", description="Mechanistic-interpretability experiments over TransformerLens, configured "
+                    "with Hydra.", epilog="`circuitlab COMMAND --help` describes a command.")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND", parser_class=Parser)
+    subs = {"run": commands.add_parser("run", help=RUN_HELP, add_help=False)}
+    figures = subs["figures"] = commands.add_parser("figures", help="redraw the figures of every run under DIR from its CSVs (no model, no torch)",
+                                                    description="Redraw the figures (and report.html where there is one) of every run under each DIR "
+                                                    "from its CSVs; a run that cannot be read is skipped with one line.")
+    figures.add_argument("dirs", nargs="*", metavar="DIR", help="run dirs or dirs of runs (default: results/)")
+    report = subs["report"] = commands.add_parser("report", help="write report.html in every run under DIR and index.html pages (no model, no torch)",
+                                                  description="Write report.html in every run under each DIR, index.html in each sweep dir and in "
+                                                  "DIR, from the run dirs' files.")
+    report.add_argument("dirs", nargs="*", metavar="DIR", help="a run dir, a multirun dir or results/ (default: results/)")
+    report.add_argument("--title", metavar="TEXT", help="the title of DIR's index page")
+    merge = subs["merge"] = commands.add_parser("merge", help="combine the shard dirs of one sweep (sweep.num_shards=N) into one run dir",
+                                                description="Combine the shard dirs of one sharded sweep into one run dir, as one unsharded run writes it.")
+    merge.add_argument("dirs", nargs="+", metavar="SHARD_DIR", help="the shards' run dirs")
+    merge.add_argument("--out", required=True, metavar="OUT", help="the merged run dir (made here)")
+    toy = subs["train-toy"] = commands.add_parser("train-toy", help="retrain an embedded toy model by its seeded recipe",
+                                                  description="Retrain an embedded toy model by its seeded recipe: task=ioi (toy-ioi), "
+                                                  "task=factual (toy-facts) or task=addition (toy-addition).")
+    toy.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="task=NAME (required); out=DIR (default: results/toy_models/"
+                     "<toy>); steps=N (default: the recipe's)")
+    listing = subs["list"] = commands.add_parser("list", help="list streams, models, tasks, methods, launchers, experiments",
+                                                 description="List what a run can name: streams, models, tasks, methods, launchers, experiments.")
+    listing.add_argument("what", nargs="?", default="all", choices=LIST_CHOICES, metavar="WHAT", help=f"one of {', '.join(LIST_CHOICES)} (default: all)")
+    return parser, subs
+
+
+COMMANDS = {"run": run_command, "figures": figures_command, "report": report_command, "merge": merge_command,
+            "train-toy": train_toy_command, "list": list_command}
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser, subs = build_parser()
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        parser.print_help()
         return
-    command = COMMANDS.get(argv[0])
-    if command is None:
-        fail(f"unknown command {argv[0]!r}; allowed: {', '.join(COMMANDS)}")
+    if argv[0] not in COMMANDS:
+        fail(f"unknown command {argv[0]!r}; allowed: {', '.join(COMMANDS)} (circuitlab --help describes them)")
     from circuitlab.rundir import sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():
-            command(argv[1:])
+            if argv[0] == "run":
+                run_command(argv[1:])  # Hydra's arguments, unparsed
+            else:
+                COMMANDS[argv[0]](subs[argv[0]].parse_intermixed_args(argv[1:]))
     except CircuitlabError as err:
         fail(str(err))
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM: one line saying what was kept, no traceback

@@ -1,13 +1,16 @@
 """`circuitlab run -m`: every job of a sweep expanded as Hydra's basic sweeper expands it, and composed and planned
-(nothing loaded, no dir made) before Hydra makes the sweep dir or runs job 0."""
+(nothing loaded, no dir made) before Hydra makes the sweep dir or runs job 0; a job whose dir (from an earlier
+sweep into the same `hydra.sweep.dir`) holds a run it would refuse stops the sweep before anything is written."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
-from circuitlab.cli import CONFIG_DIR, check_group_choices, compose_config, one_line_error
+from circuitlab.compose import (CONFIG_DIR, check_group_choices, compose_config, compose_hydra, is_hydra_override, one_line_error,
+                                searchpath_override)
 from circuitlab.errors import CircuitlabError, ConfigError
 
 
@@ -62,22 +65,24 @@ def preflight_multirun(overrides: list[str], config_dirs: Sequence[Path] = ()) -
     Hydra makes the sweep dir or runs job 0; the first bad job ends in one line naming it. Hydra's own side (the
     launcher's settings) is composed too, once per distinct set of `hydra...` overrides."""
     check_group_choices(overrides, config_dirs)
+    from circuitlab import resume
     from circuitlab.plan import prepare_once
 
     jobs = sweep_jobs(overrides, config_dirs)
-    hydra_sets = []
+    hydra_sets, configs = [], []
     for number, job in enumerate(jobs):
         check_group_choices(job, config_dirs)
-        own = [o for o in job if not o.lstrip("+~").startswith("hydra")]
-        hydra = [o for o in job if o.lstrip("+~").startswith("hydra")]
-        try:
-            prepare_once(compose_config(own, config_dirs))
+        own = [o for o in job if not is_hydra_override(o)]
+        hydra = [o for o in job if is_hydra_override(o)]
+        with _job_label(number, jobs):
+            configs.append(compose_config(own, config_dirs))
+            prepare_once(configs[-1])
             if hydra not in hydra_sets:
                 hydra_sets.append(hydra)
                 compose_hydra(job, config_dirs)
-        except CircuitlabError as err:
-            label = " ".join(o for o in own if o in _varying(jobs)) or "its overrides"
-            raise CircuitlabError(f"multirun job {number} of {len(jobs)} ({label}): {err}") from None
+    for number, job_dir in job_dirs(overrides, jobs, config_dirs).items():
+        with _job_label(number, jobs):
+            resume.preflight(configs[number], job_dir)  # its lock, config and inputs; the model when it holds files
     if any("hydra/launcher=local_gpus" in job for job in jobs):
         import torch
 
@@ -92,18 +97,51 @@ def _varying(jobs: list[list[str]]) -> set[str]:
         return set(jobs[0]) if jobs else set()
     return set().union(*jobs) - set(jobs[0]).intersection(*jobs)
 
-def compose_hydra(overrides: list[str], config_dirs: Sequence[Path] = ()) -> None:
-    """Compose the job's config with Hydra's own node (launcher, sweep dir), to catch Hydra's errors in one line."""
-    from hydra import compose, initialize_config_dir
+
+@contextmanager
+def _job_label(number: int, jobs: list[list[str]]):
+    """A job's one-line error names the job and the overrides that set it apart."""
+    try:
+        yield
+    except CircuitlabError as err:
+        own = [o for o in jobs[number] if not is_hydra_override(o)]
+        label = " ".join(o for o in own if o in _varying(jobs)) or "its overrides"
+        raise CircuitlabError(f"multirun job {number} of {len(jobs)} ({label}): {err}") from None
+
+
+def job_dirs(overrides: list[str], jobs: list[list[str]], config_dirs: Sequence[Path] = ()) -> dict[int, Path]:
+    """The dir of each job that already holds files, by job number, as Hydra's launchers will name it
+    (`hydra.sweep.dir` / `hydra.sweep.subdir`, composed by Hydra's own config loader with the job's number); empty
+    when the sweep dir does not exist yet (the usual timestamped one) or a dir can only be resolved by Hydra running."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf, open_dict
     from omegaconf.errors import OmegaConfBaseException
 
-    from circuitlab.config import register_configs
-
-    register_configs()
-    search = ["hydra.searchpath=[" + ",".join(f"'file://{d}'" for d in config_dirs) + "]"] if config_dirs else []
+    search = searchpath_override(config_dirs)
+    found: dict[int, Path] = {}
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            compose("config", overrides=[*overrides, *search], return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
-        raise CircuitlabError(one_line_error(err, overrides, config_dirs)) from None
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="hydra_app"):
+            loader = GlobalHydra.instance().config_loader()
+            master = loader.load_configuration("config", overrides=[*overrides, *search], run_mode=RunMode.MULTIRUN)
+            if not _holds_files(Path(str(master.hydra.sweep.dir))):
+                return {}
+            for number, job in enumerate(jobs):
+                sweep_cfg = loader.load_sweep_config(master, [o for o in job if not is_hydra_override(o)])
+                with open_dict(sweep_cfg):
+                    sweep_cfg.hydra.job.id = sweep_cfg.hydra.job.num = number
+                HydraConfig.instance().set_config(sweep_cfg)
+                job_dir = Path(str(OmegaConf.select(sweep_cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(sweep_cfg, "hydra.sweep.subdir"))
+                if _holds_files(job_dir):
+                    found[number] = job_dir
+    except (HydraException, OmegaConfBaseException) as err:  # composed above without error: a resolver of Hydra's own run
+        print(f"circuitlab: warning: the jobs' dirs are checked as each job starts ({one_line_error(err, overrides)})", file=sys.stderr)
+        return {}
+    return found
+
+
+def _holds_files(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.iterdir())

@@ -19,7 +19,7 @@ from transformer_lens import patching
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from circuitlab import cli  # noqa: E402
+from circuitlab import compose  # noqa: E402
 from circuitlab.config import ModelConfig  # noqa: E402
 from circuitlab.errors import CircuitlabError  # noqa: E402
 from circuitlab.locations import enumerate_locations  # noqa: E402
@@ -66,7 +66,7 @@ def presets_run(path: Path, workdir: Path) -> dict[str, str]:
     out = {}
     for method, preset in PRESETS.items():
         try:
-            cfg = cli.compose_config([*preset, *QUIET, "model=local", f"model.path={path}"])
+            cfg = compose.compose_config([*preset, *QUIET, "model=local", f"model.path={path}"])
             run_experiment(cfg, workdir / method)
             out[method] = "ran"
         except CircuitlabError as err:

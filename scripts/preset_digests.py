@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def presets() -> list[str]:
-    from circuitlab.cli import group_options
+    from circuitlab.compose import group_options
 
     chosen = os.environ.get("PRESET")
     return chosen.split(",") if chosen else group_options("experiment")
@@ -36,14 +36,14 @@ def digests(run_dir: Path) -> dict[str, str]:
 def run_all(work: Path) -> dict[str, dict[str, str]]:
     import logging
 
-    from circuitlab import cli
+    from circuitlab import compose
     from circuitlab.run import run_experiment
 
     logging.getLogger("circuitlab").setLevel(logging.WARNING)
     out = {}
     for name in presets():
         start = time.perf_counter()
-        cfg = cli.compose_config([f"+experiment={name}", "progress=false", "figures=false", "device=cpu", f"run.dir={work / name}"])
+        cfg = compose.compose_config([f"+experiment={name}", "progress=false", "figures=false", "device=cpu", f"run.dir={work / name}"])
         run_experiment(cfg, work / name)
         out[name] = digests(work / name)
         print(f"{name:<34} {len(out[name])} csv  {time.perf_counter() - start:6.1f} s", flush=True)

@@ -41,7 +41,7 @@ SHRINK = {  # per preset, on a real model: fewer prompts / less training / a sam
 
 
 def presets() -> list[str]:
-    from circuitlab.cli import CONFIG_DIR
+    from circuitlab.compose import CONFIG_DIR
 
     return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 

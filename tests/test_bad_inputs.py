@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from circuitlab import cli, multirun
+from circuitlab import cli, compose, multirun
 from circuitlab.errors import CircuitlabError
 from circuitlab.models import loading
 
@@ -365,7 +365,7 @@ def test_cuda_index_beyond_the_visible_devices(tmp_path, capsys, monkeypatch, no
 def test_slurm_without_slurm(multirun, tmp_path, capsys, monkeypatch, no_model_loads):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.shutil, "which", lambda name: None)
+    monkeypatch.setattr(compose.shutil, "which", lambda name: None)
     err = refused(["run", *multirun, "hydra/launcher=slurm", "+experiment=ioi_patching", "seed=0,1" if multirun else "seed=0"], capsys)
     assert "hydra/launcher=slurm" in err and "sbatch is not on PATH" in err
     assert not (tmp_path / "results").exists()
