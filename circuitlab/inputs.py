@@ -40,15 +40,24 @@ def input_files(cfg) -> tuple[dict[str, Path], dict[str, str]]:
     task_path = _get(cfg, "task.path")
     if task_path:
         files["task.path"] = Path(str(task_path)).expanduser()
-    if _get(cfg, "method.name") == "das" and _get(cfg, "method.load"):
-        load = Path(str(_get(cfg, "method.load"))).expanduser()
-        files["method.load"] = load / "interventions.pt" if load.is_dir() else load
+    files.update(_method_files(cfg))
     for name, file in _model_files(cfg).items():
         if file is None:
             named[f"model/{name}"] = "name only (not in the local cache)"
         else:
             files[f"model/{name}"] = file
     return {k: v for k, v in files.items() if v.is_file()}, named
+
+
+def _method_files(cfg) -> dict[str, Path]:
+    """The files the method's own settings name (its registry record's `input_files`), e.g. DAS's saved interventions."""
+    from circuitlab.methods import registry
+
+    method = registry.METHODS.get(str(_get(cfg, "method.name")))
+    section = _get(cfg, "method")
+    if method is None or method.input_files is None or section is None:
+        return {}
+    return method.input_files(section)
 
 
 def _model_files(cfg) -> dict[str, Path | None]:

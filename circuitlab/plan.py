@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import re
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from circuitlab import threads
+from circuitlab.checks import require_number
 from circuitlab.errors import CircuitlabError, ConfigError
 from circuitlab.locations import Location, check_present, enumerate_locations, get_stream, resolve_layers, resolve_positions
 from circuitlab.config import plain
@@ -42,30 +41,10 @@ def check_schema(cfg: DictConfig, path: str = "") -> None:
             check_schema(node, where)
 
 
-def require_number(field: str, value, *, integer: bool = False, minimum: float | None = None, above: float | None = None,
-                   maximum: float | None = None) -> None:
-    """`value` is a finite number (an integer when `integer`) with minimum <= value, above < value, value <= maximum."""
-    kind = (int,) if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (minimum is None or value >= minimum) and (above is None or value > above) and (maximum is None or value <= maximum)
-    if not ok:
-        if integer and minimum == 1 and maximum is None:
-            allowed = "a positive integer"
-        else:
-            bounds = [f">= {minimum:g}" if minimum is not None else "", f"> {above:g}" if above is not None else "",
-                      f"<= {maximum:g}" if maximum is not None else ""]
-            allowed = " ".join(["an integer" if integer else "a finite number", *[b for b in bounds if b]])
-        raise ConfigError(field, value, allowed)
-
-
-def require_list(field: str, value, example: str) -> None:
-    """A list setting that must name at least one thing (null and [] are refused)."""
-    if value is None or (isinstance(value, (list, tuple)) and not value) or (OmegaConf.is_list(value) and not len(value)):
-        raise ConfigError(field, "null" if value is None else "[]", f"one or more values, e.g. {example}")
-
-
 def check_device(device: str) -> None:
     """The device exists on this machine: CUDA (and the index) or MPS."""
+    import torch
+
     if not DEVICE_PATTERN.match(str(device)):
         raise ConfigError("device", device, "auto, cpu, cuda, cuda:N, mps")
     if str(device).startswith("cuda"):
@@ -81,7 +60,8 @@ def check_device(device: str) -> None:
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Numbers that must be finite and in range, lists that must not be empty or null."""
+    """Numbers that must be finite and in range, lists that must not be empty or null (a method checks its own settings
+    in its `validate`)."""
     if cfg.get("memory_budget_mb") is not None:
         value = cfg.memory_budget_mb
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -93,24 +73,6 @@ def check_values(cfg: DictConfig) -> None:
         if key in cfg.sweep and cfg.sweep[key] is None:
             raise ConfigError(f"sweep.{key}", "null", "all, or a list of layers" if key == "layers" else "every, or a list of positions")
     check_head_groups(plain(cfg.sweep.get("heads")))
-    method = cfg.method
-    if method.name == "das":
-        require_number("method.low_rank_dimension", method.low_rank_dimension, integer=True, minimum=1)
-        require_number("method.batch_size", method.batch_size, integer=True, minimum=1)
-        require_number("method.epochs", method.epochs, integer=True, minimum=1)
-        require_number("method.lr", method.lr, above=0)
-        require_number("method.lr_end_factor", method.lr_end_factor, minimum=0, maximum=1)
-        require_number("method.lr_decay_steps", method.lr_decay_steps, integer=True, minimum=0)
-        require_number("method.boundary_lr", method.boundary_lr, above=0)
-        require_number("method.boundary_penalty", method.boundary_penalty, minimum=0)
-        require_number("method.temperature_start", method.temperature_start, above=0)
-        require_number("method.temperature_end", method.temperature_end, above=0)
-    if method.name == "path_patching":
-        require_number("method.begin_layer", method.begin_layer, integer=True, minimum=0)
-        for threshold in method.thresholds:
-            require_number("method.thresholds", threshold, minimum=0)
-    if method.name == "direct_attribution":
-        require_list("method.analyses", method.analyses, "[logit_lens, layers, heads]")
 
 
 def check_head_groups(spec) -> None:

@@ -50,6 +50,7 @@ class Method:
     key_metric: str | None = None  # the report's key number and main-table order (None: the first *_normalized metric, else the first)
     table_sort: tuple[tuple[str, str], ...] = ()  # (side-table file, column): the report lists that table by |column|, largest first
     summary: str = ""  # one line for `circuitlab list methods`
+    input_files: Callable[..., dict[str, Path]] | None = None  # (its method config) -> label -> a file its run reads (inputs.py digests it)
 
     @property
     def hooks(self) -> ModuleType:

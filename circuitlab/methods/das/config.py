@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from circuitlab.config import MethodConfig
@@ -35,3 +36,12 @@ class DASConfig(MethodConfig, DASTraining):
 
     name: str = "das"
     load: Optional[str] = None
+
+
+def input_files(method) -> dict[str, Path]:
+    """The file a run of this config reads besides the model and the task (digested into the run's inputs.json):
+    `load`'s interventions.pt (a run dir given: the one it holds)."""
+    if not method.get("load"):
+        return {}
+    load = Path(str(method.get("load"))).expanduser()
+    return {"method.load": load / "interventions.pt" if load.is_dir() else load}

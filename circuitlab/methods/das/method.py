@@ -6,6 +6,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from circuitlab.checks import require_number
 from circuitlab.engine.records import MethodOutput, Plan
 from circuitlab.engine.rows import location_columns
 from circuitlab.errors import ConfigError
@@ -21,6 +22,17 @@ log = logging.getLogger("circuitlab")
 
 
 def validate(cfg: DictConfig) -> None:
+    method = cfg.method
+    require_number("method.low_rank_dimension", method.low_rank_dimension, integer=True, minimum=1)
+    require_number("method.batch_size", method.batch_size, integer=True, minimum=1)
+    require_number("method.epochs", method.epochs, integer=True, minimum=1)
+    require_number("method.lr", method.lr, above=0)
+    require_number("method.lr_end_factor", method.lr_end_factor, minimum=0, maximum=1)
+    require_number("method.lr_decay_steps", method.lr_decay_steps, integer=True, minimum=0)
+    require_number("method.boundary_lr", method.boundary_lr, above=0)
+    require_number("method.boundary_penalty", method.boundary_penalty, minimum=0)
+    require_number("method.temperature_start", method.temperature_start, above=0)
+    require_number("method.temperature_end", method.temperature_end, above=0)
     if cfg.method.intervention not in das.INTERVENTIONS:
         raise ConfigError("method.intervention", cfg.method.intervention, das.INTERVENTIONS)
     if not hasattr(TASKS[cfg.task.name], "build_split"):

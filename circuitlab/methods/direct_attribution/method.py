@@ -7,6 +7,7 @@ import logging
 import torch
 from omegaconf import DictConfig
 
+from circuitlab.checks import require_list
 from circuitlab.engine.records import MethodOutput, Plan
 from circuitlab.errors import ConfigError
 from circuitlab.locations import Location
@@ -21,6 +22,7 @@ PROMPTS = ("corrupted", "clean")
 
 
 def validate(cfg: DictConfig) -> None:
+    require_list("method.analyses", cfg.method.analyses, "[logit_lens, layers, heads]")
     for analysis in cfg.method.analyses:
         if analysis not in ANALYSES:
             raise ConfigError("method.analyses", analysis, ANALYSES)

@@ -6,6 +6,7 @@ import logging
 
 from omegaconf import DictConfig
 
+from circuitlab.checks import require_number
 from circuitlab.config import plain
 from circuitlab.engine.records import MethodOutput, Plan
 from circuitlab.engine.rows import patching_rows, patching_tensors
@@ -23,6 +24,9 @@ PATTERN_PROMPTS = ("corrupted", "clean")
 
 
 def validate(cfg: DictConfig) -> None:
+    require_number("method.begin_layer", cfg.method.begin_layer, integer=True, minimum=0)
+    for threshold in cfg.method.thresholds:
+        require_number("method.thresholds", threshold, minimum=0)
     if cfg.method.pattern_prompts not in PATTERN_PROMPTS:
         raise ConfigError("method.pattern_prompts", cfg.method.pattern_prompts, PATTERN_PROMPTS)
 
