@@ -1,4 +1,5 @@
-"""Path patching (the IOI paper's algorithm, used by seed 003 for function induction), batched over senders.
+"""Path patching (the IOI paper's algorithm, used by seed 003 for function induction), batched over senders: the
+patched forwards. The receivers and senders are parsed and checked in receivers.py, the results read in important.py.
 
 Base = the corrupted prompts (the addition task's *contrast* prompts), source = the clean (*normal*) ones.
 For each sender (one head, a head group, a whole attention layer or an MLP):
@@ -19,7 +20,6 @@ Why it is fast:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -29,79 +29,14 @@ from transformer_lens import HookedTransformer
 from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from circuitlab.engine import chunks
-from circuitlab.errors import CircuitlabError, ConfigError
-from circuitlab.locations import STREAMS, Location, get_stream, head_mask, position_mask
+from circuitlab.locations import STREAMS, Location, head_mask, position_mask
 from circuitlab.engine.batching import halving_on_oom, points_per_chunk
 from circuitlab.engine.forward import final_position_logits, frozen_prefix, fused_gelu
 from circuitlab.engine.sweep import PatchingResult
 from circuitlab.metrics import point_metrics
+from circuitlab.methods.path_patching.receivers import RESID_RECEIVERS, SENDER_STREAMS, Receiver
+from circuitlab.methods.path_patching.receivers import check_senders, parse_receiver  # noqa: F401  (re-exported: tests, bench)
 from circuitlab.tasks.base import PromptPairs
-
-RESID_RECEIVERS = ("resid_pre", "resid_post")
-HEAD_RECEIVERS = ("q", "k", "v")
-SENDER_STREAMS = ("z", "attn_out", "mlp_out")
-RECEIVER_SYNTAX = "resid_pre.L, resid_post.L, q.L.H, k.L.H or v.L.H (L a layer, -1 the last; H a head)"
-
-
-@dataclass(frozen=True)
-class Receiver:
-    """The input of block `block` that run 2 replaces: the whole residual stream, or one head's q / k / v."""
-
-    stream: str
-    layer: int
-    head: int | None = None
-
-    @property
-    def block(self) -> int:
-        """The block whose input this is (`n_layers` for the final residual stream)."""
-        return self.layer + 1 if self.stream == "resid_post" else self.layer
-
-    @property
-    def label(self) -> str:
-        return f"{self.stream}.{self.layer}" + ("" if self.head is None else f".{self.head}")
-
-
-def parse_receiver(spec: str, n_layers: int, n_heads: int, field: str = "method.receivers") -> Receiver:
-    """`resid_post.-1` -> Receiver("resid_post", n_layers - 1); `v.1.2` -> the v input of head 2 in layer 1."""
-    parts = str(spec).split(".")
-    try:
-        stream = get_stream(parts[0], field).name
-        numbers = [int(p) for p in parts[1:]]
-    except (CircuitlabError, ValueError):
-        raise ConfigError(field, spec, RECEIVER_SYNTAX) from None
-    wants_head = stream in HEAD_RECEIVERS
-    if stream not in RESID_RECEIVERS + HEAD_RECEIVERS or len(numbers) != 1 + wants_head:
-        raise ConfigError(field, spec, RECEIVER_SYNTAX)
-    layer = numbers[0] + n_layers if numbers[0] < 0 else numbers[0]
-    if not 0 <= layer < n_layers:
-        raise ConfigError(field, spec, f"layers 0..{n_layers - 1} (or -1 for the last)")
-    head = numbers[1] if wants_head else None
-    if head is not None and not 0 <= head < n_heads:
-        raise ConfigError(field, spec, f"heads 0..{n_heads - 1} of layer {layer}")
-    return Receiver(stream, layer, head)
-
-
-def check_senders(senders: list[Location], receivers: list[Receiver], begin_layer: int) -> list[Location]:
-    """The senders that can reach a receiver (layer in [begin_layer, last receiver block)); errors if none."""
-    for receiver in receivers:
-        if receiver.block <= begin_layer:
-            raise ConfigError(
-                "method.receivers", receiver.label,
-                f"receivers after method.begin_layer={begin_layer} (this one reads layers < {receiver.block})",
-            )
-    for loc in senders:
-        if loc.stream not in SENDER_STREAMS:
-            raise ConfigError("sweep.streams", loc.stream, f"{', '.join(SENDER_STREAMS)} (path patching senders)")
-        if loc.positions != "all":
-            raise ConfigError("sweep.positions", loc.positions, "[all] (path patching patches senders at every position)")
-    last = max(r.block for r in receivers)
-    kept = [loc for loc in senders if begin_layer <= loc.layer < last]
-    if not kept:
-        raise CircuitlabError(
-            f"sweep: no sender left in layers [{begin_layer}, {last}) (method.begin_layer={begin_layer}, "
-            f"receivers {', '.join(r.label for r in receivers)}); widen sweep.layers or lower method.begin_layer"
-        )
-    return sorted(kept, key=lambda loc: loc.layer)
 
 
 @contextmanager
@@ -364,50 +299,3 @@ def _finish_attention(model: HookedTransformer, block, raw: Tensor) -> Tensor:
     if model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
         raw = block.ln1(raw)
     return raw
-
-
-# reading the results ---------------------------------------------------------------------------------
-
-
-def sender_label(loc: Location) -> str:
-    """`L.H` for a head, `L.H+H` for a head group, `attn L` / `mlp L` for whole layers."""
-    if loc.stream == "z" and loc.heads is not None:
-        return f"{loc.layer}." + "+".join(map(str, loc.heads))
-    return f"{'mlp' if loc.stream == 'mlp_out' else 'attn'} {loc.layer}"
-
-
-def important_senders(senders: list[Location], variation: Tensor, thresholds: list[float]) -> "pd.DataFrame":
-    """Senders whose |variation| exceeds the smallest threshold, largest first, with the largest threshold each
-    one passes (the seed's "rel_diff > 0.05" and "0.05 > rel_diff > 0.02" lists)."""
-    import pandas as pd
-
-    columns = ["sender", "stream", "layer", "head", "logit_diff_variation", "above"]
-    if not thresholds:
-        return pd.DataFrame(columns=columns)
-    rows = []
-    for loc, value in zip(senders, variation.tolist()):
-        passed = [t for t in thresholds if abs(value) > t]
-        if passed:
-            rows.append({"sender": sender_label(loc), "stream": loc.stream, "layer": loc.layer, "head": loc.head,
-                         "logit_diff_variation": value, "above": max(passed)})
-    frame = pd.DataFrame(rows, columns=columns)
-    return frame.sort_values("logit_diff_variation", key=abs, ascending=False, ignore_index=True)
-
-
-def describe_important(important: "pd.DataFrame", thresholds: list[float]) -> list[str]:
-    """One log line per threshold band, e.g. `|variation| > 0.05: 1.2 (-0.41), 0.3 (+0.07)`."""
-    lines = []
-    for i, threshold in enumerate(sorted(thresholds, reverse=True)):
-        band = important[important["above"] == threshold]
-        upper = "" if i == 0 else f" (and <= {sorted(thresholds, reverse=True)[i - 1]})"
-        found = ", ".join(f"{s} ({v:+.3f})" for s, v in zip(band["sender"], band["logit_diff_variation"])) or "none"
-        lines.append(f"|logit diff variation| > {threshold}{upper}: {found}")
-    return lines
-
-
-def top_heads(senders: list[Location], variation: Tensor, threshold: float, limit: int = 8) -> list[tuple[int, int]]:
-    """Single-head senders above `threshold` by |variation| (at most `limit`); the top 4 if none is."""
-    singles = [(abs(v), loc.layer, loc.head) for loc, v in zip(senders, variation.tolist()) if loc.stream == "z" and loc.head is not None]
-    singles.sort(reverse=True)
-    above = [(layer, head) for value, layer, head in singles if value > threshold]
-    return above[:limit] if above else [(layer, head) for _, layer, head in singles[:4]]

@@ -16,6 +16,8 @@ from circuitlab.tasks.base import PromptPairs
 from circuitlab.locations import resolve_positions
 from circuitlab.methods.path_patching import attention
 from circuitlab.methods.path_patching import compute as path_patching
+from circuitlab.methods.path_patching.important import describe_important, important_senders, top_heads
+from circuitlab.methods.path_patching.receivers import RECEIVER_SYNTAX, check_senders, parse_receiver
 
 log = logging.getLogger("circuitlab")
 
@@ -34,12 +36,12 @@ def validate(cfg: DictConfig) -> None:
 def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations: list[Location]):
     """The receivers and receiver positions, checked against the model and the prompts; the senders left before them."""
     if not cfg.method.receivers:
-        raise ConfigError("method.receivers", "[]", path_patching.RECEIVER_SYNTAX)
+        raise ConfigError("method.receivers", "[]", RECEIVER_SYNTAX)
     spec = plain(cfg.method.receiver_positions)
     spec = tuple(spec) if isinstance(spec, list) else spec
     resolve_positions([spec], pairs.width, list(pairs.named_positions), pairs.same_length, "method.receiver_positions")
-    receivers = tuple(path_patching.parse_receiver(r, shape.n_layers, shape.n_heads) for r in cfg.method.receivers)
-    locations = path_patching.check_senders(locations, list(receivers), cfg.method.begin_layer)
+    receivers = tuple(parse_receiver(r, shape.n_layers, shape.n_heads) for r in cfg.method.receivers)
+    locations = check_senders(locations, list(receivers), cfg.method.begin_layer)
     attention.resolve_heads(plain(cfg.method.pattern_heads), shape.n_layers, shape.n_heads)
     return locations, receivers
 
@@ -56,12 +58,12 @@ def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     result.metrics["logit_diff_variation"] = variation
     receiver = " + ".join(r.label for r in plan.method_plan)
     rows = [{**row, "receiver": receiver} for row in patching_rows(cfg, result, plan.pairs)]
-    important = path_patching.important_senders(plan.locations, variation, list(cfg.method.thresholds))
-    for line in path_patching.describe_important(important, list(cfg.method.thresholds)):
+    important = important_senders(plan.locations, variation, list(cfg.method.thresholds))
+    for line in describe_important(important, list(cfg.method.thresholds)):
         log.info(line)
     heads = attention.resolve_heads(plain(cfg.method.pattern_heads), plan.shape.n_layers, plan.shape.n_heads)
     if heads is None:
-        heads = path_patching.top_heads(plan.locations, variation, cfg.method.thresholds[0] if cfg.method.thresholds else 0.0)
+        heads = top_heads(plan.locations, variation, cfg.method.thresholds[0] if cfg.method.thresholds else 0.0)
     tables = {"important_heads.csv": important}
     tensors = patching_tensors(result, plan.pairs)
     if heads:
