@@ -4,6 +4,7 @@ and none of which it imports.
 
 - `CONFIG_DIR`: the shipped configs (`CIRCUITLAB_CONFIGS` overrides); `group_options` lists a group's presets.
 - `check_group_choices`: an unknown `model=` / `task=` / `+experiment=` / `hydra/launcher=` name in one line.
+- `register_configs`: every schema (config.py's and each registered method's) in Hydra's ConfigStore.
 - `compose_config` / `compose_hydra`: Hydra's compose API over the same files; errors become `one_line_error`.
 - `config_dirs`: the user's `--config-dir` / `-cd`, checked and handed on to Hydra.
 - `preflight`: one run composed and validated, and its run dir checked, before Hydra writes anything.
@@ -70,6 +71,33 @@ def searchpath_override(config_dirs: Sequence[Path]) -> list[str]:
     return ["hydra.searchpath=[" + ",".join(f"'file://{d}'" for d in config_dirs) + "]"] if config_dirs else []
 
 
+def register_configs() -> None:
+    """Store each schema under the name its YAML files extend (`base_<group>...`: config.py's generic ones and each
+    registered method's), and register the resolver the local_gpus launcher sizes itself with."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from circuitlab.config import (AdditionTaskConfig, FactualTaskConfig, IOICounterfactualTaskConfig, IOITaskConfig, ModelConfig,
+                                   PairsTaskConfig, RepeatFirstTaskConfig, RunConfig, SweepConfig)
+    from circuitlab.devices import gpu_count
+    from circuitlab.methods import registry
+
+    if not OmegaConf.has_resolver("circuitlab_gpu_count"):
+        OmegaConf.register_new_resolver("circuitlab_gpu_count", gpu_count)
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RunConfig)
+    for method in registry.METHODS.values():
+        cs.store(group="method", name=f"base_{method.name}", node=method.schema)
+    cs.store(group="model", name="base_model", node=ModelConfig)
+    cs.store(group="task", name="base_ioi", node=IOITaskConfig)
+    cs.store(group="task", name="base_pairs", node=PairsTaskConfig)
+    cs.store(group="task", name="base_factual", node=FactualTaskConfig)
+    cs.store(group="task", name="base_addition", node=AdditionTaskConfig)
+    cs.store(group="task", name="base_ioi_counterfactual", node=IOICounterfactualTaskConfig)
+    cs.store(group="task", name="base_repeat_first", node=RepeatFirstTaskConfig)
+    cs.store(group="sweep", name="base_sweep", node=SweepConfig)
+
+
 def compose_config(overrides: list[str], config_dirs: Sequence[Path] = (), hydra: bool = False):
     """The composed config (Hydra's compose API, same files and overrides as `circuitlab run`); with `hydra`, Hydra's
     own node too (launcher, run and sweep dirs). `config_dirs` are searched after the shipped configs, as Hydra
@@ -77,8 +105,6 @@ def compose_config(overrides: list[str], config_dirs: Sequence[Path] = (), hydra
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
-
-    from circuitlab.config import register_configs
 
     register_configs()
     try:

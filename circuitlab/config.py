@@ -1,4 +1,4 @@
-"""Typed schemas for every config group, registered in Hydra's ConfigStore.
+"""Typed schemas for every config group (compose.register_configs stores them in Hydra's ConfigStore).
 
 The YAML files under `circuitlab/configs/` (shipped in the wheel; the top-level `configs/` links there) stay the
 source of truth; each group's YAML extends its schema in its defaults list (`- base_model`), so a typo in a key or
@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 
@@ -171,28 +170,3 @@ def plain(value):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-
-
-def register_configs() -> None:
-    """Store each schema under the name its YAML files extend (`base_<group>...`), and register the resolver the
-    local_gpus launcher sizes itself with."""
-    from omegaconf import OmegaConf
-
-    from circuitlab.devices import gpu_count
-
-    if not OmegaConf.has_resolver("circuitlab_gpu_count"):
-        OmegaConf.register_new_resolver("circuitlab_gpu_count", gpu_count)
-    cs = ConfigStore.instance()
-    cs.store(name="base_config", node=RunConfig)
-    from circuitlab.methods import registry
-
-    for method in registry.METHODS.values():
-        cs.store(group="method", name=f"base_{method.name}", node=method.schema)
-    cs.store(group="model", name="base_model", node=ModelConfig)
-    cs.store(group="task", name="base_ioi", node=IOITaskConfig)
-    cs.store(group="task", name="base_pairs", node=PairsTaskConfig)
-    cs.store(group="task", name="base_factual", node=FactualTaskConfig)
-    cs.store(group="task", name="base_addition", node=AdditionTaskConfig)
-    cs.store(group="task", name="base_ioi_counterfactual", node=IOICounterfactualTaskConfig)
-    cs.store(group="task", name="base_repeat_first", node=RepeatFirstTaskConfig)
-    cs.store(group="sweep", name="base_sweep", node=SweepConfig)

@@ -10,8 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from circuitlab.compose import CONFIG_DIR
-from circuitlab.config import register_configs
+from circuitlab.compose import CONFIG_DIR, register_configs
 from circuitlab.errors import EXIT_USAGE, CircuitlabError
 
 register_configs()

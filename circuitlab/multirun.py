@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from circuitlab.compose import (CONFIG_DIR, check_group_choices, compose_config, compose_hydra, is_hydra_override, one_line_error,
-                                searchpath_override)
+                                register_configs, searchpath_override)
 from circuitlab.errors import CircuitlabError, ConfigError
 
 
@@ -24,8 +24,6 @@ def sweep_jobs(overrides: list[str], config_dirs: Sequence[Path] = ()) -> list[l
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
-
-    from circuitlab.config import register_configs
 
     register_configs()
     choices: dict[str, list[str]] = {}
