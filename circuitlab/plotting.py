@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import plotnine as p9
 
+from circuitlab.storage import atomic_write
 from circuitlab.tokens import RunContext, position_text  # noqa: F401  (RunContext: the figures' import)
 
 FIRST_PROMPT = "position (first prompt's token)"
@@ -91,8 +92,6 @@ def title_height(*texts: str | None, width: float = 10.0) -> float:
 def save(plot: p9.ggplot, out_dir: Path, stem: str, width: float, height: float) -> list[Path]:
     """Write `stem.png` and `stem.pdf` (atomically: a temp name of this process's own, then rename), at most
     MAX_INCHES a side, its text fitted (`fit_text`); inside `capture()`, record the plot instead."""
-    from circuitlab.results import atomic_write
-
     width, height = min(width, MAX_INCHES), min(height, MAX_INCHES)
     plot = fit_text(plot, width, height)
     if _CAPTURED:

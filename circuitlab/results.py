@@ -1,17 +1,17 @@
-"""The run directory: results.csv, results.pt, dataset.pt, manifest.json, figures/. Every write is atomic."""
+"""The run directory: results.csv, results.pt, dataset.pt, manifest.json, figures/. Every write is atomic
+(storage.py; its writers are re-exported here)."""
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import subprocess
-import tempfile
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
+
+from circuitlab.storage import atomic_write, file_mode, load_tensors, umask, write_csv, write_json, write_tensors, write_text  # noqa: F401  (re-exported)
 
 SHARED_COLUMNS = ["experiment", "method", "stream", "layer", "head", "heads", "group", "position", "position_label"]
 
@@ -44,64 +44,6 @@ def required_columns() -> list[str]:
 
 
 PACKAGES = ("circuitlab", "torch", "transformer-lens", "transformers", "hydra-core", "pandas", "plotnine", "numpy")
-
-
-_UMASK: int | None = None
-
-
-def umask() -> int:
-    """This process's umask (read once per process: reading it means setting it for a moment)."""
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
-
-
-def file_mode() -> int:
-    """The mode a plain `open()` gives a new file under the umask."""
-    return 0o666 & ~umask()
-
-
-def atomic_write(path: Path, write: Callable[[Path], None], suffix: str = ".tmp") -> None:
-    """Call `write(tmp)` on a temporary file beside `path` (a name no other process uses; `suffix` ends it, e.g.
-    for writers that go by the extension), give it the umask's mode, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, file_mode())  # mkstemp makes it 0600
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
-def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
-
-
-def write_csv(path: Path, frame: pd.DataFrame) -> None:
-    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False))
-
-
-def write_tensors(path: Path, data: dict) -> None:
-    import torch
-
-    atomic_write(path, lambda tmp: torch.save(data, tmp))
-
-
-def load_tensors(path: Path) -> dict:
-    """Read a `.pt` file written by circuitlab (safe: `weights_only=True`)."""
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def tidy_frame(rows: list[dict]) -> pd.DataFrame:

@@ -22,7 +22,6 @@ import logging
 import math
 import time
 import zlib
-from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -38,22 +37,11 @@ from circuitlab.engine.batching import memory_budget
 from circuitlab.engine.forward import final_position_logits, frozen_prefix, fused_gelu
 from circuitlab.engine.sweep import patch_sweep
 from circuitlab.methods.das import groups
-from circuitlab.methods.das.saved import interventions_file, load_interventions, location_key  # noqa: F401  (das.* API)
+from circuitlab.methods.das.saved import DASResult, interventions_file, load_interventions, location_key  # noqa: F401  (das.* API)
 from circuitlab.tasks.base import PromptPairs
 
 INTERVENTIONS = ("vanilla", "das", "boundless")
 log = logging.getLogger("circuitlab")
-
-
-@dataclass
-class DASResult:
-    """IIA on the test pairs and the final training loss per location; the learned parameters (plain tensors)
-    per location."""
-
-    locations: list[Location]
-    iia: Float[Tensor, " point"]
-    loss: Float[Tensor, " point"]
-    states: list[dict[str, Tensor]]
 
 
 def training_from(method_cfg) -> Training:

@@ -17,6 +17,7 @@ from pathlib import Path
 from circuitlab.locations import heads_value, position_label
 from circuitlab.methods.das import compute as das
 from circuitlab.tasks import TASKS
+from circuitlab.tasks.bos import special_ids
 
 log = logging.getLogger("circuitlab")
 
@@ -51,8 +52,6 @@ def keeps_chunks(cfg: DictConfig) -> bool:
 
 def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations: list[Location]):
     """Subspaces that fit their locations, the train split (the Plan's method part), saved interventions that fit."""
-    from circuitlab.plan import special_ids
-
     das.check_locations(locations, das.training_from(cfg.method), shape.n_heads, shape.d_head, shape.d_model, shape.d_mlp)
     train_pairs = TASKS[cfg.task.name].build_split(cfg.task, tokenizer, *special_ids(tokenizer, cfg.model.get("bos", "tokenizer")), cfg.seed, "train")
     if cfg.method.load:  # the saved interventions are read and checked now, not after the weights load

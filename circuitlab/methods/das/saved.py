@@ -1,18 +1,27 @@
-"""DAS's learned interventions on disk: `interventions.pt` (plain tensors, strings and numbers, loadable with
-weights_only=True), written by a run and read back by `method.load`."""
+"""DAS's learned interventions: what a run learned (`DASResult`) and `interventions.pt` on disk (plain tensors,
+strings and numbers, loadable with weights_only=True), written by a run and read back by `method.load`."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
+from jaxtyping import Float
 from torch import Tensor
 
 from circuitlab.errors import ConfigError
 from circuitlab.locations import Location
 from circuitlab.methods.das.config import DASTraining as Training
 
-if TYPE_CHECKING:
-    from circuitlab.methods.das.compute import DASResult
+
+@dataclass
+class DASResult:
+    """IIA on the test pairs and the final training loss per location; the learned parameters (plain tensors)
+    per location."""
+
+    locations: list[Location]
+    iia: Float[Tensor, " point"]
+    loss: Float[Tensor, " point"]
+    states: list[dict[str, Tensor]]
 
 
 def location_key(loc: Location) -> str:
@@ -40,7 +49,7 @@ def load_interventions(path: str, locations: list[Location], training: Training,
     from pathlib import Path
 
     from circuitlab.errors import CircuitlabError
-    from circuitlab.results import load_tensors
+    from circuitlab.storage import load_tensors
 
     given = Path(path).expanduser()
     file = given / "interventions.pt" if given.is_dir() else given
