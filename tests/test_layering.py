@@ -49,13 +49,8 @@ MAY_IMPORT: dict[str, set[str]] = {
     "orchestration": {"foundation", "tasks", "models", "engine", "methods", "outputs"},
     "entry": set(AREAS),
 }
-# (importer, imported): an import against the table above, allowed for the reason given. Remove when fixed.
-LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("circuitlab.engine.chunks", "circuitlab.results"):
-        "TODO(issue 23, item 8): chunk tensors are written and read through results.write_tensors / load_tensors "
-        "(lazily); they live in circuitlab/storage.py (foundation) now, and importing them from there removes this "
-        "exception (engine/ is another engineer's; left to them)",
-}
+# (importer, imported): an import against the table above, allowed for the reason given. None today; remove when fixed.
+LAYER_EXCEPTIONS: dict[tuple[str, str], str] = {}
 # (importer, imported): an import that closes a circle, allowed for the reason given. None today; keep it that way.
 CIRCLE_EXCEPTIONS: dict[tuple[str, str], str] = {}
 # a method folder that builds on another method's modules (the only imports between method folders)

@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from circuitlab.storage import load_tensors, write_tensors
+
 log = logging.getLogger("circuitlab")
 
 # testing hook: SIGKILL this process right after it has stored this many chunks (a crash at a known point)
@@ -68,8 +70,6 @@ class ChunkStore:
         chunk = {"keys": list(keys), "metrics": {name: values.detach().float().cpu().contiguous() for name, values in metrics.items()}}
         chunk["sha256"] = chunk_digest(chunk["keys"], chunk["metrics"])
         if self.directory is not None:
-            from circuitlab.results import write_tensors
-
             write_tensors(self.directory / chunk_file_name(keys), chunk)
         self._remember(chunk)
         self.computed += 1
@@ -112,8 +112,6 @@ def chunk_digest(keys: list[str], metrics: dict[str, Tensor]) -> str:
 
 def chunk_problem(path: Path) -> tuple[dict | None, str | None]:
     """(the chunk, None) when `path` holds a whole chunk, else (None, what is wrong with it)."""
-    from circuitlab.results import load_tensors
-
     try:
         chunk = load_tensors(path)
     except Exception as err:  # noqa: BLE001  torch raises many kinds for truncated, empty or foreign files
