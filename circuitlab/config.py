@@ -17,10 +17,12 @@ from omegaconf import MISSING
 class ModelConfig:
     """`source`: embedded (a toy model shipped in the repo), pretrained (a TransformerLens name) or local
     (a Hugging Face checkpoint dir of a supported architecture, see models/hf_checkpoint.py, or an InterpBench-style
-    dir: ll_model_cfg.json / .yaml and ll_model.pth or model.safetensors). The flags are TransformerLens' weight
-    processing options (Hugging Face dirs and pretrained names, with TransformerLens' own guards). `allow_pickle`: read an InterpBench `ll_model_cfg.pkl` (unpickling runs code).
-    `source: package` names a real model whose weights ship as a pip package (models/packaged.py); `path` may also
-    be a .gguf file. `bos`: what every prompt starts with: `tokenizer` (its BOS token, else its EOS), `none`, or a
+    dir: ll_model_cfg.json / .yaml and ll_model.pth or model.safetensors). `source: package` names a real model
+    whose weights ship as a pip package (models/packaged.py). `name`: the embedded model, the TransformerLens name or
+    the packaged model. `path`: the local checkpoint dir, or a .gguf file. `dtype`: float32, bfloat16 or float16.
+    `fold_ln` / `center_writing_weights` / `center_unembed` / `fold_value_biases` / `refactor_factored_attn_matrices`:
+    TransformerLens' weight processing options (Hugging Face dirs and pretrained names, with TransformerLens' own
+    guards). `allow_pickle`: read an InterpBench `ll_model_cfg.pkl` (unpickling runs code). `bos`: what every prompt starts with: `tokenizer` (its BOS token, else its EOS), `none`, or a
     token of the vocabulary written out (e.g. `<|endoftext|>`)."""
 
     source: str = "embedded"
@@ -38,6 +40,9 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
+    """`name`: the task (`task=NAME` sets it). `n_prompts`: how many prompt pairs. `track` (where a task has it):
+    tokens whose probability to report with `method.metrics=[...,prob]`."""
+
     name: str = MISSING
     n_prompts: int = 64
 
@@ -118,6 +123,8 @@ class RepeatFirstTaskConfig(TaskConfig):
 
 @dataclass
 class MethodConfig:
+    """`name`: the registered method (`method=NAME` sets it)."""
+
     name: str = MISSING
 
 
@@ -150,6 +157,10 @@ class RunOptions:
 
 @dataclass
 class RunConfig:
+    """The run-level keys (config.yaml). `seed`: Python's and torch's seed, and the task's prompt sampling.
+    `results_dir`: where `name`'s run dirs go. `figures`: draw the figures and report at the end of the run (false:
+    `circuitlab figures DIR` draws them later)."""
+
     name: str = "default"
     seed: int = 0
     device: str = "auto"
