@@ -63,6 +63,16 @@ bench: install ## benchmarks against peers (see bench/; installs pyvene for benc
 	$(BIN)/python -m pip install --quiet --no-deps auto-circuit==1.0.1 attrs plotly blobfile lxml
 	@ls bench/*.py >/dev/null 2>&1 && for b in bench/*.py; do $(BIN)/python $$b || exit 1; done || echo "no benchmarks yet"
 
+.PHONY: docs docs-serve docs-reference
+docs: install ## build the documentation site (docs/, mkdocs.yml) into site/, strict: a broken link or anchor fails
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
+docs-serve: install ## serve the documentation site at http://127.0.0.1:8000 while you edit docs/
+	$(BIN)/python -m mkdocs serve
+
+docs-reference: install ## regenerate docs/config-reference.md from the config schemas (tests/test_docs.py checks it is current)
+	$(BIN)/python scripts/config_reference.py
+
 clean: ## remove the virtual environment and caches (results/ is kept)
 	rm -rf $(VENV) .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
