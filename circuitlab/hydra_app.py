@@ -21,6 +21,7 @@ def hydra_main(cfg: DictConfig) -> None:
     from circuitlab.devices import claimed_gpu
     from circuitlab.results import write_sweep_index
     from circuitlab.run import run_experiment
+    from circuitlab.slurm import in_job as in_slurm_job
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
@@ -30,7 +31,8 @@ def hydra_main(cfg: DictConfig) -> None:
             if gpu is not None:
                 with open_dict(cfg):
                     cfg.device = gpu
-            run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), overrides=list(hydra_cfg.overrides.task))
+            with in_slurm_job():  # SIGTERM from Slurm ends the run in its one line, written to the job's log
+                run_experiment(cfg, Path(hydra_cfg.runtime.output_dir), overrides=list(hydra_cfg.overrides.task))
     except CircuitlabError as err:
         print(f"circuitlab: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None

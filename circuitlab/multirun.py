@@ -67,7 +67,7 @@ def preflight_multirun(overrides: list[str], config_dirs: Sequence[Path] = ()) -
     from circuitlab.plan import prepare_once
 
     jobs = sweep_jobs(overrides, config_dirs)
-    hydra_sets, configs = [], []
+    hydra_sets, configs, launchers = [], [], []
     for number, job in enumerate(jobs):
         check_group_choices(job, config_dirs)
         own = [o for o in job if not is_hydra_override(o)]
@@ -77,7 +77,10 @@ def preflight_multirun(overrides: list[str], config_dirs: Sequence[Path] = ()) -
             prepare_once(configs[-1])
             if hydra not in hydra_sets:
                 hydra_sets.append(hydra)
-                compose_hydra(job, config_dirs)
+                launchers.append(compose_hydra(job, config_dirs))
+    from circuitlab import slurm
+
+    slurm.preflight(launchers, {str(c.device) for c in configs})  # hydra/launcher=slurm: sbatch --test-only, one line
     for number, job_dir in job_dirs(overrides, jobs, config_dirs).items():
         with _job_label(number, jobs):
             resume.preflight(configs[number], job_dir)  # its lock, config and inputs; the model when it holds files

@@ -34,8 +34,10 @@ AREAS: dict[str, tuple[str, ...]] = {
     "edges": ("circuitlab.edges",),
     "methods": ("circuitlab.methods",),
     "outputs": ("circuitlab.results", "circuitlab.figures", "circuitlab.headline", "circuitlab.report"),
-    "orchestration": ("circuitlab.plan", "circuitlab.run", "circuitlab.resume", "circuitlab.merge", "circuitlab.inputs"),
-    "entry": ("circuitlab", "circuitlab.cli", "circuitlab.compose", "circuitlab.hydra_app", "circuitlab.multirun", "circuitlab.api"),
+    "orchestration": ("circuitlab.plan", "circuitlab.run", "circuitlab.resume", "circuitlab.merge", "circuitlab.inputs",
+                      "circuitlab.cost"),
+    "entry": ("circuitlab", "circuitlab.cli", "circuitlab.compose", "circuitlab.hydra_app", "circuitlab.multirun", "circuitlab.api",
+              "circuitlab.slurm", "circuitlab.slurm_launch", "circuitlab.status", "circuitlab.plan_command"),
 }
 MAY_IMPORT: dict[str, set[str]] = {
     "foundation": set(),
