@@ -7,8 +7,9 @@ from collections.abc import Iterable
 EXIT_USAGE = 2
 
 
-class CircuitlabError(Exception):
-    """An error caused by the user's input. The CLI prints `str(err)` alone and exits with code 2."""
+class CircuitlabError(ValueError):
+    """An error caused by the user's input (a ValueError: a bad value or file). The CLI prints `str(err)` alone and
+    exits with code 2; the notebook API raises it with the same one line."""
 
 
 class ConfigError(CircuitlabError):

@@ -47,8 +47,40 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def write_json(path: Path, data: dict) -> None:
-    write_text(path, json.dumps(data, indent=2, default=str) + "\n")
+NULL_REASONS = "null_reasons"
+
+
+def write_json(path: Path, data) -> None:
+    """Strict JSON (every circuitlab JSON file is written here): a NaN or infinite number becomes null, and a dict
+    says why in `null_reasons` ({"baselines.clean.logit_diff": "NaN: not a number"}); allow_nan=False, so that
+    nothing else can slip through."""
+    reasons: dict[str, str] = {}
+    clean = strict_json(data, "", reasons)
+    if reasons and isinstance(clean, dict):
+        clean = {**clean, NULL_REASONS: {**(clean.get(NULL_REASONS) or {}), **reasons}}
+    write_text(path, json.dumps(clean, indent=2, default=str, allow_nan=False) + "\n")
+
+
+def strict_json(value, where: str, reasons: dict[str, str]):
+    """`value` with every non-finite number (Python's or numpy's) replaced by None, its path in `reasons`."""
+    import math
+    import numbers
+
+    if isinstance(value, dict):
+        return {k: strict_json(v, f"{where}.{k}" if where else str(k), reasons) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v, f"{where}[{i}]", reasons) for i, v in enumerate(value)]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        if not math.isfinite(number):
+            reasons[where or "(value)"] = "NaN: not a number" if math.isnan(number) else f"{number}: not a finite number"
+            return None
+        return number
+    return value
 
 
 def write_csv(path: Path, frame: "pd.DataFrame") -> None:
