@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from circuitlab import inputs, memory, report, resume, rundir, threads
+from circuitlab import inputs, memory, report, resume, rundir, runfiles, threads
 from circuitlab.engine import chunks
 from circuitlab.engine.batching import memory_budget
 from circuitlab import results as rs
@@ -105,7 +105,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer:
 def _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides, memory_record: dict | None = None) -> dict:
     pairs, locations = plan.pairs, plan.locations
     with timer("write_results"):
-        rs.write_csv(run_dir / "results.csv", rs.tidy_frame(output.rows))
+        tables = {"results.csv": rs.tidy_frame(output.rows), **output.tables}
+        rs.write_csv(run_dir / "results.csv", tables["results.csv"])
         rs.write_tensors(run_dir / "results.pt", output.tensors)
         rs.write_tensors(run_dir / "dataset.pt", pairs.to_tensors())
         for name, frame in output.tables.items():
@@ -146,8 +147,10 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         "git_commit": rs.git_commit(Path(__file__).parent),
         "wall_time_seconds": timer.seconds,
         **({"memory": memory_record} if memory_record else {}),
-        "files": ["results.csv", "results.pt", "dataset.pt", resume.CONFIG_FILE, inputs.INPUTS_FILE, *output.tables, *output.tensor_files, report.EXAMPLES_FILE,
-                  *[str(Path(f).relative_to(run_dir)) for f in figures], report.REPORT_FILE],
+        "files": ["results.csv", "results.pt", "dataset.pt", resume.CONFIG_FILE, inputs.INPUTS_FILE, *output.tables, *output.tensor_files,
+                  *output.json_files, report.EXAMPLES_FILE, *[str(Path(f).relative_to(run_dir)) for f in figures], report.REPORT_FILE],
+        # what the readers check each file against (runfiles): rows and columns of every CSV, bytes of every .pt
+        "file_records": runfiles.records(run_dir, tables, ["results.pt", "dataset.pt", *output.tensor_files]),
     }
     rs.write_json(run_dir / "manifest.json", manifest)
     try:

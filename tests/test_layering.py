@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1] / "circuitlab"
 
 # Every module has one place; a place may import the places listed for it (and itself). Bottom to top.
 AREAS: dict[str, tuple[str, ...]] = {
-    "foundation": ("circuitlab.errors", "circuitlab.checks", "circuitlab.config", "circuitlab.storage", "circuitlab.rundir",
+    "foundation": ("circuitlab.errors", "circuitlab.checks", "circuitlab.config", "circuitlab.storage", "circuitlab.rundir", "circuitlab.runfiles",
                    "circuitlab.digests", "circuitlab.tokens", "circuitlab.threads", "circuitlab.devices", "circuitlab.memory",
                    "circuitlab.metrics", "circuitlab.locations", "circuitlab.circuits"),
     "tasks": ("circuitlab.tasks",),
