@@ -38,9 +38,16 @@ def fail(message: str) -> None:
 def run_command(args: list[str]) -> None:
     """`circuitlab run ARGS`: pre-flight (the config composed and validated, the run dir checked; every job of a
     multirun), then Hydra with ARGS as given."""
+    if "--plan" in args:  # the cost, nothing loaded or run (plan_command.py)
+        from circuitlab.plan_command import plan_command
+
+        return plan_command(args)
     args, dirs = config_dirs(args)
     flags = {a.split("=")[0] for a in args if a.startswith("-")}
     if not flags & HYDRA_INFO_FLAGS:
+        from circuitlab.plan_command import auto_shards
+
+        args = auto_shards(args, dirs)  # sweep.num_shards=auto: the shard count, chosen from the plan
         overrides = _overrides(args)
         if flags & {"-m", "--multirun"}:
             from circuitlab.multirun import preflight_multirun
@@ -172,6 +179,20 @@ def merge_command(args: argparse.Namespace) -> None:
     print(f"merged {len(args.dirs)} shards into {args.out}: {chunks['chunks_loaded']} chunks loaded, {chunks['chunks_computed']} computed")
 
 
+def plan_command(args: list[str]) -> None:
+    """`circuitlab plan ARGS`: `circuitlab run ARGS --plan` (plan_command.py)."""
+    from circuitlab.plan_command import plan_command as print_plan
+
+    print_plan(args)
+
+
+def status_command(args: argparse.Namespace) -> None:
+    from circuitlab.status import status_lines
+
+    for directory in args.dirs:
+        print("\n".join(status_lines(Path(directory))))
+
+
 def list_command(args: argparse.Namespace) -> None:
     what = args.what
     if what in ("streams", "all"):
@@ -236,11 +257,18 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
     listing = subs["list"] = commands.add_parser("list", help="list streams, models, tasks, methods, launchers, experiments",
                                                  description="List what a run can name: streams, models, tasks, methods, launchers, experiments.")
     listing.add_argument("what", nargs="?", default="all", choices=LIST_CHOICES, metavar="WHAT", help=f"one of {', '.join(LIST_CHOICES)} (default: all)")
+    subs["plan"] = commands.add_parser("plan", help="what `circuitlab run ARGS` will cost (points, chunks, memory, time), nothing loaded",
+                                       add_help=False)
+    status = subs["status"] = commands.add_parser("status", help="each job of a sweep: pending, running (chunks done), done, failed (why)",
+                                                  description="Where each job of a sweep (local, joblib or Slurm) or each run under DIR is, "
+                                                  "from the run dirs alone: pending, running (chunks done of planned), done, failed (its "
+                                                  "last error line).")
+    status.add_argument("dirs", nargs="+", metavar="DIR", help="a multirun dir, a run dir or a dir of runs")
     return parser, subs
 
 
 COMMANDS = {"run": run_command, "figures": figures_command, "report": report_command, "merge": merge_command,
-            "train-toy": train_toy_command, "list": list_command}
+            "train-toy": train_toy_command, "list": list_command, "plan": plan_command, "status": status_command}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -257,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
         with sigterm_as_interrupt():
             if argv[0] == "run":
                 run_command(argv[1:])  # Hydra's arguments, unparsed
+            elif argv[0] == "plan":
+                plan_command(argv[1:])  # run's arguments, unparsed
             else:
                 COMMANDS[argv[0]](subs[argv[0]].parse_intermixed_args(argv[1:]))
     except CircuitlabError as err:

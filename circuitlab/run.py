@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from circuitlab import inputs, memory, report, resume, rundir, runfiles, threads
+from circuitlab.cost import record_plan, record_timing
 from circuitlab.engine import chunks
 from circuitlab.engine.batching import memory_budget
 from circuitlab import results as rs
@@ -82,6 +83,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer:
     store, finished = None, False
     try:
         store = resume.open_store(cfg, run_dir)
+        cost = record_plan(cfg, plan, run_dir)  # chunks/plan.json: the chunk count `circuitlab status` counts against
         with timer("sweep"), chunks.active(store):
             output = registry.get(cfg.method.name).hooks.run(cfg, plan, model)
         if store.num_shards > 1 and store.planned <= store.shard:
@@ -92,7 +94,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer:
         if meter is not None:
             meter.mark("method")
             memory_record = meter.record(model, memory_budget(device, cfg.memory_budget_mb))
-        return _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides, memory_record)
+        return _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides, memory_record, cost)
     except KeyboardInterrupt as err:
         rundir.clear_progress_bars()
         if store is None:
@@ -102,7 +104,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, plan, model, device: str, timer:
         raise rundir.Interrupted(rundir.kept_message(run_dir, signum, store.kept(), finished, keeps, cfg.method.name), signum) from None
 
 
-def _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides, memory_record: dict | None = None) -> dict:
+def _write_run(cfg, run_dir, plan, model, device, timer, store, output, overrides, memory_record: dict | None = None, cost=None) -> dict:
     pairs, locations = plan.pairs, plan.locations
     with timer("write_results"):
         tables = {"results.csv": rs.tidy_frame(output.rows), **output.tables}
@@ -153,6 +155,7 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         "file_records": runfiles.records(run_dir, tables, ["results.pt", "dataset.pt", *output.tensor_files]),
     }
     rs.write_json(run_dir / "manifest.json", manifest)
+    record_timing(cfg, manifest, cost)  # this machine's calibration for `circuitlab plan`'s time estimate
     try:
         report.write_report(run_dir)
     except Exception as err:  # noqa: BLE001  the run's numbers are written; a report that fails says so and no more

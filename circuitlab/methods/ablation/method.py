@@ -46,6 +46,11 @@ def shard_points(cfg: DictConfig, locations: list[Location], pairs: PromptPairs)
     return len(locations) * len(cfg.method.scales), "points x scales"
 
 
+def sweep_calls(cfg: DictConfig, plan: Plan) -> list:
+    """Its patching sweeps, for the cost estimate (cost.py): one per scale, of transformed sources (every position)."""
+    return [(plan.locations, plan.pairs, True) for _ in ablation.check_scales(plain(cfg.method.scales))]
+
+
 def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     """One ablation sweep per scale; `effect` = (clean - ablated) / (clean - corrupted) of the logit difference.
     With a declared circuit, rows say whether their node is in it, and `faithfulness.csv` gives the share of the

@@ -30,6 +30,12 @@ def shard_points(cfg: DictConfig, locations: list[Location], pairs: PromptPairs)
     return sweep.patching_points(locations, pairs), "points that patch a position where clean and corrupted prompts differ"
 
 
+def sweep_calls(cfg: DictConfig, plan: Plan) -> list[tuple[list[Location], PromptPairs, bool]]:
+    """Its patching sweeps, for the cost estimate (cost.py): one over the planned locations (cumulative head groups
+    ranked by their own effects add a sweep over single heads first)."""
+    return [(plan.locations, plan.pairs, False)]
+
+
 def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     sweep = patching_sweep(cfg, plan, model)
     result = sweep(swept_locations(cfg, plan, sweep))

@@ -38,6 +38,11 @@ def keeps_chunks(cfg: DictConfig) -> bool:
     return bool(cfg.method.get("compare_exact", True))
 
 
+def sweep_calls(cfg: DictConfig, plan: Plan) -> list:
+    """Its chunked work, for the cost estimate (cost.py): the exact patching beside the estimates, when it runs."""
+    return [(plan.locations, plan.pairs, False)] if cfg.method.get("compare_exact", True) else []
+
+
 def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     """Attribution estimates, with exact patching beside them when `compare_exact`."""
     sweep = patching_sweep(cfg, plan, model)
