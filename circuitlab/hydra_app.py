@@ -37,8 +37,10 @@ def hydra_main(cfg: DictConfig) -> None:
         print(f"circuitlab: error: {err}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
     finally:
-        if multirun:
-            write_sweep_index(Path(hydra_cfg.sweep.dir))
+        if multirun:  # the jobs not started yet listed too (an interrupted sweep's index says what never ran)
+            from circuitlab.multirun import planned_jobs
+
+            write_sweep_index(Path(hydra_cfg.sweep.dir), planned_jobs(Path(hydra_cfg.sweep.dir)))
             from circuitlab.report import write_index_quietly
 
             write_index_quietly(Path(hydra_cfg.sweep.dir))

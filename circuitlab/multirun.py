@@ -146,3 +146,30 @@ def job_dirs(overrides: list[str], jobs: list[list[str]], config_dirs: Sequence[
 
 def _holds_files(directory: Path) -> bool:
     return directory.is_dir() and any(directory.iterdir())
+
+
+def planned_jobs(sweep_dir: Path) -> list[list[str]] | None:
+    """Every job of the multirun that made `sweep_dir`, from the sweep overrides Hydra recorded in its multirun.yaml,
+    expanded as `sweep_jobs` expands them (with the user's --config-dir, for globs); None when that cannot be known
+    (the index then lists the started jobs only). Called inside a running Hydra job: Hydra's global state is set
+    aside for the expansion and put back (the Hydra instance, and the job name that names the next job's log)."""
+    import yaml
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.utils import JobRuntime
+
+    running = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    job_name = JobRuntime.instance().conf.get("name")
+    GlobalHydra.instance().clear()
+    try:
+        hydra = yaml.safe_load((Path(sweep_dir) / "multirun.yaml").read_text(encoding="utf-8"))["hydra"]
+        sources = hydra["runtime"]["config_sources"] or []
+        dirs = [Path(s["path"]) for s in sources if s.get("schema") == "file" and s.get("provider") not in ("main", "hydra")]
+        return sweep_jobs([str(o) for o in hydra["overrides"]["task"]], dirs)
+    except Exception:  # noqa: BLE001  no record, or one Hydra's parser no longer reads: not known
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+        if running is not None:
+            GlobalHydra.instance().initialize(running)
+        if job_name is not None:
+            JobRuntime.instance().set("name", job_name)

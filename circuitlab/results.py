@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 import subprocess
 from importlib import metadata
@@ -57,12 +56,15 @@ EMPTY = {"string": "", "float64": float("nan"), "boolean": None}  # a method's c
 
 def read_results(run_dir: Path) -> pd.DataFrame:
     """results.csv with the shared columns' dtypes and each method's own as its registry record declares them; the
-    columns of methods registered since the run was written are added, empty."""
+    columns of methods registered since the run was written are added, empty. A file cut short is refused in one line
+    (runfiles.DamagedFile; `figures.check_readable` checks the whole run against its manifest)."""
     own = method_columns()
     # float64 columns are parsed by pandas as written, then made numbers so that an empty cell is NaN; boolean ones
     # are read as text and mapped
     dtypes = {**SHARED_DTYPES, **{c: "string" for c, dtype in own.items() if dtype != "float64"}}
-    frame = pd.read_csv(Path(run_dir) / "results.csv", dtype=dtypes, keep_default_na=False, na_values={"head": [""]})
+    from circuitlab.runfiles import read_table
+
+    frame = read_table(Path(run_dir) / "results.csv", dtype=dtypes, keep_default_na=False, na_values={"head": [""]})
     frame["value"] = pd.to_numeric(frame["value"], errors="coerce")  # "nan" (e.g. no training loss) stays NaN
     for column, dtype in own.items():
         if column in frame.columns and dtype == "float64":
@@ -109,43 +111,90 @@ def find_run_dirs(roots: list[Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def sweep_index(sweep_dir: Path) -> pd.DataFrame:
-    """One row per job dir of a multirun: its overrides, experiment, shape, baselines and status."""
-    rows = []
-    for job in sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")), key=_job_order):
-        manifest_path, overrides_path = job / "manifest.json", job / ".hydra" / "overrides.yaml"
-        if not manifest_path.is_file() and not (job / "run_config.json").is_file():
+INDEX_COLUMNS = {"job": "string", "status": "string", "overrides": "string", "experiment": "string", "method": "string", "model": "string",
+                 "n_sweep_points": "Int64", "shard": "Int64", "num_shards": "Int64", "clean_logit_diff": "float64",
+                 "corrupted_logit_diff": "float64", "sweep_seconds": "float64", "run_dir": "string", "problem": "string"}
+
+
+def sweep_index(sweep_dir: Path, planned: list[list[str]] | None = None) -> pd.DataFrame:
+    """One row per job dir of a multirun: its overrides, experiment, shape, baselines and status (done, unfinished,
+    damaged: with the line that names the damaged file); with `planned` (every job's overrides, in Hydra's order),
+    one row per job that never started (status "not started"). Counts stay integers (empty when not known)."""
+    from circuitlab import runfiles
+
+    rows, jobs = [], sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")), key=_job_order)
+    for job in jobs:
+        manifest_path = job / "manifest.json"
+        if not runfiles.is_run_dir(job):  # neither a run's files nor Hydra's record of a started job
             continue
-        overrides = [ln[2:].strip() for ln in overrides_path.read_text().splitlines() if ln.startswith("- ")] if overrides_path.is_file() else []
-        row = {"job": job.name, "run_dir": str(job), "overrides": " ".join(overrides), "status": "unfinished"}
+        row = {"job": job.name, "run_dir": str(job), "overrides": " ".join(_job_overrides(job)), "status": "unfinished"}
         if manifest_path.is_file():
-            manifest = json.loads(manifest_path.read_text())
-            baselines = manifest.get("baselines", {})
+            try:
+                manifest = runfiles.read_manifest(job)
+            except runfiles.DamagedFile as err:
+                rows.append({**row, "status": "damaged", "problem": str(err)})
+                continue
+            config, baselines = manifest.get("config") or {}, manifest.get("baselines") or {}
             row.update(
                 status="done",
                 experiment=manifest.get("experiment"),
-                method=manifest.get("config", {}).get("method", {}).get("name"),
-                model=manifest.get("config", {}).get("model", {}).get("name"),
+                method=(config.get("method") or {}).get("name"),
+                model=(config.get("model") or {}).get("name"),
                 n_sweep_points=manifest.get("n_sweep_points"),
-                shard=manifest.get("shard", {}).get("index"),
-                num_shards=manifest.get("shard", {}).get("num_shards"),
-                clean_logit_diff=baselines.get("clean", {}).get("logit_diff"),
-                corrupted_logit_diff=baselines.get("corrupted", {}).get("logit_diff"),
-                sweep_seconds=manifest.get("wall_time_seconds", {}).get("sweep"),
+                shard=(manifest.get("shard") or {}).get("index"),
+                num_shards=(manifest.get("shard") or {}).get("num_shards"),
+                clean_logit_diff=(baselines.get("clean") or {}).get("logit_diff"),
+                corrupted_logit_diff=(baselines.get("corrupted") or {}).get("logit_diff"),
+                sweep_seconds=(manifest.get("wall_time_seconds") or {}).get("sweep"),
             )
         rows.append(row)
-    columns = ["job", "status", "overrides", "experiment", "method", "model", "n_sweep_points", "shard", "num_shards",
-               "clean_logit_diff", "corrupted_logit_diff", "sweep_seconds", "run_dir"]
-    return pd.DataFrame(rows, columns=columns)
+    started = {p.name for p in jobs}
+    if planned and all(name.isdigit() for name in started):  # Hydra's default job dirs (0, 1, ...): the others never started
+        rows += [{"job": str(number), "status": "not started", "overrides": " ".join(job), "run_dir": str(Path(sweep_dir) / str(number))}
+                 for number, job in enumerate(planned) if str(number) not in started]
+        rows.sort(key=lambda row: int(row["job"]))
+    frame = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    return frame.astype({c: dtype for c, dtype in INDEX_COLUMNS.items() if dtype != "float64"}).astype({c: "float64" for c, d in INDEX_COLUMNS.items() if d == "float64"})
+
+
+def _job_overrides(job: Path) -> list[str]:
+    """The job's overrides as Hydra recorded them (.hydra/overrides.yaml); [] when it did not or cannot be read."""
+    import yaml
+
+    from circuitlab.errors import CircuitlabError
+    from circuitlab.runfiles import read_text
+
+    path = job / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    try:
+        data = yaml.safe_load(read_text(path, "yaml"))
+    except (CircuitlabError, yaml.YAMLError):
+        return []
+    return [str(o) for o in data] if isinstance(data, list) else []
+
+
+def read_sweep_index(sweep_dir: Path) -> pd.DataFrame | None:
+    """index.csv of a multirun dir as written (integers as integers); None when there is none or it cannot be read."""
+    from circuitlab.runfiles import read_table
+
+    path = Path(sweep_dir) / "index.csv"
+    if not path.is_file():
+        return None
+    try:
+        frame = read_table(path, keep_default_na=False, na_values=[""], dtype={c: d for c, d in INDEX_COLUMNS.items() if d != "float64"})
+    except ValueError:  # damaged (runfiles.DamagedFile), or a column that does not read as its type
+        return None
+    return frame if {"job", "status", "overrides"} <= set(frame.columns) else None
 
 
 def _job_order(path: Path):
     return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
 
 
-def write_sweep_index(sweep_dir: Path) -> Path:
-    """(Re)write `index.csv` of a multirun dir from its job dirs (each job rewrites it when it finishes, so the last
-    one to finish leaves the complete index)."""
+def write_sweep_index(sweep_dir: Path, planned: list[list[str]] | None = None) -> Path:
+    """(Re)write `index.csv` of a multirun dir from its job dirs and the `planned` jobs (each job rewrites it when it
+    finishes, so the last one to finish, or the one interrupted, leaves the complete index)."""
     path = Path(sweep_dir) / "index.csv"
-    write_csv(path, sweep_index(sweep_dir))
+    write_csv(path, sweep_index(sweep_dir, planned))
     return path
