@@ -11,7 +11,7 @@ gives the same object for a finished run. Bad input raises `CircuitlabError` wit
 
 from __future__ import annotations
 
-import json
+import os
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +31,9 @@ class Result:
 
     @cached_property
     def manifest(self) -> dict:
-        return json.loads((self.run_dir / "manifest.json").read_text(encoding="utf-8"))
+        from circuitlab.runfiles import read_manifest
+
+        return read_manifest(self.run_dir)
 
     @property
     def config(self) -> dict:
@@ -53,23 +55,23 @@ class Result:
 
     @cached_property
     def tables(self) -> dict:
-        import pandas as pd
-
         from circuitlab.report import side_tables
+        from circuitlab.runfiles import read_table, record_of
 
-        return {p.name: pd.read_csv(p) for p in side_tables(self.run_dir)}
+        return {p.name: read_table(p, record_of(self.manifest, p.name)) for p in side_tables(self.run_dir)}
 
     @cached_property
     def tensors(self) -> dict:
-        from circuitlab.results import load_tensors
-
-        return load_tensors(self.run_dir / "results.pt")
+        return self._tensor_file("results.pt")
 
     @cached_property
     def dataset(self) -> dict:
-        from circuitlab.results import load_tensors
+        return self._tensor_file("dataset.pt")
 
-        return load_tensors(self.run_dir / "dataset.pt")
+    def _tensor_file(self, name: str) -> dict:
+        from circuitlab.runfiles import read_tensors, record_of
+
+        return read_tensors(self.run_dir / name, record_of(self.manifest, name))
 
     @cached_property
     def figures(self) -> dict:
@@ -93,25 +95,42 @@ class Result:
         return write_report(self.run_dir)
 
     def _repr_html_(self) -> str:
-        from circuitlab.report import fragment
+        """The report, or the one line that says which file keeps it from being shown."""
+        from html import escape
 
-        return fragment(self.run_dir)
+        from circuitlab.report import fragment
+        from circuitlab.runfiles import shown
+
+        try:
+            return fragment(self.run_dir)
+        except CircuitlabError as err:
+            return f"<p><b>circuitlab: the report of {escape(shown(self.run_dir))} cannot be shown</b>: {escape(shown(err))}</p>"
 
     def __repr__(self) -> str:
-        return f"Result({self.experiment!r}, method={self.method!r}, rows={len(self.results)}, run_dir={str(self.run_dir)!r})"
+        from circuitlab.runfiles import shown
+
+        try:
+            rows = len(self.results)
+            head = f"{self.experiment!r}, method={self.method!r}"
+        except CircuitlabError as err:
+            rows, head = "?", f"damaged: {shown(err)!r}"
+        return f"Result({head}, rows={rows}, run_dir={shown(self.run_dir)!r})"
 
 
 def load(run_dir: str | Path) -> Result:
-    """The `Result` of a finished run dir (refused, in one line, when its results.csv or manifest.json is missing or
-    damaged)."""
+    """The `Result` of a finished run dir, refused in one line (CircuitlabError, a ValueError) naming the file when
+    its manifest.json, results.csv, a side table, examples.json or a JSON record is missing or damaged; its `.pt`
+    files are checked when `tensors` / `dataset` read them."""
     from circuitlab.figures import check_readable
 
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise CircuitlabError(f"circuitlab.load: run_dir {run_dir!r} is not a path (a run dir, e.g. 'results/ioi_patching/2026-01-01_12-00-00')")
     run_dir = Path(run_dir).expanduser()
     if not run_dir.is_dir():
         raise CircuitlabError(f"{run_dir}: not a directory (a run dir holds results.csv and manifest.json)")
-    check_readable(run_dir)
-    if not (run_dir / "manifest.json").is_file():
+    if not (run_dir / "manifest.json").is_file() and (run_dir / "run_config.json").is_file():
         raise CircuitlabError(f"{run_dir / 'manifest.json'}: missing (the run did not finish)")
+    check_readable(run_dir, need_manifest=True)
     return Result(run_dir)
 
 
@@ -133,6 +152,9 @@ def overrides_from(experiment: str | None, overrides: Sequence[str], groups: dic
     `+experiment=NAME` (a string holding `=` is an override itself), group keywords choose the group's option, other
     keywords set a top-level key."""
     out = []
+    if experiment is not None and not isinstance(experiment, str):
+        raise CircuitlabError(f"circuitlab.run: experiment {experiment!r} is not a preset name (a string such as 'ioi_patching'; "
+                              "`circuitlab list experiments` lists them)")
     if experiment is not None:
         out.append(experiment if "=" in experiment else f"+experiment={experiment}")
     for override in overrides:

@@ -10,6 +10,7 @@ that need them, so `circuitlab figures` and `circuitlab report` run without torc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -75,56 +76,76 @@ def _overrides(args: list[str]) -> list[str]:
 
 
 def figures_command(args: argparse.Namespace) -> None:
-    """Redraw every run under the dirs; a run that cannot be read (a damaged, empty or truncated results.csv or
-    manifest.json, or a manifest without its results.csv) is skipped with one line on stderr. Exit 0 when at least
-    one run was drawn, else 2."""
+    """Redraw every run under the dirs; a run that cannot be read (a damaged, empty or truncated file of its own:
+    results.csv, manifest.json, a side table, examples.json) is skipped with one line on stderr and nothing of it is
+    rewritten. Exit 0 when at least one run was drawn, else 2 (a single run: its one line)."""
     from circuitlab.figures import redraw
-    from circuitlab.results import find_run_dirs
+    from circuitlab.runfiles import run_dirs_under, shown
 
     roots = [Path(a) for a in args.dirs] or [Path("results")]
     for root in roots:
         if not root.exists():
             raise ConfigError("figures DIR", root, "an existing directory (default: results/)")
-    runs = find_run_dirs(roots)
-    runs = sorted({*runs, *(p.parent for root in roots for p in root.rglob("manifest.json"))})
+    runs = sorted({run for root in roots for run in run_dirs_under(root) if (run / "results.csv").exists() or (run / "manifest.json").exists()})
     if not runs:
-        print(f"no runs (results.csv) under {', '.join(map(str, roots))}")
+        print(f"no runs (results.csv) under {', '.join(shown(r) for r in roots)}")
         return
-    drawn, skipped = 0, 0
+    drawn, skipped = 0, []
     for run_dir in runs:
         try:
-            paths = redraw(run_dir)
+            with one_line_warnings():
+                paths = redraw(run_dir)
+                if (run_dir / "report.html").is_file():  # its inline figures are these: rewritten with them
+                    from circuitlab.report import write_report
+
+                    paths = [*paths, write_report(run_dir)]
         except CircuitlabError as err:
-            print(f"circuitlab: warning: skipped {run_dir}: {err}", file=sys.stderr)
-            skipped += 1
+            skipped.append((run_dir, err))
             continue
         drawn += 1
-        if (run_dir / "report.html").is_file():  # its inline figures are these: rewritten with them
-            from circuitlab.report import write_report
-
-            paths = [*paths, write_report(run_dir)]
         for path in paths:
-            print(path)
+            print(shown(path))
+    if len(runs) == 1 and skipped:
+        raise skipped[0][1]
+    for run_dir, err in skipped:
+        print(f"circuitlab: warning: skipped {shown(run_dir)}: {err}", file=sys.stderr)
     if not drawn:
-        raise CircuitlabError(f"figures: none of the {skipped} runs under {', '.join(map(str, roots))} could be read; nothing drawn")
+        raise CircuitlabError(f"figures: none of the {len(skipped)} runs under {', '.join(shown(r) for r in roots)} could be read; nothing drawn")
 
 
 def report_command(args: argparse.Namespace) -> None:
     """report.html for every finished run under the dirs, index.html for each dir of runs and each DIR; a run that
-    cannot be read is skipped with one line on stderr (its row in the index says why). Exit 2 when DIR holds no run."""
+    cannot be read is skipped with one line on stderr (its row in the index says why), its report.html left as it
+    was. Exit 2 when DIR holds no run, or its only run cannot be read (its one line)."""
     from circuitlab.report import run_dirs_under, write_reports
+    from circuitlab.runfiles import shown
 
     roots = [Path(a) for a in args.dirs] or [Path("results")]
     for root in roots:
         if not root.is_dir():
             raise ConfigError("report DIR", root, "an existing directory: a run dir, a multirun dir or results/")
     if not any(run_dirs_under(root) for root in roots):
-        raise CircuitlabError(f"report: no runs under {', '.join(map(str, roots))}")
-    written, skipped = write_reports(roots, args.title)
+        raise CircuitlabError(f"report: no runs under {', '.join(shown(r) for r in roots)}")
+    with one_line_warnings():
+        written, skipped = write_reports(roots, args.title)
+    if not written and len(skipped) == 1:
+        raise CircuitlabError(skipped[0][1] if skipped[0][1].startswith(str(skipped[0][0])) else f"{shown(skipped[0][0])}: {skipped[0][1]}")
     for run_dir, why in skipped:
-        print(f"circuitlab: warning: no report for {run_dir}: {why}", file=sys.stderr)
+        print(f"circuitlab: warning: no report for {shown(run_dir)}: {why}", file=sys.stderr)
     for path in written:
-        print(path)
+        print(shown(path))
+
+
+@contextlib.contextmanager
+def one_line_warnings():
+    """Python warnings raised inside (a run drawn without some figure, ...) as circuitlab's one-line warnings."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for warning in caught:
+        print(f"circuitlab: warning: {str(warning.message).splitlines()[0] if str(warning.message) else warning.category.__name__}", file=sys.stderr)
 
 
 def train_toy_settings(settings: list[str]) -> dict:

@@ -32,58 +32,21 @@ def plots(run_dir: Path) -> dict:
     nothing written."""
     from circuitlab.plotting import capture
 
+    check_readable(run_dir)
     with capture() as captured:
         render_run(run_dir)
     return captured
 
 
-def check_readable(run_dir: Path) -> None:
-    """Refuse, in one line naming the file, a run whose results.csv is missing, empty, not UTF-8, truncated (a last
-    line cut short, a row with fewer or more fields than the header), of another layout, or holds a value that is not a
-    number; or whose manifest.json, when there is one, is not a JSON object."""
-    import csv
-    import io
-    import json
-
-    from circuitlab.errors import CircuitlabError
+def check_readable(run_dir: Path, need_manifest: bool = False) -> dict:
+    """Refuse, in one line naming the file (runfiles.DamagedFile), a run whose results.csv, manifest.json (when there
+    is one, or `need_manifest`), side-table CSVs, examples.json or JSON records are missing, empty, too large, not
+    UTF-8, truncated, of the wrong shape or another layout, or hold a value that is not a number; returns the
+    manifest ({} when there is none)."""
+    from circuitlab import runfiles
     from circuitlab.results import required_columns
 
-    path = Path(run_dir) / "results.csv"
-    if not path.is_file():
-        raise CircuitlabError(f"{path}: missing")
-    data = path.read_bytes()
-    if not data.strip():
-        raise CircuitlabError(f"{path}: empty")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CircuitlabError(f"{path}: not UTF-8 text (byte {err.start}); damaged") from None
-    if not text.endswith("\n"):
-        raise CircuitlabError(f"{path}: truncated (its last line is cut short)")
-    try:
-        rows = list(csv.reader(io.StringIO(text)))
-    except csv.Error as err:
-        raise CircuitlabError(f"{path}: not a CSV file ({err})") from None
-    header = rows[0]
-    missing = [c for c in required_columns() if c not in header]
-    if missing:
-        raise CircuitlabError(f"{path}: lacks the columns {', '.join(missing)} (another layout, or written by an older circuitlab?)")
-    value = header.index("value")
-    for number, row in enumerate(rows[1:], start=2):
-        if len(row) != len(header):
-            raise CircuitlabError(f"{path}: line {number} has {len(row)} fields, the header {len(header)} (truncated or damaged)")
-        try:
-            float(row[value] or "nan")
-        except ValueError:
-            raise CircuitlabError(f"{path}: line {number} has value {row[value][:40]!r}, not a number (damaged)") from None
-    manifest = Path(run_dir) / "manifest.json"
-    if manifest.exists():
-        try:
-            parsed = json.loads(manifest.read_bytes().decode("utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CircuitlabError(f"{manifest}: damaged, empty or truncated ({type(err).__name__})") from None
-        if not isinstance(parsed, dict):
-            raise CircuitlabError(f"{manifest}: holds a JSON {type(parsed).__name__}, not an object (damaged)")
+    return runfiles.check_run(Path(run_dir), tuple(required_columns()), ("value",), need_manifest)
 
 
 def redraw(run_dir: Path) -> list[Path]:

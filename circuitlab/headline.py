@@ -115,11 +115,11 @@ def final_position(rows: pd.DataFrame) -> pd.DataFrame:
 def differing_positions(rows: pd.DataFrame, run_dir: Path | None) -> set[str]:
     """The `position` values (an index, indices joined by commas, a named position, all) that cover a token where some
     pair's two prompts differ (examples.json's `differ` and `roles`)."""
-    import json
+    from circuitlab.runfiles import read_examples
 
     try:
-        examples = json.loads((Path(run_dir) / "examples.json").read_text(encoding="utf-8")) if run_dir is not None else {}
-    except (OSError, ValueError):
+        examples = (read_examples(run_dir) if run_dir is not None else None) or {}
+    except ValueError:  # a damaged examples.json (runfiles.DamagedFile): no position is known to differ
         return set()
     differ = {int(i) for i in (examples.get("differ") or {})}
     roles = examples.get("roles") or {}
@@ -205,10 +205,13 @@ def circuit_faithfulness(run_dir: Path | None) -> dict | None:
     its row at the scale nearest 1; None when there is neither."""
     if run_dir is None or not (Path(run_dir) / "faithfulness.csv").is_file():
         return None
+    from circuitlab.errors import CircuitlabError
+    from circuitlab.runfiles import read_table
+
     try:
-        table = pd.read_csv(Path(run_dir) / "faithfulness.csv")
-    except Exception:  # noqa: BLE001  a damaged side table: no circuit number
-        return None
+        table = read_table(Path(run_dir) / "faithfulness.csv")
+    except CircuitlabError as err:  # a damaged side table: no circuit number, and no other number in its place
+        return {"metric": "faithfulness", "value": None, "where": "", "n": 0, "rule": str(err)}
     if {"scale", "faithfulness", "n_ablated"} <= set(table.columns) and table["faithfulness"].notna().any():
         table = table[table["faithfulness"].notna()]
         row = table.iloc[(table["scale"].astype(float) - 1.0).abs().argmin()]

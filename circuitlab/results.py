@@ -100,17 +100,6 @@ def git_commit(directory: Path) -> str | None:
         return None
 
 
-def find_run_dirs(roots: list[Path]) -> list[Path]:
-    """Every directory under `roots` holding a results.csv."""
-    found = []
-    for root in roots:
-        root = Path(root)
-        if (root / "results.csv").is_file():
-            found.append(root)
-        found.extend(p.parent for p in sorted(root.rglob("results.csv")) if p.parent != root)
-    return sorted(set(found))
-
-
 INDEX_COLUMNS = {"job": "string", "status": "string", "overrides": "string", "experiment": "string", "method": "string", "model": "string",
                  "n_sweep_points": "Int64", "shard": "Int64", "num_shards": "Int64", "clean_logit_diff": "float64",
                  "corrupted_logit_diff": "float64", "sweep_seconds": "float64", "run_dir": "string", "problem": "string"}

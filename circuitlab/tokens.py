@@ -11,7 +11,6 @@ positions: the role the task gives each index (IO, S1, S2, END) and where the pr
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -100,9 +99,13 @@ class RunContext:
 
     @classmethod
     def of(cls, run_dir: Path) -> RunContext:
+        from circuitlab.runfiles import read_examples
+
         try:
-            data = json.loads((Path(run_dir) / "examples.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = read_examples(run_dir)
+        except ValueError:  # a damaged examples.json (runfiles.DamagedFile): no roles known
+            return cls()
+        if data is None:
             return cls()
         return cls(roles=position_roles(data), first_difference=first_difference(data))
 

@@ -465,11 +465,13 @@ def test_figures_skip_damaged_runs_and_redraw_the_rest(good_run, tmp_path, capsy
 def test_figures_with_every_run_damaged_exit_2(good_run, tmp_path, capsys):
     shutil.copytree(good_run, tmp_path / "only")
     (tmp_path / "only" / "results.csv").write_bytes(b"experiment,method\n")
+    assert f"{tmp_path / 'only' / 'results.csv'}: lacks the columns" in refused(["figures", str(tmp_path)], capsys)  # one run: its line
+    shutil.copytree(tmp_path / "only", tmp_path / "second")
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["figures", str(tmp_path)])
     assert exit_info.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 2 and "skipped" in lines[0] and lines[1].startswith("circuitlab: error: figures: none of the 1 runs")
+    assert len(lines) == 3 and all("skipped" in ln for ln in lines[:2]) and lines[2].startswith("circuitlab: error: figures: none of the 2 runs")
 
 
 def test_check_readable_names_the_file(good_run, tmp_path):

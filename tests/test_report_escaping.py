@@ -36,7 +36,7 @@ def hostile_run(source: Path, run_dir: Path) -> list[str]:
     config["model"]["name"], config["task"]["name"] = hostile("config model"), hostile("task")
     config["task"]["note"] = hostile("config value")
     manifest.update(
-        experiment=hostile("experiment"), device=hostile("device"), n_prompt_pairs=hostile("pairs"), n_sweep_points=hostile("points"),
+        experiment=hostile("experiment"), device=hostile("device"),  # counts and the seed stay numbers: text there is a damaged manifest
         model={"model_name": hostile("model"), hostile("model key"): hostile("model value")},
         templates={"templates": {hostile("template name"): hostile("template")}, "train_templates": {"t": hostile("training template")},
                    "note": hostile("templates note")},
@@ -44,8 +44,9 @@ def hostile_run(source: Path, run_dir: Path) -> list[str]:
         baselines={hostile("baseline side"): {hostile("baseline metric"): 1.5}},
         overrides=[*manifest["overrides"], f"+task.note={hostile('override')}"],
         wall_time_seconds={hostile("phase"): 1.0}, versions={hostile("package"): hostile("version")}, git_commit=hostile("commit"),
-        seed=hostile("seed"), **{hostile("entry key"): hostile("entry")},
+        **{hostile("entry key"): hostile("entry")},
     )
+    manifest.pop("file_records", None)  # the CSVs are changed below: as a run from before the manifest recorded them
     figure = sorted((run_dir / "figures").glob("*.png"))[0]
     figure.rename(figure.with_name(NAME.format("figure") + ".png"))
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
@@ -63,12 +64,12 @@ def hostile_run(source: Path, run_dir: Path) -> list[str]:
     pair["clean"][1] = pair["corrupted"][1] = hostile("token")
     pair["positions"][hostile("label")] = 3
     pair["answers"] = {hostile("answer name"): hostile("answer")}
-    examples.update(prompt_names=[hostile("prompt name"), "corrupted"], n_pairs=hostile("n pairs"))
+    examples.update(prompt_names=[hostile("prompt name"), "corrupted"])
     (run_dir / report.EXAMPLES_FILE).write_text(json.dumps(examples))
-    places = ["experiment", "device", "pairs", "points", "model", "config model", "task", "template name", "template", "training template",
-              "templates note", "dropped", "baseline side", "baseline metric", "override", "phase", "package", "version", "commit", "seed",
+    places = ["experiment", "device", "model", "config model", "task", "template name", "template", "training template",
+              "templates note", "dropped", "baseline side", "baseline metric", "override", "phase", "package", "version", "commit",
               "entry key", "entry", "experiment column", "metric", "column", "cell", "side column", "side cell", "record", "token", "label",
-              "answer name", "answer", "prompt name", "n pairs", "config value"]
+              "answer name", "answer", "prompt name", "config value"]
     return ([hostile(p) for p in places] + [f"{hostile('model key')} {hostile('model value')}", as_json(hostile("input")), as_json(hostile("digest"))]
             + [NAME.format(n) for n in ("figure", "side", "record", "run")])
 

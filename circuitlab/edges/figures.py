@@ -15,6 +15,7 @@ import plotnine as p9
 
 from circuitlab.edges.scored_figure import scored_edges
 from circuitlab.plotting import MAX_INCHES, save
+from circuitlab.runfiles import read_table
 
 
 def edge_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
@@ -23,10 +24,10 @@ def edge_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     written = []
     curve_file = run_dir / "faithfulness.csv"
     if curve_file.exists():
-        written += faithfulness_curve(pd.read_csv(curve_file), out_dir, f"{experiment} ({method})")
+        written += faithfulness_curve(read_table(curve_file), out_dir, f"{experiment} ({method})")
     edges_file = run_dir / "edges.csv"
     if edges_file.exists():
-        edges = pd.read_csv(edges_file)
+        edges = read_table(edges_file)
         if edges["in_circuit"].astype(str).str.lower().eq("true").any():
             written += circuit_graph(edges, out_dir, f"{experiment} ({method})")
         elif not curve_file.exists():  # only some edges scored (a sample, a list, a shard): no circuit was cut

@@ -1,38 +1,49 @@
 """What a run dir holds, read for its report: the manifest, the overrides it was started with, its status, figures,
-side tables and a method's own JSON records; and where the run dirs under a results dir are. Pandas at most, no torch."""
+side tables and a method's own JSON records; and where the run dirs under a results dir are. Every file is read
+through circuitlab/runfiles.py (checked, named in one line when damaged). Pandas at most, no torch."""
 
 from __future__ import annotations
 
-import json
+import os
 import shlex
 from pathlib import Path
 
 import pandas as pd
+
+from circuitlab import runfiles
+from circuitlab.errors import CircuitlabError
+from circuitlab.runfiles import is_run_dir, run_dirs_under  # noqa: F401  (re-exported: where the runs are)
 
 REPORT_FILE = "report.html"
 INDEX_FILE = "index.html"
 EXAMPLES_FILE = "examples.json"
 RECORDS_SHOWN_ELSEWHERE = ("manifest.json", "run_config.json", "inputs.json", EXAMPLES_FILE)
 MAX_JSON_CHARS = 200_000
+LOG_TAIL_BYTES = 64 << 10  # the end of a job's log searched for its error line
 
 
 def read_json(path: Path):
-    """The file's JSON, or None when it is missing or not JSON."""
+    """The file's JSON object or list, or None when it is missing or cannot be read (what it adds is then not shown)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return runfiles.read_json(path, (dict, list))
+    except CircuitlabError:
         return None
 
 
 def read_manifest(run_dir: Path) -> dict:
-    manifest = read_json(Path(run_dir) / "manifest.json")
-    return manifest if isinstance(manifest, dict) else {}
+    """manifest.json, checked (runfiles.DamagedFile when damaged); {} when the run dir has none."""
+    if not os.path.lexists(Path(run_dir) / runfiles.MANIFEST):
+        return {}
+    return runfiles.read_manifest(run_dir)
 
 
 def read_config(run_dir: Path, manifest: dict) -> dict:
-    """The resolved config: the manifest's copy, else run_config.json (a job that never finished); {} when neither."""
-    config = manifest.get("config") or read_json(Path(run_dir) / "run_config.json") or {}
-    return config if isinstance(config, dict) else {}
+    """The resolved config: the manifest's copy, else run_config.json (a job that never finished; DamagedFile when
+    it is damaged); {} when neither."""
+    if manifest.get("config") is not None:
+        return manifest["config"]
+    path = Path(run_dir) / "run_config.json"
+    return runfiles.read_json(path, runfiles.MANIFEST_SHAPE["config"]) if os.path.lexists(path) else {}
 
 
 def overrides_of(run_dir: Path, manifest: dict | None = None) -> list[str] | None:
@@ -46,9 +57,9 @@ def overrides_of(run_dir: Path, manifest: dict | None = None) -> list[str] | Non
         try:
             import yaml
 
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = yaml.safe_load(runfiles.read_text(path, "yaml"))
             return [str(o) for o in data] if isinstance(data, list) else None
-        except Exception:  # noqa: BLE001  a damaged Hydra record: the command is simply not known
+        except Exception:  # noqa: BLE001  a damaged Hydra record: the command is simply not known (said on the page)
             return None
     return None
 
@@ -72,11 +83,12 @@ def notebook_call(overrides: list[str] | None) -> str | None:
 
 
 def run_status(run_dir: Path) -> str:
-    """done (a manifest), running (a process holds the dir's lock), else failed (started, never finished)."""
+    """done (a manifest: written last; its files are checked when read), running (a process holds the dir's lock),
+    else failed (started, never finished)."""
     from circuitlab import rundir
 
     run_dir = Path(run_dir)
-    if (run_dir / "manifest.json").is_file() and (run_dir / "results.csv").is_file():
+    if (run_dir / "manifest.json").is_file():
         return "done"
     if rundir.holder(run_dir) is not None:
         return "running"
@@ -87,7 +99,9 @@ def failure_line(run_dir: Path) -> str:
     """The last error-looking line of the job's own log (Hydra writes one per job), or ''."""
     for path in sorted(Path(run_dir).glob("*.log")):
         try:
-            lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+            with open(path, "rb") as handle:  # its end only: a log can be long
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - LOG_TAIL_BYTES))
+                lines = [ln.strip() for ln in handle.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
         except OSError:
             continue
         for line in reversed(lines):
@@ -116,7 +130,11 @@ def json_records(run_dir: Path) -> list[dict]:
     for path in sorted(Path(run_dir).glob("*.json")):
         if path.name in RECORDS_SHOWN_ELSEWHERE:
             continue
-        text = path.read_text(encoding="utf-8", errors="replace")
+        try:  # the run's own were checked whole (runfiles.check_run); another file is named with what is wrong
+            text = runfiles.read_text(path, "json")
+        except CircuitlabError as err:
+            out.append({"name": path.name, "kib": "?", "text": f"not shown: {err.why}"})
+            continue
         shown = text if len(text) <= MAX_JSON_CHARS else text[:MAX_JSON_CHARS] + f"\n... ({len(text) - MAX_JSON_CHARS} more characters in {path.name})"
         out.append({"name": path.name, "kib": f"{len(text) / 1024:.1f}", "text": shown})
     return out
@@ -136,28 +154,6 @@ def read_results_safely(run_dir: Path) -> tuple[pd.DataFrame | None, str]:
 
 
 # --- the run dirs under a results dir -------------------------------------------------------------------------------
-
-def is_run_dir(path: Path) -> bool:
-    return any((path / name).exists() for name in ("results.csv", "manifest.json", "run_config.json", ".hydra"))
-
-
-def run_dirs_under(root: Path) -> list[Path]:
-    """Every run dir (or started Hydra job dir) at or under `root`, not descending into a run dir."""
-    root = Path(root)
-    found: list[Path] = []
-
-    def walk(directory: Path) -> None:
-        if is_run_dir(directory):
-            found.append(directory)
-            return
-        children = [p for p in directory.iterdir() if p.is_dir() and not p.name.startswith(".")]
-        for child in sorted(children, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name)):  # job 2 before job 10
-            walk(child)
-
-    if root.is_dir():
-        walk(root)
-    return found
-
 
 def sweep_dirs(root: Path) -> list[Path]:
     """Dirs at or under `root` whose children are run dirs (a multirun's sweep dir, an experiment's dir of runs)."""

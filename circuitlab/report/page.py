@@ -4,8 +4,11 @@ prompts, manifest), from the run dir's files alone; templates/report_body.html l
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+from circuitlab import runfiles
+from circuitlab.errors import CircuitlabError
 from circuitlab.headline import key_metric, key_number
 from circuitlab.report import files, inline, prompts, tables
 from circuitlab.report.values import headline, is_number, number, pretty
@@ -53,14 +56,23 @@ def model_and_data(manifest: dict, config: dict) -> dict:
 
 
 def figures(run_dir: Path, manifest: dict) -> list[dict]:
-    return [{"name": png.name, "stem": png.stem, "uri": inline.png_data_uri(png), "pdf": png.with_suffix(".pdf").exists()}
-            for png in files.figure_files(run_dir, manifest)]
+    """Each figure inlined; one that is not a whole PNG is named with what is wrong instead (`circuitlab figures`
+    redraws it)."""
+    out = []
+    for png in files.figure_files(run_dir, manifest):
+        try:
+            uri, problem = inline.png_data_uri(png), ""
+        except CircuitlabError as err:
+            uri, problem = None, f"{err.why}; `circuitlab figures {run_dir}` redraws it"
+            warnings.warn(f"{err}: not shown in the report; `circuitlab figures {run_dir}` redraws it", stacklevel=2)
+        out.append({"name": png.name, "stem": png.stem, "uri": uri, "problem": problem, "pdf": png.with_suffix(".pdf").exists()})
+    return out
 
 
-def side_tables(run_dir: Path, method: str | None) -> list[dict]:
+def side_tables(run_dir: Path, method: str | None, manifest: dict) -> list[dict]:
     out = []
     for path in files.side_tables(run_dir):
-        table = tables.side_table(path, method)
+        table = tables.side_table(path, method, runfiles.record_of(manifest, path.name))
         out.append({"name": path.name, "download": inline.download(path),
                     "table": table if isinstance(table, tables.Table) else None, "note": table.note if isinstance(table, tables.Table) else table})
     return out
@@ -77,11 +89,14 @@ def manifest_entries(manifest: dict) -> dict:
 
 
 def report_data(run_dir: Path) -> dict:
-    """Everything report.html shows of `run_dir`."""
+    """Everything report.html shows of `run_dir`; a run with a damaged file of its own is refused in one line
+    naming the file (runfiles.DamagedFile), so that no page is made from a part of it."""
     import yaml
 
+    from circuitlab.figures import check_readable
+
     run_dir = Path(run_dir)
-    manifest = files.read_manifest(run_dir)
+    manifest = check_readable(run_dir)
     config = files.read_config(run_dir, manifest)
     results, problem = files.read_results_safely(run_dir)
     method = (config.get("method") or {}).get("name")
@@ -101,7 +116,7 @@ def report_data(run_dir: Path) -> dict:
         "results": tables.main_table(results, key_metric(results, method), RunContext.of(run_dir)) if has_rows else None,
         "results_problem": problem or "results.csv holds no rows",
         "results_download": inline.download(run_dir / "results.csv") if has_rows else None,
-        "side_tables": side_tables(run_dir, method),
+        "side_tables": side_tables(run_dir, method, manifest),
         "records": files.json_records(run_dir),
         "examples": prompts.examples(run_dir),
         "manifest": manifest_entries(manifest),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from circuitlab.report.files import EXAMPLES_FILE, read_json
+from circuitlab.runfiles import read_examples
 from circuitlab.report.values import token_text
 
 
@@ -46,8 +46,8 @@ def pair_view(pair: dict, names: list[str]) -> Pair:
 
 def examples(run_dir: Path) -> dict | None:
     """{n_pairs, pairs}: the pairs examples.json shows; None when the run dir has none."""
-    data = read_json(Path(run_dir) / EXAMPLES_FILE)
-    if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
+    data = read_examples(run_dir)  # checked (runfiles.DamagedFile when damaged)
+    if data is None or not isinstance(data.get("pairs"), list):
         return None
     names = data.get("prompt_names", ["clean", "corrupted"])
     return {"n_pairs": data.get("n_pairs", "?"), "pairs": [pair_view(pair, names) for pair in data["pairs"]]}

@@ -17,14 +17,20 @@ from markupsafe import Markup
 from circuitlab.report import files
 from circuitlab.report.index import index_data
 from circuitlab.report.page import report_data
+from circuitlab.runfiles import shown
 
 log = logging.getLogger("circuitlab")
 
 
 @functools.cache
 def environment() -> jinja2.Environment:
-    return jinja2.Environment(loader=jinja2.PackageLoader("circuitlab.report", "templates"), autoescape=True,
+    return jinja2.Environment(loader=jinja2.PackageLoader("circuitlab.report", "templates"), autoescape=True, finalize=printable,
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def printable(value):
+    """Every value a page shows: a text holding bytes that are not UTF-8 (a file name's) with those bytes as \\xNN."""
+    return value if isinstance(value, Markup) or not isinstance(value, str) else shown(value)
 
 
 @functools.cache
@@ -80,16 +86,16 @@ def write_reports(roots: list[Path], title: str | None = None) -> tuple[list[Pat
     """`circuitlab report`: report.html in every run dir under `roots` that finished, index.html in each dir of runs
     and in each root. Returns (written files, [(run dir, why it was skipped)])."""
     from circuitlab.errors import CircuitlabError
-    from circuitlab.figures import check_readable
 
     written, skipped = [], []
     for root in roots:
         for run_dir in files.run_dirs_under(root):
-            if files.run_status(run_dir) != "done":
-                skipped.append((run_dir, "not finished (no manifest.json or results.csv)"))
+            status = files.run_status(run_dir)
+            if status != "done":
+                missing = " and ".join(n for n in ("manifest.json", "results.csv") if not (run_dir / n).is_file())
+                skipped.append((run_dir, "still running" if status == "running" else f"not finished ({missing} missing)"))
                 continue
-            try:
-                check_readable(run_dir)
+            try:  # a run with a damaged file of its own: one line, its report.html left as it was
                 written.append(write_report(run_dir))
             except CircuitlabError as err:
                 skipped.append((run_dir, str(err)))

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from circuitlab.errors import CircuitlabError
 from circuitlab.headline import location_columns, method_record
 from circuitlab.report.values import Cell, cell
+from circuitlab.runfiles import read_table
 from circuitlab.tokens import RunContext
 
 MAX_ROWS = 500  # rows of one table shown inline (the whole CSV is a download link)
@@ -88,13 +90,15 @@ def main_table(results: pd.DataFrame, metric: str | None, context: RunContext | 
     return Table(table.id, table.columns, table.rows, table.total, note=note)
 
 
-def side_table(path: Path, method: str | None) -> Table | str:
+def side_table(path: Path, method: str | None, record: dict | None = None) -> Table | str:
     """A side-table CSV listed by the column the method names for it (`Method.table_sort`), else by |score|; the
-    reason when the file cannot be read."""
+    reason when the file cannot be read (a CSV the run did not write: the run's own were checked whole before)."""
     try:
-        frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    except Exception as err:  # noqa: BLE001  a damaged side table is named, not fatal to the report
-        return f"cannot be read ({type(err).__name__})"
+        frame = read_table(path, record, keep_default_na=False, na_values=[""])
+    except CircuitlabError as err:  # named, its table not shown
+        return f"not shown: {err.why}"
+    except Exception as err:  # noqa: BLE001  a CSV pandas cannot read although it is whole
+        return f"not shown: pandas cannot read it ({type(err).__name__})"
     record = method_record(method)
     sort = dict(getattr(record, "table_sort", ()) or ()).get(path.name) if record is not None else None
     if sort is None:

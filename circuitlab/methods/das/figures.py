@@ -9,6 +9,7 @@ import plotnine as p9
 
 from circuitlab.heatmaps import heatmap
 from circuitlab.plotting import FIRST_PROMPT, MAX_INCHES, RunContext, chunks, head_group_bars, paged_title, save, save_pages
+from circuitlab.runfiles import read_table
 from circuitlab.tokens import position_text
 
 LABELLED_LAYERS = 16  # iia_by_layer writes each point's value up to this many layers
@@ -46,7 +47,7 @@ def das_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
             written += save_pages(pages, out_dir, f"iia_heads_{group}")
     weights_csv = Path(out_dir).parent / "rotation_weights.csv"
     if weights_csv.exists():
-        written += rotation_weight_histograms(pd.read_csv(weights_csv), out_dir, experiment)
+        written += rotation_weight_histograms(read_table(weights_csv), out_dir, experiment)
     return written
 
 

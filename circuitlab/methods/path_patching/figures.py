@@ -10,6 +10,7 @@ import plotnine as p9
 
 from circuitlab.heatmaps import heatmap
 from circuitlab.plotting import MAX_INCHES, RunContext, chunks, paged_title, save_pages
+from circuitlab.runfiles import read_table
 from circuitlab.tokens import position_text
 
 SUBTITLE = ("blue, negative: the sender's path restores the normal answer (−100 %: fully); 0: no effect;\n"
@@ -33,7 +34,7 @@ def path_patching_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     written = save_pages(pages, out_dir, "path_patching_heatmap")
     patterns_csv = Path(out_dir).parent / "attention_patterns.csv"
     if patterns_csv.exists():
-        patterns = pd.read_csv(patterns_csv, keep_default_na=False, dtype={"head": str, "query_label": str, "key_label": str})
+        patterns = read_table(patterns_csv, keep_default_na=False, dtype={"head": str, "query_label": str, "key_label": str})
         written += attention_pattern_figure(patterns, out_dir, experiment, RunContext.of(Path(out_dir).parent))
     return written
 
