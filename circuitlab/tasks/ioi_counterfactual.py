@@ -108,6 +108,11 @@ def sample_counterfactuals(
 def build_split(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed: int, split: str) -> PromptPairs:
     """The train split (`n_train` pairs over every base x source pattern) or the test split (`n_prompts`
     pairs, each base pattern with the other source pattern)."""
+    return tokenize_counterfactuals(split_quads(cfg, seed, split), tokenizer, prefix, pad_id)
+
+
+def split_quads(cfg, seed: int, split: str) -> list[tuple[IOIPrompt, IOIPrompt, str, str]]:
+    """(base, source, label, wrong) of a split, before tokenisation."""
     validate_config(cfg)
     names, places, objects, templates = split_lists(cfg.variable, split, _templates(cfg))
     if split == "train":
@@ -120,7 +125,50 @@ def build_split(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed:
     rng = random.Random(seed + (0 if split == "test" else 1))
     quads = sample_counterfactuals(rng, cfg.variable, combos, per_combo, names, places, objects, templates, cfg.get("source_names", "base"))
     rng.shuffle(quads)
-    return tokenize_counterfactuals(quads[:n], tokenizer, prefix, pad_id)
+    return quads[:n]
+
+
+# Candidate causal variables (`method.hypotheses`): each says what the model answers when the variable takes the
+# source's value, so each relabels the same base / source pairs. A slot is the first or second name of the first
+# clause; the IO takes the first slot in pattern ABB, the second in BAB.
+HYPOTHESES = {
+    "position": "the IO's slot: the answer is the base's name in the slot where the source has its IO",
+    "name": "the IO name: the answer is the source's IO",
+    "io_token": "the name at the base's IO position: the answer is the source's name in that slot",
+}
+BASE_ANSWER = "base_answer"  # not a hypothesis: the base's own answer (an intervention that changes nothing gives it)
+
+
+def _io_first(prompt: IOIPrompt) -> bool:
+    return prompt.pattern == "ABB"
+
+
+def hypothesis_label(name: str, base: IOIPrompt, source: IOIPrompt) -> str:
+    """The name the model answers under hypothesis `name` when the variable takes the source's value."""
+    same_slot = _io_first(base) == _io_first(source)
+    if name == "position":
+        return base.io if same_slot else base.s
+    if name == "name":
+        return source.io
+    if name == "io_token":
+        return source.io if same_slot else source.s
+    if name == BASE_ANSWER:
+        return base.io
+    raise ValueError(f"unknown hypothesis {name!r}")
+
+
+def hypothesis_labels(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed: int, split: str, names: list[str]) -> dict:
+    """Each hypothesis' counterfactual labels (token ids) for the pairs `build_split` gives (the same pairs, in the
+    same order: a hypothesis' label is always one of the pair's four names, so the same pairs are kept)."""
+    quads = split_quads(cfg, seed, split)
+    pairs = tokenize_counterfactuals(quads, tokenizer, prefix, pad_id)
+    out = {}
+    for name in names:
+        relabelled = tokenize_counterfactuals([(b, s, hypothesis_label(name, b, s), w) for b, s, _, w in quads], tokenizer, prefix, pad_id)
+        if not (relabelled.n_pairs == pairs.n_pairs and bool((relabelled.corrupted_tokens == pairs.corrupted_tokens).all())):
+            raise AssertionError(f"hypothesis {name}: its pairs differ from the split's")
+        out[name] = relabelled.answer_tokens
+    return out
 
 
 def build_pairs(cfg, tokenizer: Tokenizer, prefix: list[int], pad_id: int, seed: int) -> PromptPairs:
