@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 import math
 import time
 import zlib
@@ -149,11 +150,17 @@ def das_sweep(
     progress: bool = True,
     saved: list[dict[str, Tensor]] | None = None,
     memory_budget_mb: int | None = None,
+    fits: list[Fit] = (),
+    random_subspace: bool = False,
 ) -> DASResult:
     """Train (or, with `saved`, load) an intervention per location and measure IIA on `test`; locations train in
-    groups that fit `memory_budget_mb` (groups.py)."""
+    groups that fit `memory_budget_mb` (groups.py). Each of `fits` (other labels for the same pairs) trains beside
+    the real fit in the same forwards, from the same start; `random_subspace` scores an untrained random subspace
+    of the same size at each location. Their results are in `variants`, by name."""
     dims = model_dims(model)
     check_locations(locations, training, *dims)
+    if saved is not None and fits:
+        raise ValueError("saved interventions hold the real fit only: fits beside it train")
     if training.intervention == "vanilla":
         iia = patch_sweep(model, test, locations, "denoising", memory_budget_mb=memory_budget_mb, progress=progress, metrics=("accuracy",)).metrics["accuracy"]
         return DASResult(locations, iia, torch.full((len(locations),), float("nan")), [{} for _ in locations])
@@ -162,13 +169,16 @@ def das_sweep(
     budget = memory_budget(model.cfg.device, memory_budget_mb) * 2**20
     widths = [location_width(loc, *dims) for loc in locations]
     k = training.low_rank_dimension if training.intervention == "das" else None
+    n_fits = 1 + len(fits)
     plan = groups.plan_groups(locations, widths, groups.first_positions(locations, train), model.cfg, train.width,
-                              min(training.batch_size, train.n_pairs), k, budget)
+                              min(training.batch_size, train.n_pairs), k, budget, copies=n_fits)
     log.info("%s: %s", training.intervention, groups.describe(plan, budget))
     if groups.over_budget(plan, budget):
         log.warning("%s: %s", training.intervention, groups.over_budget(plan, budget))
     iia, loss = torch.empty(len(locations)), torch.full((len(locations),), float("nan"))
     states: list[dict] = [{} for _ in locations]
+    variants = {name: DASResult(locations, torch.empty(len(locations)), torch.full((len(locations),), float("nan")), [{} for _ in locations])
+                for name in [f.name for f in fits] + (["random_subspace"] if random_subspace else [])}
     with fused_gelu(model):
         started = time.perf_counter()
         log.info("%s: caching the base and source activations of %d train and %d test pairs", training.intervention, train.n_pairs, test.n_pairs)
@@ -180,23 +190,67 @@ def das_sweep(
             index = list(group.indices)
             points = [locations[i] for i in index]
             seeds = [training.seed + zlib.crc32(location_key(locations[i]).encode()) for i in index]
-            module = _Interventions(seeds, group.width, training, None if saved is None else [saved[i] for i in index]).to(model.cfg.device)
-            batch = groups.eval_batch(model.cfg, len(index), test.width, group.start, budget)
-            bar.start_group(number, len(plan), points, steps + -(-test.n_pairs // batch))
+            module = _Interventions(seeds * n_fits, group.width, training, None if saved is None else [saved[i] for i in index]).to(model.cfg.device)
+            batch = groups.eval_batch(model.cfg, len(index) * n_fits, test.width, group.start, budget)
+            bar.start_group(number, len(plan), points, steps + -(-test.n_pairs // batch) * (1 + random_subspace))
+            train_labels = _point_labels([train_run.labels] + [f.train_labels for f in fits], len(index), model.cfg.device)
+            test_labels = _point_labels([test_run.labels] + [f.test_labels for f in fits], len(index), model.cfg.device)
             if saved is None:
-                loss[index] = _train(module, train_run, points, training, bar.step)
+                fit_loss = _train(module, train_run, points * n_fits, training, bar.step, train_labels)
             with torch.no_grad():
-                iia[index] = _iia(module, test_run, points, batch, bar.step)
-            for i, state in zip(index, module.states()):
-                states[i] = state
+                fit_iia = _iia(module, test_run, points * n_fits, batch, bar.step, test_labels)
+            fit_states = module.states()
+            for f, result in enumerate([None, *(variants[fit.name] for fit in fits)]):
+                part = slice(f * len(index), (f + 1) * len(index))
+                result = result or DASResult(locations, iia, loss, states)
+                result.iia[index] = fit_iia[part]
+                if saved is None:
+                    result.loss[index] = fit_loss[part]
+                for i, state in zip(index, fit_states[part]):
+                    result.states[i] = state
+            if random_subspace:
+                drawn = random_states([states[i] for i in index], [location_key(locations[i]) for i in index], group.width, training)
+                with torch.no_grad():
+                    control = _Interventions(seeds, group.width, training, drawn).to(model.cfg.device)
+                    variants["random_subspace"].iia[index] = _iia(control, test_run, points, batch, bar.step)
+                for i, state in zip(index, drawn):
+                    variants["random_subspace"].states[i] = state
             bar.end_group()
         bar.close()
-    return DASResult(locations, iia, loss, states)
+    return DASResult(locations, iia, loss, states, variants)
 
 
-def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], training: Training, on_step=lambda: None) -> Tensor:
+@dataclass(frozen=True)
+class Fit:
+    """Another labelling of the same train and test pairs, trained beside the real fit (a control, a hypothesis)."""
+
+    name: str
+    train_labels: Tensor
+    test_labels: Tensor
+
+
+def _point_labels(labels: list[Tensor], n_locations: int, device) -> Tensor:
+    """[point, pair] labels for points laid out fit-major (fit f's locations are points f*n .. f*n+n-1)."""
+    return torch.stack([lab.to(device) for lab in labels for _ in range(n_locations)])
+
+
+def random_states(states: list[dict], keys: list[str], width: int, training: Training) -> list[dict[str, Tensor]]:
+    """The random-subspace control of each location: an orthonormal basis of the real fit's size drawn from the
+    location's own seed (Boundless DAS: a random rotation with the real fit's learned boundary)."""
+    k = training.low_rank_dimension if training.intervention == "das" else width
+    out = []
+    for state, key in zip(states, keys):
+        basis = torch.empty(width, k)
+        nn.init.orthogonal_(basis, generator=torch.Generator().manual_seed(training.seed + zlib.crc32(f"{key}|random_subspace".encode())))
+        out.append({"basis": basis, **{name: state[name] for name in ("boundary", "temperature") if name in state}})
+    return out
+
+
+def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], training: Training, on_step=lambda: None,
+           point_labels: Tensor | None = None) -> Tensor:
     """The seed's loop: Adam, a linear lr decay, cross-entropy of the counterfactual label (plus the boundary
-    penalty and temperature schedule of Boundless DAS). Returns each point's mean loss over the last epoch."""
+    penalty and temperature schedule of Boundless DAS). Returns each point's mean loss over the last epoch.
+    `point_labels` [point, pair]: each point's own labels (default: the pairs' labels for every point)."""
     groups = [{"params": [p for n, p in module.named_parameters() if "boundary" not in n], "lr": training.lr}]
     if module.kind == "boundless":
         groups.append({"params": [module.boundary], "lr": training.boundary_lr})
@@ -213,8 +267,8 @@ def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], t
             totals = torch.zeros(len(points))
             for batch in order.split(training.batch_size):
                 logits = run.intervened_logits(module, points, batch)
-                labels = run.labels[batch]
-                per_point = nn.functional.cross_entropy(logits.flatten(0, 1), labels.repeat(len(points)), reduction="none").view(len(points), -1).mean(1)
+                labels = run.labels[batch].repeat(len(points)) if point_labels is None else point_labels[:, batch.to(point_labels.device)].flatten()
+                per_point = nn.functional.cross_entropy(logits.flatten(0, 1), labels, reduction="none").view(len(points), -1).mean(1)
                 total = per_point.sum()
                 if module.kind == "boundless":
                     total = total + training.boundary_penalty * module.boundary.clamp(1e-3, 1.0).sum()
@@ -230,11 +284,13 @@ def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], t
     return last
 
 
-def _iia(module: _Interventions, run: "_CachedRuns", points: list[Location], batch_size: int = 256, on_batch=lambda: None) -> Tensor:
+def _iia(module: _Interventions, run: "_CachedRuns", points: list[Location], batch_size: int = 256, on_batch=lambda: None,
+         point_labels: Tensor | None = None) -> Tensor:
     correct = torch.zeros(len(points))
     for batch in torch.arange(run.pairs.n_pairs).split(batch_size):
         logits = run.intervened_logits(module, points, batch)
-        correct += (logits.argmax(-1) == run.labels[batch]).float().sum(1).cpu()
+        labels = run.labels[batch] if point_labels is None else point_labels[:, batch.to(point_labels.device)]
+        correct += (logits.argmax(-1) == labels).float().sum(1).cpu()
         on_batch()
     return correct / run.pairs.n_pairs
 

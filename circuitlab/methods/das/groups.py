@@ -68,16 +68,17 @@ def eval_batch(cfg, n_locations: int, width: int, start: int, budget_bytes: int)
 
 
 def plan_groups(locations: list[Location], widths: list[int], starts: list[int], cfg, prompt_width: int, batch: int, k: int | None,
-                budget_bytes: int) -> list[Group]:
+                budget_bytes: int, copies: int = 1) -> list[Group]:
     """Groups of locations of one (stream, width), streams in sweep order, each group within the budget unless it
-    holds one location (`k`: the rotation's columns, None for a full rotation; `batch`: training prompts per step)."""
+    holds one location (`k`: the rotation's columns, None for a full rotation; `batch`: training prompts per step;
+    `copies`: fits trained at each location together, the real one and its controls / hypotheses)."""
     groups: list[Group] = []
     keys = [(loc.stream, width) for loc, width in zip(locations, widths)]
 
     def group(stream: str, width: int, members: list[int]) -> Group:
         first, start = min(locations[j].layer for j in members), min(starts[j] for j in members)
         return Group(stream, width, tuple(members), first, start,
-                     training_bytes(cfg, batch, prompt_width, start, first, width, k or width, len(members)))
+                     training_bytes(cfg, batch, prompt_width, start, first, width, k or width, len(members) * copies))
 
     for stream, width in dict.fromkeys(keys):
         members = sorted((i for i, key in enumerate(keys) if key == (stream, width)), key=lambda i: (locations[i].layer, starts[i], i))

@@ -3,7 +3,7 @@ strings and numbers, loadable with weights_only=True), written by a run and read
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from jaxtyping import Float
 from torch import Tensor
@@ -16,12 +16,13 @@ from circuitlab.methods.das.config import DASTraining as Training
 @dataclass
 class DASResult:
     """IIA on the test pairs and the final training loss per location; the learned parameters (plain tensors)
-    per location."""
+    per location; `variants`: the controls and hypotheses fitted beside it, by name."""
 
     locations: list[Location]
     iia: Float[Tensor, " point"]
     loss: Float[Tensor, " point"]
     states: list[dict[str, Tensor]]
+    variants: dict[str, "DASResult"] = field(default_factory=dict)
 
 
 def location_key(loc: Location) -> str:
