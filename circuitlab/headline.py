@@ -230,6 +230,18 @@ def circuit_faithfulness(run_dir: Path | None) -> dict | None:
                             "(1 = the whole model, 0 = every edge ablated)"}
 
 
+def main_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the result itself: those with no value in a registered method's variant columns (DAS's control and
+    hypothesis rows are beside the result, never its key number)."""
+    from circuitlab.methods import registry
+
+    keep = pd.Series(True, index=rows.index)
+    for column in registry.variant_columns():
+        if column in rows.columns:
+            keep &= rows[column].astype("string").fillna("") == ""
+    return rows[keep]
+
+
 def key_number(results: pd.DataFrame, method: str | None, run_dir: Path | None = None) -> dict | None:
     """{metric, value, where, n, rule}: the run's key number, where it is, how many values it was chosen from and
     the rule that chose it; None without a metric."""
@@ -239,7 +251,7 @@ def key_number(results: pd.DataFrame, method: str | None, run_dir: Path | None =
     metric = key_metric(results, method)
     if metric is None:
         return None
-    rows = results[(results["metric"] == metric) & results["value"].notna()]
+    rows = main_rows(results[(results["metric"] == metric) & results["value"].notna()])
     if not len(rows):
         return {"metric": metric, "value": None, "where": "", "n": 0, "rule": ""}
     best, rule = choose(rows, differing_positions(rows, run_dir))

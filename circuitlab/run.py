@@ -118,6 +118,8 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         for name, data in output.json_files.items():
             rs.write_json(run_dir / name, data)
         names = getattr(TASKS.get(cfg.task.name), "PROMPT_NAMES", ("clean", "corrupted"))
+        for name, text in output.text_files.items():
+            rs.write_text(run_dir / name, text)
         rs.write_json(run_dir / report.EXAMPLES_FILE, examples(pairs, plan.tokenizer, names=list(names)))
     figures = []
     if cfg.figures:
@@ -150,7 +152,7 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         "wall_time_seconds": timer.seconds,
         **({"memory": memory_record} if memory_record else {}),
         "files": ["results.csv", "results.pt", "dataset.pt", resume.CONFIG_FILE, inputs.INPUTS_FILE, *output.tables, *output.tensor_files,
-                  *output.json_files, report.EXAMPLES_FILE, *[str(Path(f).relative_to(run_dir)) for f in figures], report.REPORT_FILE],
+                  *output.json_files, *output.text_files, report.EXAMPLES_FILE, *[str(Path(f).relative_to(run_dir)) for f in figures], report.REPORT_FILE],
         # what the readers check each file against (runfiles): rows and columns of every CSV, bytes of every .pt
         "file_records": runfiles.records(run_dir, tables, ["results.pt", "dataset.pt", *output.tensor_files]),
     }

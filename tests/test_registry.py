@@ -101,6 +101,8 @@ def test_read_results_takes_each_methods_column_dtypes_from_its_record(tmp_path,
 def test_shipped_methods_declare_their_column_dtypes():
     from circuitlab.results import method_columns
 
-    assert method_columns() == {"receiver": "string", "scale": "float64", "in_circuit": "boolean", "sender": "string"}
+    assert method_columns() == {"receiver": "string", "scale": "float64", "in_circuit": "boolean", "sender": "string", "control": "string",
+                                "hypothesis": "string"}
+    assert registry.variant_columns() == ["control", "hypothesis"]  # DAS's controls and hypotheses: beside the result, never its key number
     with pytest.raises(ValueError, match="dtype 'int' is not one of string, float64, boolean"):
         registry.Column("count", "int")

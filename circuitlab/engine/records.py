@@ -25,7 +25,7 @@ class Plan:
 @dataclass
 class MethodOutput:
     """What a method hands back for writing: tidy rows, tensors, extra CSV tables by file name, the
-    unpatched baselines, extra manifest entries, .pt files and JSON files by name."""
+    unpatched baselines, extra manifest entries, .pt files, JSON files and text files by name."""
 
     rows: list[dict]
     tensors: dict
@@ -35,3 +35,4 @@ class MethodOutput:
     extra: dict = field(default_factory=dict)
     tensor_files: dict = field(default_factory=dict)
     json_files: dict = field(default_factory=dict)
+    text_files: dict = field(default_factory=dict)

@@ -25,6 +25,7 @@ class Column:
 
     name: str
     dtype: str = "string"
+    variant: bool = False  # a row with a value here is a variant of the result (a control, another hypothesis): no key number
 
     def __post_init__(self) -> None:
         if self.dtype not in COLUMN_DTYPES:
@@ -75,6 +76,11 @@ def register(method: Method) -> Method:
 
 def get(name: str) -> Method:
     """The registered method, or one line naming the registered ones."""
+def variant_columns() -> list[str]:
+    """The registered methods' columns whose rows are variants of a result (`Column.variant`)."""
+    return list(dict.fromkeys(c.name for m in METHODS.values() for c in m.columns if c.variant))
+
+
     if name not in METHODS:
         raise ConfigError("method.name", name, list(METHODS))
     return METHODS[name]

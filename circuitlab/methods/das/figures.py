@@ -13,35 +13,59 @@ from circuitlab.runfiles import read_table
 from circuitlab.tokens import position_text
 
 LABELLED_LAYERS = 16  # iia_by_layer writes each point's value up to this many layers
+REAL_FIT = "real fit"  # the facet name of the real fit beside its controls
+
+
+def variant(rows: pd.DataFrame, column: str) -> pd.Series:
+    """A row's control or hypothesis name ("" for the real fit; a run from before the column: "")."""
+    return rows[column].fillna("").astype(str) if column in rows.columns else pd.Series("", index=rows.index)
+
+
+def with_controls(rows: pd.DataFrame, panel: str) -> pd.DataFrame:
+    """The real fit's rows and its controls' rows, `panel` naming each facet `<panel> · <control>` (the real fit's
+    first), rows ordered so that each panel's facets come in that order; without controls, the rows as they are."""
+    control = variant(rows, "control")
+    if not (control != "").any():
+        return rows
+    fits = [""] + list(dict.fromkeys(control[control != ""]))
+    out = rows.assign(_fit=control.map(fits.index))
+    out[panel] = out[panel].astype(str) + " · " + control.map(lambda c: c.replace("_", " ") if c else REAL_FIT)
+    return out.sort_values("_fit", kind="stable").drop(columns="_fit")
 
 
 def das_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Seed 000's figures: IIA over layer x position (values in cells) for whole streams swept over several
     positions; IIA by layer, one line per stream, for streams at one position; bars for head groups."""
     experiment = results["experiment"].iloc[0]
-    iia = results[results["metric"] == "iia"].copy()
+    hypothesis_rows = results[variant(results, "hypothesis") != ""]
+    written: list[Path] = hypothesis_figures(hypothesis_rows, out_dir, experiment) if len(hypothesis_rows) else []
+    iia = results[(results["metric"] == "iia") & (variant(results, "hypothesis") == "")].copy()
+    real = variant(iia, "control") == ""
     heads, groups = iia["heads"].fillna(""), iia["group"].fillna("")
-    written: list[Path] = []
     whole = iia[(heads == "") | ((groups == "") & (iia["head"].isna()))]
     by_stream = whole.groupby("stream")["position_label"].nunique()
     grid = whole[whole["stream"].map(by_stream) > 1]
     context = RunContext.of(Path(out_dir).parent)
+    controlled = (~real).any()
     if len(grid):
-        pages = heatmap(grid.sort_values("layer", kind="stable"), "position_label", "layer", "stream", f"{experiment}: interchange intervention accuracy",
-                        "IIA", FIRST_PROMPT, "layer", unit_interval=True, context=context)
+        subtitle = CONTROLS_NOTE if controlled else None
+        pages = heatmap(with_controls(grid.sort_values("layer", kind="stable"), "stream"), "position_label", "layer", "stream",
+                        f"{experiment}: interchange intervention accuracy", "IIA", FIRST_PROMPT, "layer", unit_interval=True, context=context,
+                        subtitle=subtitle)
         written += save_pages(pages, out_dir, "iia_heatmap")
     lines = whole[whole["stream"].map(by_stream) == 1]
     if len(lines):
-        plot, w, h = iia_by_layer(lines, experiment)
+        plot, w, h = iia_by_layer(with_controls(lines, "stream"), experiment)
         written += save(plot, out_dir, "iia_by_layer", w, h)
     singles = iia[(heads != "") & (groups == "") & iia["head"].notna()]
     if len(singles):
         singles = singles.assign(head_label=singles["heads"])
         singles["panel"] = singles["stream"] + " · " + singles["position_label"].map(context.position)
-        pages = heatmap(singles, "head_label", "layer", "panel", f"{experiment}: IIA per head", "IIA", "head", "layer", unit_interval=True)
+        pages = heatmap(with_controls(singles, "panel"), "head_label", "layer", "panel", f"{experiment}: IIA per head", "IIA", "head", "layer",
+                        unit_interval=True, subtitle=CONTROLS_NOTE if controlled else None)
         written += save_pages(pages, out_dir, "iia_heads")
     for group in ("leave_one_out", "cumulative"):
-        bars = iia[groups == group]
+        bars = iia[(groups == group) & real]  # the real fit's bars (its controls: results.csv and the report's table)
         if len(bars):
             pages = head_group_bars(bars, f"{experiment}: {group.replace('_', '-')} head groups", y_label="IIA", unit_interval=True)
             written += save_pages(pages, out_dir, f"iia_heads_{group}")
@@ -49,6 +73,34 @@ def das_figures(results: pd.DataFrame, out_dir: Path) -> list[Path]:
     if weights_csv.exists():
         written += rotation_weight_histograms(read_table(weights_csv), out_dir, experiment)
     return written
+
+
+CONTROLS_NOTE = ("controls beside the real fit: random subspace (untrained, same size), random model (trained on a re-initialised "
+                 "model), shuffled labels (trained and scored on labels shuffled across pairs)")
+
+
+def hypothesis_figures(rows: pd.DataFrame, out_dir: Path, experiment: str) -> list[Path]:
+    """Hypotheses compared: IIA per hypothesis (layer x position, a facet per stream and hypothesis), and each
+    hypothesis' margin over the best other one (> 0 where it wins, by the gap to the runner-up)."""
+    from circuitlab.methods.das.hypotheses import margins
+
+    context = RunContext.of(Path(out_dir).parent)
+    iia = rows[rows["metric"] == "iia"].copy()
+    iia = iia[iia["heads"].fillna("").astype(str) == ""]  # whole streams (heads: results.csv and hypotheses.csv)
+    if iia.empty or iia["position_label"].nunique() < 1:
+        return []
+    iia["panel"] = iia["stream"] + " · " + iia["hypothesis"].astype(str)
+    written = save_pages(heatmap(iia.sort_values("layer", kind="stable"), "position_label", "layer", "panel",
+                                 f"{experiment}: IIA per hypothesis (the same base / source pairs, relabelled by each)", "IIA",
+                                 FIRST_PROMPT, "layer", unit_interval=True, context=context), out_dir, "iia_hypotheses")
+    margin = margins(iia)
+    margin["panel"] = margin["stream"] + " · " + margin["hypothesis"].astype(str)
+    pages = heatmap(margin.sort_values("layer", kind="stable"), "position_label", "layer", "panel",
+                    f"{experiment}: which hypothesis each location supports", "IIA minus the best other", FIRST_PROMPT, "layer",
+                    cell_format="{:+.2f}", context=context,
+                    subtitle="each hypothesis' IIA minus the best IIA of the others: > 0 where it wins (by the gap to the runner-up), "
+                             "< 0 where another does; hypotheses.csv names the best and the runner-up")
+    return written + save_pages(pages, out_dir, "hypothesis_margin")
 
 
 def iia_by_layer(lines: pd.DataFrame, experiment: str) -> tuple[p9.ggplot, float, float]:

@@ -50,10 +50,14 @@ def load_interventions(path: str, locations: list[Location], training: Training,
     from pathlib import Path
 
     from circuitlab.errors import CircuitlabError
+    from circuitlab.methods.das.export import read_export
     from circuitlab.storage import load_tensors
 
     given = Path(path).expanduser()
     file = given / "interventions.pt" if given.is_dir() else given
+    exported = None if file.is_file() and file.name == "interventions.pt" else read_export(given)
+    if exported is not None:  # a MIB export or a pyvene file (export.py)
+        return _checked(exported, path, given, locations, training, widths, f"method.load={path}: ")
     if not file.is_file():
         raise ConfigError("method.load", path, "a run dir of method=das holding interventions.pt, or that file "
                           f"({'it holds no interventions.pt' if given.is_dir() else 'no such file'}; vanilla runs save none)")
@@ -66,6 +70,13 @@ def load_interventions(path: str, locations: list[Location], training: Training,
         reason = ("garbage, or objects other than tensors" if isinstance(err, pickle.UnpicklingError)
                   else (str(err).strip().splitlines() or [type(err).__name__])[0][:120] or type(err).__name__)
         raise CircuitlabError(f"{named}not a readable torch file (empty, truncated or damaged: {reason})") from None
+    return _checked(data, path, file, locations, training, widths, named)
+
+
+def _checked(data, path: str, file, locations: list[Location], training: Training, widths: list[int | None] | None, named: str) -> list[dict[str, Tensor]]:
+    """The saved states of `locations`, checked: the file's kind, intervention, locations and basis shapes."""
+    from circuitlab.errors import CircuitlabError
+
     keys = ("intervention", "low_rank_dimension", "locations", "states")
     what = f"{named}not the interventions.pt of a method=das run"
     if not isinstance(data, dict) or any(k not in data for k in keys):
