@@ -67,6 +67,11 @@ class Method:
 METHODS: dict[str, Method] = {}
 
 
+def variant_columns() -> list[str]:
+    """The registered methods' columns whose rows are variants of a result (`Column.variant`)."""
+    return list(dict.fromkeys(c.name for m in METHODS.values() for c in m.columns if c.variant))
+
+
 def register(method: Method) -> Method:
     if method.name in METHODS:
         raise ValueError(f"a method named {method.name} is registered already")
@@ -76,11 +81,6 @@ def register(method: Method) -> Method:
 
 def get(name: str) -> Method:
     """The registered method, or one line naming the registered ones."""
-def variant_columns() -> list[str]:
-    """The registered methods' columns whose rows are variants of a result (`Column.variant`)."""
-    return list(dict.fromkeys(c.name for m in METHODS.values() for c in m.columns if c.variant))
-
-
     if name not in METHODS:
         raise ConfigError("method.name", name, list(METHODS))
     return METHODS[name]
