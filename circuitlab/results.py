@@ -106,9 +106,10 @@ INDEX_COLUMNS = {"job": "string", "status": "string", "overrides": "string", "ex
 
 
 def sweep_index(sweep_dir: Path, planned: list[list[str]] | None = None) -> pd.DataFrame:
-    """One row per job dir of a multirun: its overrides, experiment, shape, baselines and status (done, unfinished,
-    damaged: with the line that names the damaged file); with `planned` (every job's overrides, in Hydra's order),
-    one row per job that never started (status "not started"). Counts stay integers (empty when not known)."""
+    """One row per job dir of a multirun: its overrides, experiment, shape, baselines and status (done; running;
+    failed, with the last error line of its log; damaged, with the line that names the damaged file); with `planned`
+    (every job's overrides, in Hydra's order), one row per job that never started (status "not started"). Counts stay
+    integers (empty when not known)."""
     from circuitlab import runfiles
 
     rows, jobs = [], sorted((p for p in Path(sweep_dir).iterdir() if p.is_dir() and not p.name.startswith(".")), key=_job_order)
@@ -117,6 +118,11 @@ def sweep_index(sweep_dir: Path, planned: list[list[str]] | None = None) -> pd.D
         if not runfiles.is_run_dir(job):  # neither a run's files nor Hydra's record of a started job
             continue
         row = {"job": job.name, "run_dir": str(job), "overrides": " ".join(_job_overrides(job)), "status": "unfinished"}
+        if not manifest_path.is_file():  # started, not finished: running (a process holds its lock), else failed, and why
+            from circuitlab.report.files import failure_line, run_status
+
+            row["status"] = run_status(job)
+            row["problem"] = (failure_line(job) or "started, never finished (no manifest.json)") if row["status"] == "failed" else ""
         if manifest_path.is_file():
             try:
                 manifest = runfiles.read_manifest(job)

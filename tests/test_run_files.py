@@ -282,7 +282,7 @@ def test_the_notebook_names_a_damaged_file_in_one_line(edge_run):
 
 
 def test_an_interrupted_multirun_lists_the_jobs_it_never_started(tmp_path, monkeypatch, capsys):
-    """Ctrl-C in job 1 of 3: index.csv has job 0 done, job 1 unfinished, job 2 not started; counts stay integers."""
+    """Ctrl-C in job 1 of 3: index.csv has job 0 done, job 1 failed, job 2 not started; counts stay integers."""
     import sys
 
     run_module = sys.modules["circuitlab.run"]  # the module (`circuitlab.run` is the notebook function)
@@ -301,7 +301,7 @@ def test_an_interrupted_multirun_lists_the_jobs_it_never_started(tmp_path, monke
     capsys.readouterr()
     text = (sweep / "index.csv").read_text()
     index = pd.read_csv(sweep / "index.csv", dtype=str, keep_default_na=False)
-    assert list(index["job"]) == ["0", "1", "2"] and list(index["status"]) == ["done", "unfinished", "not started"]
+    assert list(index["job"]) == ["0", "1", "2"] and list(index["status"]) == ["done", "failed", "not started"]
     assert index["overrides"][2].endswith("seed=2") and index["n_sweep_points"][0].isdigit() and index["shard"][0] == "0"
     assert ".0," not in text.split("\n", 1)[1].split(",/")[0]  # no integer written as a float
     page = (sweep / "index.html").read_text()  # the index page lists it too
