@@ -240,6 +240,8 @@ def test_a_run_writes_controls_and_hypotheses_beside_the_real_fit(tmp_path):
     (["method.load=.", "method.controls=[shuffled_labels]"], "random_subspace only with method.load"),
     (["task.variable=position", "method.hypotheses=[position,name]"], "the base's own answer on every test pair"),
     (["task.variable=position", "method.hypotheses=[position,io_token]"], "[position, io_token]"),
+    (["method.featurizer=sparse"], "method.featurizer=sparse"),
+    (["method.featurizer=mask", "method.intervention=boundless"], "method.intervention=boundless"),
 ])
 def test_bad_controls_and_hypotheses_are_refused_in_one_line(tmp_path, overrides, message):
     """Refused before the model runs, in one line naming the key; nothing written."""
@@ -252,3 +254,18 @@ def test_bad_controls_and_hypotheses_are_refused_in_one_line(tmp_path, overrides
     with pytest.raises(CircuitlabError, match=message.replace("[", r"\[")):
         run_experiment(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_learned_mask_finds_the_constructed_dimension(positional):
+    """featurizer=mask on positional-ioi: IIA >= 0.9 where the variable lives, the hard mask swapping exactly the
+    dimension the construction writes it to (S1_SLOT at S2 after layer 1, S1_SLOT_END at END after layer 2); its IIA
+    equals a direct hook with that mask; a random mask of the same size scores <= 0.1 there."""
+    from circuitlab.methods.das.mask import swapped
+
+    train, test, _ = splits(positional)
+    training = Training(intervention="das", featurizer="mask", lr_decay_steps=50)
+    result = das_sweep(positional, train, test, CONSTRUCTED, training, progress=False, random_subspace=True)
+    assert bool((result.iia >= 0.9).all()) and bool((result.variants["random_subspace"].iia <= 0.1).all()), result.iia
+    assert [swapped(s["basis"]) for s in result.states] == [[P.S1_SLOT], [P.S1_SLOT_END]]
+    for i, loc in enumerate(CONSTRUCTED):
+        assert abs(direct_iia(positional, test, loc, result.states[i]["basis"], test.answer_tokens) - float(result.iia[i])) < 1e-6

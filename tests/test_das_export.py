@@ -137,14 +137,17 @@ def test_pyvene_loads_our_rotation_and_gives_the_same_iia(plain_toy, tmp_path):
     assert iia == pytest.approx(float(result.iia[0])) and iia > 0.5
 
 
-@pytest.mark.parametrize("intervention", ["das", "boundless"])
-def test_mib_export_passes_its_checker_loads_as_mib_loads_it_and_back(tmp_path, intervention):
+@pytest.mark.parametrize("intervention, featurizer", [("das", "rotation"), ("boundless", "rotation"), ("das", "mask")])
+def test_mib_export_passes_its_checker_loads_as_mib_loads_it_and_back(tmp_path, intervention, featurizer):
+    """Rotations as MIB's subspace featurizers; a mask as its identity featurizer with the masked dimensions as
+    indices."""
     from circuitlab import cli
     from circuitlab.results import read_results
     from circuitlab.run import run_experiment
 
     overrides = ["+experiment=ioi_name_das", "sweep.layers=[1]", "sweep.positions=[S2,END]", "task.n_train=40", "task.n_prompts=20",
-                 "method.epochs=2", "method.low_rank_dimension=4", f"method.intervention={intervention}", "progress=false", "figures=false",
+                 "method.epochs=2", "method.low_rank_dimension=4", f"method.intervention={intervention}", f"method.featurizer={featurizer}",
+                 "progress=false", "figures=false",
                  "method.export=[mib,pyvene]", "model.fold_ln=false", "model.center_writing_weights=false"]
     run_experiment(cli.compose_config(overrides), tmp_path / "run")
     run = tmp_path / "run"
@@ -155,6 +158,16 @@ def test_mib_export_passes_its_checker_loads_as_mib_loads_it_and_back(tmp_path, 
     saved = torch.load(run / "interventions.pt", weights_only=True)
     for unit, key in ((u, about["location"]) for u, about in manifest["units"].items()):
         state = saved["states"][saved["locations"].index(key)]
+        if featurizer == "mask":
+            info = torch.load(folder / f"{unit}_featurizer", weights_only=True)["model_info"]
+            assert info["featurizer_class"] == "IdentityFeaturizerModule" and info["inverse_featurizer_class"] == "IdentityInverseFeaturizerModule"
+            indices = json.loads((folder / f"{unit}_indices").read_text())
+            assert indices == export.swapped_features(state, "mask")
+            x, s = torch.randn(5, state["basis"].shape[0]), torch.randn(5, state["basis"].shape[0])
+            mib = x.clone()
+            mib[:, indices] = s[:, indices]  # the identity featurizer with its indices swapped
+            torch.testing.assert_close(mib, x + (s - x) @ state["basis"] @ state["basis"].T)
+            continue
         weight, indices = mib_load_rotation(str(folder / unit))
         torch.testing.assert_close(weight, state["basis"], rtol=0, atol=1e-5)
         assert indices == export.swapped_features(state) and (intervention == "boundless" or indices == list(range(4)))
@@ -167,6 +180,12 @@ def test_mib_export_passes_its_checker_loads_as_mib_loads_it_and_back(tmp_path, 
             torch.testing.assert_close(mib, x + (s - x) @ state["basis"] @ state["basis"].T, rtol=1e-4, atol=1e-4)
     iia = read_results(run)
     iia = iia[iia["metric"] == "iia"]["value"].tolist()
+    if featurizer == "mask":  # a mask's file is not a rotation's
+        from circuitlab.errors import CircuitlabError
+
+        rotation = [o.replace("method.featurizer=mask", "method.featurizer=rotation") for o in overrides[:-3]]
+        with pytest.raises(CircuitlabError, match="method.featurizer=rotation"):
+            run_experiment(cli.compose_config([*rotation, f"method.load={run}"]), tmp_path / "refused")
     for load in (run / "mib", run / export.PYVENE_FILE):
         run_experiment(cli.compose_config([*overrides[:-3], "model.fold_ln=false", "model.center_writing_weights=false",
                                            f"method.load={load}"]), tmp_path / load.name)

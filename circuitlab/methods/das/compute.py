@@ -38,10 +38,13 @@ from circuitlab.engine.batching import memory_budget
 from circuitlab.engine.forward import final_position_logits, frozen_prefix, fused_gelu
 from circuitlab.engine.sweep import patch_sweep
 from circuitlab.methods.das import groups
+from circuitlab.methods.das.controls import random_states
+from circuitlab.methods.das.mask import Masks
 from circuitlab.methods.das.saved import DASResult, interventions_file, load_interventions, location_key  # noqa: F401  (das.* API)
 from circuitlab.tasks.base import PromptPairs
 
 INTERVENTIONS = ("vanilla", "das", "boundless")
+FEATURIZERS = ("rotation", "mask")
 log = logging.getLogger("circuitlab")
 
 
@@ -70,7 +73,7 @@ def check_locations(locations: list[Location], training: Training, n_heads: int,
         if loc.stream == "pattern":
             raise ConfigError("sweep.streams", "pattern", "a stream of vectors (pattern holds attention weights)")
         width = location_width(loc, n_heads, d_head, d_model, d_mlp)
-        if training.intervention == "das" and width is not None and training.low_rank_dimension > width:
+        if training.intervention == "das" and training.featurizer == "rotation" and width is not None and training.low_rank_dimension > width:
             raise ConfigError("method.low_rank_dimension", training.low_rank_dimension, f"1..{width} (the width of {loc.stream} at layer {loc.layer})")
 
 
@@ -161,6 +164,8 @@ def das_sweep(
     check_locations(locations, training, *dims)
     if saved is not None and fits:
         raise ValueError("saved interventions hold the real fit only: fits beside it train")
+    if training.featurizer not in FEATURIZERS or (training.featurizer == "mask" and training.intervention != "das"):
+        raise ConfigError("method.featurizer", training.featurizer, f"{', '.join(FEATURIZERS)} (mask with method.intervention=das)")
     if training.intervention == "vanilla":
         iia = patch_sweep(model, test, locations, "denoising", memory_budget_mb=memory_budget_mb, progress=progress, metrics=("accuracy",)).metrics["accuracy"]
         return DASResult(locations, iia, torch.full((len(locations),), float("nan")), [{} for _ in locations])
@@ -168,7 +173,7 @@ def das_sweep(
         p.requires_grad_(False)
     budget = memory_budget(model.cfg.device, memory_budget_mb) * 2**20
     widths = [location_width(loc, *dims) for loc in locations]
-    k = training.low_rank_dimension if training.intervention == "das" else None
+    k = training.low_rank_dimension if training.intervention == "das" and training.featurizer == "rotation" else None
     n_fits = 1 + len(fits)
     plan = groups.plan_groups(locations, widths, groups.first_positions(locations, train), model.cfg, train.width,
                               min(training.batch_size, train.n_pairs), k, budget, copies=n_fits)
@@ -190,7 +195,7 @@ def das_sweep(
             index = list(group.indices)
             points = [locations[i] for i in index]
             seeds = [training.seed + zlib.crc32(location_key(locations[i]).encode()) for i in index]
-            module = _Interventions(seeds * n_fits, group.width, training, None if saved is None else [saved[i] for i in index]).to(model.cfg.device)
+            module = _module(seeds * n_fits, group.width, training, None if saved is None else [saved[i] for i in index]).to(model.cfg.device)
             batch = groups.eval_batch(model.cfg, len(index) * n_fits, test.width, group.start, budget)
             bar.start_group(number, len(plan), points, steps + -(-test.n_pairs // batch) * (1 + random_subspace))
             train_labels = _point_labels([train_run.labels] + [f.train_labels for f in fits], len(index), model.cfg.device)
@@ -211,13 +216,23 @@ def das_sweep(
             if random_subspace:
                 drawn = random_states([states[i] for i in index], [location_key(locations[i]) for i in index], group.width, training)
                 with torch.no_grad():
-                    control = _Interventions(seeds, group.width, training, drawn).to(model.cfg.device)
+                    control = _module(seeds, group.width, training, drawn).to(model.cfg.device)
                     variants["random_subspace"].iia[index] = _iia(control, test_run, points, batch, bar.step)
                 for i, state in zip(index, drawn):
                     variants["random_subspace"].states[i] = state
             bar.end_group()
         bar.close()
     return DASResult(locations, iia, loss, states, variants)
+
+
+def _module(seeds: list[int], width: int, training: Training, states: list[dict] | None = None) -> nn.Module:
+    """The parameters of a group of points: a rotation (`_Interventions`) or, with `featurizer=mask`, masks; saved
+    masks are evaluated as the bases they are written as (mask.py)."""
+    if training.featurizer == "mask":
+        if states is None:
+            return Masks(seeds, width, training.temperature_start)
+        training = dataclasses.replace(training, featurizer="rotation", low_rank_dimension=width)
+    return _Interventions(seeds, width, training, states)
 
 
 @dataclass(frozen=True)
@@ -234,26 +249,15 @@ def _point_labels(labels: list[Tensor], n_locations: int, device) -> Tensor:
     return torch.stack([lab.to(device) for lab in labels for _ in range(n_locations)])
 
 
-def random_states(states: list[dict], keys: list[str], width: int, training: Training) -> list[dict[str, Tensor]]:
-    """The random-subspace control of each location: an orthonormal basis of the real fit's size drawn from the
-    location's own seed (Boundless DAS: a random rotation with the real fit's learned boundary)."""
-    k = training.low_rank_dimension if training.intervention == "das" else width
-    out = []
-    for state, key in zip(states, keys):
-        basis = torch.empty(width, k)
-        nn.init.orthogonal_(basis, generator=torch.Generator().manual_seed(training.seed + zlib.crc32(f"{key}|random_subspace".encode())))
-        out.append({"basis": basis, **{name: state[name] for name in ("boundary", "temperature") if name in state}})
-    return out
-
-
 def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], training: Training, on_step=lambda: None,
            point_labels: Tensor | None = None) -> Tensor:
     """The seed's loop: Adam, a linear lr decay, cross-entropy of the counterfactual label (plus the boundary
     penalty and temperature schedule of Boundless DAS). Returns each point's mean loss over the last epoch.
     `point_labels` [point, pair]: each point's own labels (default: the pairs' labels for every point)."""
-    groups = [{"params": [p for n, p in module.named_parameters() if "boundary" not in n], "lr": training.lr}]
-    if module.kind == "boundless":
-        groups.append({"params": [module.boundary], "lr": training.boundary_lr})
+    groups = [{"params": [p for n, p in module.named_parameters() if n not in ("boundary", "logits")], "lr": training.lr}]
+    if module.kind in ("boundless", "mask"):
+        groups.append({"params": [module.boundary if module.kind == "boundless" else module.logits], "lr": training.boundary_lr})
+    module.train(True)
     optimizer = torch.optim.Adam(groups, lr=training.lr)
     schedule = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, training.lr_end_factor, training.lr_decay_steps)
     n_train = run.pairs.n_pairs
@@ -272,6 +276,8 @@ def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], t
                 total = per_point.sum()
                 if module.kind == "boundless":
                     total = total + training.boundary_penalty * module.boundary.clamp(1e-3, 1.0).sum()
+                elif module.kind == "mask":
+                    total = total + training.boundary_penalty * module.share().sum()
                 optimizer.zero_grad()
                 total.backward()
                 optimizer.step()
@@ -287,6 +293,7 @@ def _train(module: _Interventions, run: "_CachedRuns", points: list[Location], t
 def _iia(module: _Interventions, run: "_CachedRuns", points: list[Location], batch_size: int = 256, on_batch=lambda: None,
          point_labels: Tensor | None = None) -> Tensor:
     correct = torch.zeros(len(points))
+    module.train(False)  # masks: the hard mask
     for batch in torch.arange(run.pairs.n_pairs).split(batch_size):
         logits = run.intervened_logits(module, points, batch)
         labels = run.labels[batch] if point_labels is None else point_labels[:, batch.to(point_labels.device)]

@@ -12,7 +12,10 @@ from circuitlab.config import MethodConfig
 @dataclass
 class DASTraining:
     """Interchange-intervention hyperparameters; the defaults are seed 000's (pyvene steps its LinearLR once per
-    batch with total_iters = epochs, hence `lr_decay_steps`; `seed` is the notebook's 42)."""
+    batch with total_iters = epochs, hence `lr_decay_steps`; `seed` is the notebook's 42). `featurizer`: rotation (DAS's
+    learned subspace) or mask (intervention=das only: a learned binary-concrete mask over the stream's own dimensions,
+    its logits at `boundary_lr`, its size penalised by `boundary_penalty`, its temperature annealed like Boundless
+    DAS's; methods/das/mask.py)."""
 
     intervention: str = "das"
     low_rank_dimension: int = 1
@@ -26,6 +29,7 @@ class DASTraining:
     temperature_start: float = 50.0
     temperature_end: float = 0.1
     seed: int = 42
+    featurizer: str = "rotation"
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """DAS's controls and hypotheses (`method.controls`, `method.hypotheses`): what each fit beside the real one trains
 on, and the random copy of the model.
 
-- random_subspace: an untrained random subspace of the real fit's size at each location (compute.random_states);
+- random_subspace: an untrained random subspace of the real fit's size at each location (random_states below);
 - shuffled_labels: the same training from the same start on labels shuffled across pairs (every pair takes another
   pair's label, neither its own nor its other answer), scored against the test labels shuffled the same way: how
   well the intervention fits arbitrary targets;
@@ -13,9 +13,13 @@ on, and the random copy of the model.
 from __future__ import annotations
 
 import copy
+import zlib
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from circuitlab.methods.das.config import DASTraining as Training
+from circuitlab.methods.das.mask import random_mask
 
 CONTROLS = ("random_subspace", "random_model", "shuffled_labels")
 TRAINED_CONTROLS = ("random_model", "shuffled_labels")  # trained: not available from saved interventions (method.load)
@@ -51,3 +55,19 @@ def random_model(model, seed: int):
                 param.fill_(1.0 if name.endswith(".w") else 0.0)
         fresh.init_weights()
     return fresh
+
+
+def random_states(states: list[dict], keys: list[str], width: int, training: Training) -> list[dict[str, Tensor]]:
+    """The random-subspace control of each location: an orthonormal basis of the real fit's size drawn from the
+    location's own seed (Boundless DAS: a random rotation with the real fit's learned boundary)."""
+    k = training.low_rank_dimension if training.intervention == "das" else width
+    out = []
+    for state, key in zip(states, keys):
+        generator = torch.Generator().manual_seed(training.seed + zlib.crc32(f"{key}|random_subspace".encode()))
+        if training.featurizer == "mask":  # as many random dimensions as the real mask swaps
+            out.append({"basis": random_mask(state["basis"], generator)})
+            continue
+        basis = torch.empty(width, k)
+        nn.init.orthogonal_(basis, generator=generator)
+        out.append({"basis": basis, **{name: state[name] for name in ("boundary", "temperature") if name in state}})
+    return out

@@ -27,6 +27,7 @@ from torch.nn.utils.parametrizations import orthogonal
 
 from circuitlab.errors import CircuitlabError
 from circuitlab.locations import Location
+from circuitlab.methods.das.mask import swapped
 
 FORMATS = ("mib", "pyvene")
 MIB_DIR = "mib"
@@ -56,10 +57,13 @@ def mib_unit(loc: Location) -> str:
     return f"Circuitlab(Stream-{loc.stream},Layer-{loc.layer},Token-{token}{heads})"
 
 
-def swapped_features(state: dict[str, Tensor]) -> list[int]:
+def swapped_features(state: dict[str, Tensor], featurizer: str = "rotation") -> list[int]:
     """The features (rotated dimensions) an intervention swaps: every column of a DAS basis; for Boundless DAS those
-    its mask (at its last temperature) takes more than half from the source."""
+    its mask (at its last temperature) takes more than half from the source; for a mask, the stream's dimensions it
+    swaps."""
     width, k = state["basis"].shape
+    if featurizer == "mask":
+        return swapped(state["basis"])
     if "boundary" not in state:
         return list(range(k))
     position = torch.arange(width, dtype=torch.float64)
@@ -91,40 +95,50 @@ def mib_names(task: str, variable: str | None, model_class: str) -> tuple[str, s
 
 
 def mib_files(locations: list[Location], keys: list[str], states: list[dict], intervention: str, low_rank_dimension: int, task: str,
-              variable: str | None, model_class: str) -> tuple[dict[str, dict], dict[str, str], dict]:
+              variable: str | None, model_class: str, featurizer: str = "rotation") -> tuple[dict[str, dict], dict[str, str], dict]:
     """(torch files, one-line text files, the manifest) of the MIB export, by path under the run dir (`keys`: the
-    locations as interventions.pt names them)."""
+    locations as interventions.pt names them). A mask is MIB's identity featurizer with the masked dimensions as its
+    indices."""
     folder = "/".join((MIB_DIR, *mib_names(task, variable, model_class)))
     tensors, texts, units = {}, {}, {}
     for loc, key, state in zip(locations, keys, states):
         unit = mib_unit(loc)
         basis = state["basis"]
-        features = swapped_features(state)
-        info = {"featurizer_class": "SubspaceFeaturizerModule", "inverse_featurizer_class": "SubspaceInverseFeaturizerModule",
-                "n_features": int(basis.shape[1]),
-                "additional_config": {"rotation_matrix": basis.detach().float().clone(), "requires_grad": False}}
-        rotate = rotate_state(basis)
+        features = swapped_features(state, featurizer)
+        if featurizer == "mask":
+            info = {"featurizer_class": "IdentityFeaturizerModule", "inverse_featurizer_class": "IdentityInverseFeaturizerModule",
+                    "n_features": int(basis.shape[0]), "additional_config": {}}
+            rotate = {}
+        else:
+            info = {"featurizer_class": "SubspaceFeaturizerModule", "inverse_featurizer_class": "SubspaceInverseFeaturizerModule",
+                    "n_features": int(basis.shape[1]),
+                    "additional_config": {"rotation_matrix": basis.detach().float().clone(), "requires_grad": False}}
+            rotate = rotate_state(basis)
         tensors[f"{folder}/{unit}_featurizer"] = {"model_info": info, "state_dict": rotate}
         tensors[f"{folder}/{unit}_inverse_featurizer"] = {"model_info": info, "state_dict": {k: v.clone() for k, v in rotate.items()}}
         texts[f"{folder}/{unit}_indices"] = json.dumps(features)
-        units[unit] = {"location": key, "stream": loc.stream, "layer": loc.layer, "token_position": token_id(loc.positions),
+        units[unit] = {"location": key, "stream": loc.stream, "layer": loc.layer, "token_position": token_id(loc.positions), "width": int(basis.shape[0]),
                        "heads": None if loc.heads is None else list(loc.heads), "features": len(features),
                        **({"boundary": float(state["boundary"]), "temperature": float(state["temperature"])} if "boundary" in state else {})}
     positions = {token_id(loc.positions) for loc in locations}
-    manifest = {"format": "mib-causal-variable featurizers (circuitlab DAS export)", "intervention": intervention,
+    manifest = {"format": "mib-causal-variable featurizers (circuitlab DAS export)", "intervention": intervention, "featurizer": featurizer,
                 "low_rank_dimension": low_rank_dimension, "folder": folder,
                 "task": task, "variable": variable, "model_class": model_class, "units": units,
                 "token_positions": {p: POSITION_NOTES.get(p, f"token index {p}" if p != "all" else "every position") for p in sorted(positions)}}
     return tensors, texts, manifest
 
 
-def pyvene_file(locations: list[Location], keys: list[str], states: list[dict], intervention: str, low_rank_dimension: int, meta: dict) -> dict:
+def pyvene_file(locations: list[Location], keys: list[str], states: list[dict], intervention: str, low_rank_dimension: int, meta: dict,
+                featurizer: str = "rotation") -> dict:
     """The plain .pt for pyvene: per location (`keys`: as interventions.pt names them) its component, unit, positions,
-    the rotation and the boundary."""
+    the rotation and the boundary. A mask is the low-rank rotation whose columns are the masked dimensions' unit
+    vectors (the same swap)."""
     kind = "BoundlessRotatedSpaceIntervention" if intervention == "boundless" else "LowRankRotatedSpaceIntervention"
     entries = []
     for loc, key, state in zip(locations, keys, states):
         basis = state["basis"].detach().float().clone()
+        if featurizer == "mask":
+            basis = basis[:, swapped(basis)]
         entries.append({
             "location": key, "stream": loc.stream, "layer": loc.layer, "positions": token_id(loc.positions),
             "heads": [] if loc.heads is None else list(loc.heads), "pyvene_component": PYVENE_COMPONENTS.get(loc.stream, loc.stream),
@@ -132,7 +146,8 @@ def pyvene_file(locations: list[Location], keys: list[str], states: list[dict], 
             "low_rank_dimension": int(basis.shape[1]), "rotate_layer": basis,
             **({"intervention_boundaries": state["boundary"].detach().float().reshape(1).clone(),
                 "temperature": state["temperature"].detach().float().clone()} if "boundary" in state else {})})
-    return {"format": PYVENE_FORMAT, "intervention": intervention, "low_rank_dimension": low_rank_dimension, **meta, "interventions": entries}
+    return {"format": PYVENE_FORMAT, "intervention": intervention, "low_rank_dimension": low_rank_dimension, "featurizer": featurizer, **meta,
+            "interventions": entries}
 
 
 def read_export(path) -> dict | None:
@@ -154,10 +169,12 @@ def read_export(path) -> dict | None:
         except Exception:  # noqa: BLE001  not ours: the caller's reader says what it is
             return None
         if isinstance(data, dict) and data.get("format") == PYVENE_FORMAT:
-            states = [{"basis": e["rotate_layer"], **({"boundary": e["intervention_boundaries"].reshape(()), "temperature": e["temperature"]}
-                                                      if "intervention_boundaries" in e else {})} for e in data["interventions"]]
+            mask = data.get("featurizer") == "mask"
+            states = [{"basis": e["rotate_layer"] @ e["rotate_layer"].T if mask else e["rotate_layer"],
+                       **({"boundary": e["intervention_boundaries"].reshape(()), "temperature": e["temperature"]}
+                          if "intervention_boundaries" in e else {})} for e in data["interventions"]]
             return {"intervention": data["intervention"], "low_rank_dimension": data["low_rank_dimension"],
-                    "locations": [e["location"] for e in data["interventions"]], "states": states}
+                    **({"featurizer": "mask"} if mask else {}), "locations": [e["location"] for e in data["interventions"]], "states": states}
     return None
 
 
@@ -169,7 +186,12 @@ def _read_mib(root, manifest: dict) -> dict:
     for unit, about in manifest["units"].items():
         file = folder / f"{unit}_featurizer"
         try:
-            basis = load_tensors(file)["model_info"]["additional_config"]["rotation_matrix"]
+            if manifest.get("featurizer") == "mask":  # the identity featurizer: the masked dimensions are its indices
+                basis = torch.zeros(about["width"], about["width"])
+                for i in json.loads((folder / f"{unit}_indices").read_text()):
+                    basis[i, i] = 1.0
+            else:
+                basis = load_tensors(file)["model_info"]["additional_config"]["rotation_matrix"]
         except Exception as err:  # noqa: BLE001
             raise CircuitlabError(f"method.load={root}: {file.name} is not a readable featurizer ({type(err).__name__})") from None
         state = {"basis": basis}
@@ -178,4 +200,4 @@ def _read_mib(root, manifest: dict) -> dict:
         locations.append(about["location"])
         states.append(state)
     return {"intervention": manifest["intervention"], "low_rank_dimension": manifest["low_rank_dimension"], "locations": locations,
-            "states": states}
+            "states": states, **({"featurizer": "mask"} if manifest.get("featurizer") == "mask" else {})}

@@ -21,6 +21,7 @@ from circuitlab.methods.das import compute as das
 from circuitlab.methods.das import controls as ctl
 from circuitlab.methods.das import export
 from circuitlab.methods.das.hypotheses import hypothesis_table
+from circuitlab.methods.das.mask import swapped
 from circuitlab.tasks import TASKS
 from circuitlab.tasks.bos import special_ids
 
@@ -41,6 +42,11 @@ def validate(cfg: DictConfig) -> None:
     require_number("method.temperature_end", method.temperature_end, above=0)
     if cfg.method.intervention not in das.INTERVENTIONS:
         raise ConfigError("method.intervention", cfg.method.intervention, das.INTERVENTIONS)
+    if cfg.method.featurizer not in das.FEATURIZERS:
+        raise ConfigError("method.featurizer", cfg.method.featurizer, das.FEATURIZERS)
+    if cfg.method.featurizer == "mask" and cfg.method.intervention != "das":
+        raise ConfigError("method.featurizer", "mask", f"rotation with method.intervention={cfg.method.intervention} (a mask replaces "
+                          "DAS's rotation: method.intervention=das)")
     if not hasattr(TASKS[cfg.task.name], "build_split"):
         with_splits = [name for name, task in TASKS.items() if hasattr(task, "build_split")]
         raise ConfigError("task", cfg.task.name, f"{', '.join(with_splits)} (method=das needs base / source pairs with counterfactual "
@@ -172,6 +178,8 @@ def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
             values = {"iia": float(fit.iia[i]), "loss": float(fit.loss[i])}
             if "boundary" in fit.states[i]:
                 values["boundary"] = float(fit.states[i]["boundary"])
+            if hp.featurizer == "mask":
+                values["mask_dims"] = float(len(swapped(fit.states[i]["basis"])))
             rows += [{**location_columns(cfg, loc, test), **column, "metric": k, "value": v} for k, v in values.items()]
         log.info("IIA%s: %s", f" ({name})" if name else "",
                  ", ".join(f"{loc.stream} L{loc.layer} {position_label(loc.positions, test.first_prompt_tokens)}"
@@ -187,12 +195,12 @@ def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     if "mib" in (hp.get("export") or []):
         model_class = getattr(model.cfg, "original_architecture", None) or model.cfg.model_name
         mib, text_files, manifest = export.mib_files(plan.locations, tensors["locations"], result.states, hp.intervention, hp.low_rank_dimension,
-                                                     cfg.task.name, cfg.task.get("variable"), model_class)
+                                                     cfg.task.name, cfg.task.get("variable"), model_class, hp.featurizer)
         files.update(mib)
         json_files[f"{export.MIB_DIR}/{export.MIB_MANIFEST}"] = manifest
     if "pyvene" in (hp.get("export") or []):
         files[export.PYVENE_FILE] = export.pyvene_file(plan.locations, tensors["locations"], result.states, hp.intervention,
-                                                       hp.low_rank_dimension, meta)
+                                                       hp.low_rank_dimension, meta, hp.featurizer)
     if plan.method_plan.hypotheses:
         import pandas as pd
 

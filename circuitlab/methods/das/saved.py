@@ -37,6 +37,7 @@ def interventions_file(locations: list[Location], result: DASResult, training: T
     return {
         "intervention": training.intervention,
         "low_rank_dimension": training.low_rank_dimension,
+        **({"featurizer": training.featurizer} if training.featurizer != "rotation" else {}),
         "locations": [location_key(loc) for loc in locations],
         "states": result.states,
     }
@@ -85,9 +86,12 @@ def _checked(data, path: str, file, locations: list[Location], training: Trainin
     states = data["states"]
     if not isinstance(data["locations"], list) or not isinstance(states, list) or len(states) != len(data["locations"]):
         raise CircuitlabError(f"{what} (its locations and states are not two lists of one length)")
-    if data["intervention"] != training.intervention or data["low_rank_dimension"] != training.low_rank_dimension and training.intervention == "das":
+    rotation = training.intervention == "das" and training.featurizer == "rotation"
+    if data["intervention"] != training.intervention or data["low_rank_dimension"] != training.low_rank_dimension and rotation:
         raise ConfigError("method.intervention", training.intervention,
                           f"{data['intervention']} with low_rank_dimension {data['low_rank_dimension']} (what {file} holds)")
+    if data.get("featurizer", "rotation") != training.featurizer:
+        raise ConfigError("method.featurizer", training.featurizer, f"{data.get('featurizer', 'rotation')} (what {file} holds)")
     by_key = dict(zip(map(str, data["locations"]), states))
     missing = [location_key(loc) for loc in locations if location_key(loc) not in by_key]
     if missing:
@@ -98,7 +102,7 @@ def _checked(data, path: str, file, locations: list[Location], training: Trainin
         basis = state.get("basis") if isinstance(state, dict) else None
         ok = isinstance(basis, Tensor) and basis.ndim == 2
         if ok and width is not None:
-            ok = tuple(basis.shape) == (width, k if training.intervention == "das" else width)
+            ok = tuple(basis.shape) == (width, k if rotation else width)
         if ok and training.intervention == "boundless":
             ok = isinstance(state.get("boundary"), Tensor) and "temperature" in state
         if not ok:
