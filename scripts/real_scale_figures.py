@@ -1,9 +1,9 @@
 """Run every preset at real-model scale and print each figure's pixel size and the run's key number.
 
-    .venv/bin/python scripts/real_scale_figures.py --model-path /work/real/smollm2-135m --out /tmp/me/scale
+    .venv/bin/python scripts/real_scale_figures.py --model smollm2-135m --out /tmp/me/scale   # or --model DIR
     .venv/bin/python scripts/real_scale_figures.py --out /tmp/me/scale --redraw      # figures + table only, no runs
 
-The IOI presets run on the model at `--model-path` (`model=local`), shrunk in prompts and training (SHRINK) but not
+The IOI presets run on `--model` (a named config, or a dir through `model=local`), shrunk in prompts and training (SHRINK) but not
 in the shapes that stress figures and reports: every layer, every head, whole prompts. The presets whose task needs
 their own toy model (toy-addition, known-circuit, toy-facts) run on it. Each run goes to OUT/<preset>; a preset whose
 run dir already holds a manifest.json is not run again (delete the dir to rerun it). `--redraw` redraws every run's
@@ -46,14 +46,16 @@ def presets() -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
 
-def overrides(preset: str, model_path: str | None, run_dir: Path) -> list[str]:
+def overrides(preset: str, model: str | None, run_dir: Path) -> list[str]:
+    """The run's overrides: `model` is a named model config (smollm2-135m) or a local dir (model=local)."""
     out = [f"+experiment={preset}", f"run.dir={run_dir}", "progress=false"]
-    if preset not in OWN_MODEL and model_path:
-        out += ["model=local", f"model.path={model_path}", *SHRINK.get(preset, ["task.n_prompts=8"])]
+    if preset not in OWN_MODEL and model:
+        chosen = ["model=local", f"model.path={model}"] if Path(model).exists() else [f"model={model}"]
+        out += [*chosen, *SHRINK.get(preset, ["task.n_prompts=8"])]
     return out
 
 
-def run(preset: str, model_path: str | None, out: Path, circuitlab: str) -> tuple[bool, float]:
+def run(preset: str, model: str | None, out: Path, circuitlab: str) -> tuple[bool, float]:
     run_dir = out / preset
     if (run_dir / "manifest.json").is_file():
         return True, 0.0
@@ -61,10 +63,20 @@ def run(preset: str, model_path: str | None, out: Path, circuitlab: str) -> tupl
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     log = out / f"{preset}.log"
     with open(log, "w") as handle:
-        code = subprocess.call([circuitlab, "run", *overrides(preset, model_path, run_dir)], stdout=handle, stderr=subprocess.STDOUT, env=env)
+        code = subprocess.call([circuitlab, "run", *overrides(preset, model, run_dir)], stdout=handle, stderr=subprocess.STDOUT, env=env)
     if code:
         print(f"{preset}: failed (exit {code}); see {log}", file=sys.stderr)
     return code == 0, time.perf_counter() - start
+
+
+def peak_memory(run_dir: Path) -> str:
+    """The run's peak resident memory and its weights, from manifest.json ("" when the manifest has none)."""
+    import json
+
+    memory = json.loads((run_dir / "manifest.json").read_text()).get("memory") or {}
+    if not memory.get("peak_rss_mb"):
+        return ""
+    return f"peak {memory['peak_rss_mb']} MB ({memory['peak_rss_mb'] / memory['weights_mb']:.1f} x weights)"
 
 
 def measure(run_dir: Path, redraw: bool) -> tuple[list[tuple[str, int, int]], str]:
@@ -98,7 +110,8 @@ def measure(run_dir: Path, redraw: bool) -> tuple[list[tuple[str, int, int]], st
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-path", help="a local Hugging Face model dir for the IOI presets (model=local)")
+    parser.add_argument("--model", "--model-path", dest="model",
+                        help="the IOI presets' model: a named config (smollm2-135m) or a local Hugging Face dir (model=local)")
     parser.add_argument("--out", required=True, type=Path, help="where the run dirs go (OUT/<preset>)")
     parser.add_argument("--presets", nargs="*", help="these presets only (default: all)")
     parser.add_argument("--redraw", action="store_true", help="no runs: redraw the figures and report of the runs in OUT")
@@ -111,7 +124,7 @@ def main() -> int:
     for preset in chosen:
         seconds = 0.0
         if not args.redraw:
-            ok, seconds = run(preset, args.model_path, args.out, args.circuitlab)
+            ok, seconds = run(preset, args.model, args.out, args.circuitlab)
             if not ok:
                 bad += 1
                 rows.append((preset, "(run failed)", "", "", ""))
@@ -120,7 +133,8 @@ def main() -> int:
             rows.append((preset, "(no run)", "", "", ""))
             continue
         sizes, key = measure(args.out / preset, args.redraw)
-        print(f"{preset}: {key}" + (f" ({seconds:.0f} s)" if seconds else ""), flush=True)
+        memory = peak_memory(args.out / preset)
+        print(f"{preset}: {key}" + (f" ({seconds:.0f} s)" if seconds else "") + (f"; {memory}" if memory else ""), flush=True)
         for stem, width, height in sizes or [("(no figures)", 0, 0)]:
             within = max(width, height) <= MAX_SIDE
             bad += not within
