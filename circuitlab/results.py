@@ -119,7 +119,7 @@ def sweep_index(sweep_dir: Path, planned: list[list[str]] | None = None) -> pd.D
             continue
         row = {"job": job.name, "run_dir": str(job), "overrides": " ".join(_job_overrides(job)), "status": "unfinished"}
         if not manifest_path.is_file():  # started, not finished: running (a process holds its lock), else failed, and why
-            from circuitlab.report.files import failure_line, run_status
+            from circuitlab.runfiles import failure_line, run_status
 
             row["status"] = run_status(job)
             row["problem"] = (failure_line(job) or "started, never finished (no manifest.json)") if row["status"] == "failed" else ""

@@ -353,3 +353,34 @@ def run_dirs_under(root: Path) -> list[Path]:
     if root.is_dir():
         walk(root)
     return found
+
+
+LOG_TAIL_BYTES = 64 << 10  # the end of a job's log searched for its error line
+
+
+def run_status(run_dir: Path) -> str:
+    """done (a manifest: written last; its files are checked when read), running (a process holds the dir's lock),
+    else failed (started, never finished)."""
+    from circuitlab import rundir
+
+    run_dir = Path(run_dir)
+    if (run_dir / "manifest.json").is_file():
+        return "done"
+    if rundir.holder(run_dir) is not None:
+        return "running"
+    return "failed"
+
+
+def failure_line(run_dir: Path) -> str:
+    """The last error-looking line of the job's own log (Hydra writes one per job), or ''."""
+    for path in sorted(Path(run_dir).glob("*.log")):
+        try:
+            with open(path, "rb") as handle:  # its end only: a log can be long
+                handle.seek(max(0, os.fstat(handle.fileno()).st_size - LOG_TAIL_BYTES))
+                lines = [ln.strip() for ln in handle.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
+        except OSError:
+            continue
+        for line in reversed(lines):
+            if any(word in line.lower() for word in ("error", "exception", "traceback", "interrupted", "terminated")):
+                return line[:300]
+    return ""

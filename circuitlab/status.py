@@ -53,7 +53,7 @@ def progress_text(run_dir: Path) -> str:
 def run_state(run_dir: Path, scheduler_log: Path | None = None) -> tuple[str, str]:
     """(done | running | failed, detail) of one run dir."""
     from circuitlab import rundir
-    from circuitlab.report.files import failure_line
+    from circuitlab.runfiles import failure_line
     from circuitlab.slurm import error_line
 
     run_dir = Path(run_dir)

@@ -12,14 +12,13 @@ import pandas as pd
 
 from circuitlab import runfiles
 from circuitlab.errors import CircuitlabError
-from circuitlab.runfiles import is_run_dir, run_dirs_under  # noqa: F401  (re-exported: where the runs are)
+from circuitlab.runfiles import failure_line, is_run_dir, run_dirs_under, run_status  # noqa: F401  (re-exported: where the runs are, how they ended)
 
 REPORT_FILE = "report.html"
 INDEX_FILE = "index.html"
 EXAMPLES_FILE = "examples.json"
 RECORDS_SHOWN_ELSEWHERE = ("manifest.json", "run_config.json", "inputs.json", EXAMPLES_FILE)
 MAX_JSON_CHARS = 200_000
-LOG_TAIL_BYTES = 64 << 10  # the end of a job's log searched for its error line
 
 
 def read_json(path: Path):
@@ -80,34 +79,6 @@ def notebook_call(overrides: list[str] | None) -> str | None:
     args = [repr(experiment[0])] if len(experiment) == 1 else []
     args += [repr(o) for o in (rest if len(experiment) == 1 else overrides)]
     return f"circuitlab.run({', '.join(args)})"
-
-
-def run_status(run_dir: Path) -> str:
-    """done (a manifest: written last; its files are checked when read), running (a process holds the dir's lock),
-    else failed (started, never finished)."""
-    from circuitlab import rundir
-
-    run_dir = Path(run_dir)
-    if (run_dir / "manifest.json").is_file():
-        return "done"
-    if rundir.holder(run_dir) is not None:
-        return "running"
-    return "failed"
-
-
-def failure_line(run_dir: Path) -> str:
-    """The last error-looking line of the job's own log (Hydra writes one per job), or ''."""
-    for path in sorted(Path(run_dir).glob("*.log")):
-        try:
-            with open(path, "rb") as handle:  # its end only: a log can be long
-                handle.seek(max(0, os.fstat(handle.fileno()).st_size - LOG_TAIL_BYTES))
-                lines = [ln.strip() for ln in handle.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
-        except OSError:
-            continue
-        for line in reversed(lines):
-            if any(word in line.lower() for word in ("error", "exception", "traceback", "interrupted", "terminated")):
-                return line[:300]
-    return ""
 
 
 def figure_files(run_dir: Path, manifest: dict | None) -> list[Path]:
