@@ -105,6 +105,7 @@ def test_wheel_installs_and_runs_anywhere(tmp_path):
                for p in (ROOT / "circuitlab" / "configs").rglob("*.yaml")}
     assert "circuitlab/configs/config.yaml" in shipped and "circuitlab/configs/hydra/launcher/slurm.yaml" in shipped
     assert shipped <= names, sorted(shipped - names)
+    assert "hydra_plugins/circuitlab_slurm/__init__.py" in names  # the Slurm launcher (Hydra loads launchers from hydra_plugins only)
     embedded = {f"circuitlab/models/embedded/{p.parent.name}/{p.name}"
                 for p in (ROOT / "circuitlab" / "models" / "embedded").glob("*/*") if p.is_file()}
     assert embedded and embedded <= names, sorted(embedded - names)
