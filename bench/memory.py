@@ -13,8 +13,11 @@ setting).
     python bench/memory.py                                  # every row (DAS also at 256, 2048, 4096 MB), ~25 minutes on 2 cores
     python bench/memory.py --rows das dla --budget 512      # some rows, another memory_budget_mb
     python bench/memory.py --rows das --das-budgets 512 8192 # DAS's peak against its budget
+    python bench/memory.py --model smollm2-135m --rows load eap eap_ig "edge patching" --das-budgets  # the real model
 
-A row whose resident set passes --cap-mb (default 10000) is killed and listed as "> peak".
+A row whose resident set passes --cap-mb (default 10000) is killed and listed as "> peak". `--model NAME` runs the rows
+on a named model config instead (e.g. smollm2-135m, the real weights; its IOI prompts are its own BPE tokens, so the
+positions differ from the random model's word-level ones).
 """
 
 from __future__ import annotations
@@ -76,6 +79,17 @@ print(memory.weights_mb(model))
 """
 
 
+LOAD_NAMED = """
+import sys
+from circuitlab.compose import compose_config
+from circuitlab.models import loading
+from circuitlab import memory
+cfg = compose_config([f"model={sys.argv[1]}"])
+model = loading.load_model(cfg.model, device="cpu")
+print(memory.weights_mb(model))
+"""
+
+
 def resident_mb(pid: int) -> float:
     try:
         return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -83,14 +97,17 @@ def resident_mb(pid: int) -> float:
         return 0.0
 
 
-def run_row(row: str, overrides: list[str], checkpoint: Path, out: Path, budget: int | None, cap_mb: float = float("inf")) -> dict:
-    """One row in its own process: its peak resident set (wait4), wall time and manifest["memory"]."""
+def run_row(row: str, overrides: list[str], checkpoint: Path, out: Path, budget: int | None, cap_mb: float = float("inf"),
+            model: str | None = None) -> dict:
+    """One row in its own process: its peak resident set (wait4), wall time and manifest["memory"]. `model`: a
+    named model config instead of the random checkpoint."""
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     run_dir = out / row.replace(" ", "_")
+    chosen = [f"model={model}"] if model else ["model=local", f"model.path={checkpoint}"]
     if row == "load":
-        command = [sys.executable, "-c", LOAD_ONLY, str(checkpoint)]
+        command = [sys.executable, "-c", LOAD_NAMED if model else LOAD_ONLY, model or str(checkpoint)]
     else:
-        command = [sys.executable, "-m", "circuitlab.cli", "run", *overrides, "model=local", f"model.path={checkpoint}",
+        command = [sys.executable, "-m", "circuitlab.cli", "run", *overrides, *chosen,
                    f"run.dir={run_dir}", "figures=false", "progress=false", *([f"memory_budget_mb={budget}"] if budget else [])]
     out.mkdir(parents=True, exist_ok=True)
     log = out / f"{row.replace(' ', '_')}.log"
@@ -124,6 +141,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=list(ROWS), help=f"of: {', '.join(ROWS)} (or dla, patching, heads)")
     parser.add_argument("--budget", type=int, default=None, help="memory_budget_mb for every row (default: the config's, 1024 on CPU)")
     parser.add_argument("--das-budgets", nargs="*", type=int, default=[256, 2048, 4096], help="DAS again at each of these memory_budget_mb")
+    parser.add_argument("--model", default=None, help="a named model config (e.g. smollm2-135m) instead of the random checkpoint")
     parser.add_argument("--cap-mb", type=float, default=10000, help="kill a row whose resident set passes this (a shared machine's safety)")
     args = parser.parse_args()
     rows = [ALIASES.get(r, r) for r in args.rows]
@@ -133,11 +151,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="memory-bench-") as tmp:
         checkpoint = Path(tmp) / "random-135m"  # no architecture name in the path: TransformerLens branches on it
         checkpoint.mkdir()
-        file_mb = write_checkpoint(checkpoint)
+        file_mb = write_checkpoint(checkpoint) if args.model is None else float("nan")
         jobs = [(row, ROWS[row], args.budget) for row in rows] + [("das", ROWS["das"], b) for b in args.das_budgets]
         results = []
         for row, overrides, budget in jobs:
-            result = run_row(row, overrides, checkpoint, Path(tmp) / f"runs-{budget}", budget, args.cap_mb)
+            result = run_row(row, overrides, checkpoint, Path(tmp) / f"runs-{budget}", budget, args.cap_mb, args.model)
             result["budget"] = budget
             results.append(result)
             print(json.dumps(result), flush=True)
@@ -147,8 +165,9 @@ def main() -> None:
 def print_table(results: list[dict], file_mb: float, args) -> None:
     weights = next((r["weights_mb"] for r in results if r.get("weights_mb")), None) or file_mb
     machine = f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}"
-    lines = [f"# Peak memory per method (SmolLM2-135M-shaped random Llama: {weights:.0f} MB of weights as loaded, "
-             f"{file_mb:.0f} MB on disk; {machine})", "",
+    model = (f"model={args.model}: {weights:.0f} MB of weights as loaded" if args.model else
+             f"SmolLM2-135M-shaped random Llama: {weights:.0f} MB of weights as loaded, {file_mb:.0f} MB on disk")
+    lines = [f"# Peak memory per method ({model}; {machine})", "",
              "Peak: the process's peak resident set (wait4, as /usr/bin/time -v reports it). Load / method: the run's own "
              "peaks while it loads the model and while the method works (manifest[\"memory\"][\"by_phase\"], sampled every 10 ms).", "",
              "| row | memory_budget_mb | peak (MB) | x weights | load (MB) | method (MB) | wall (s) |",
@@ -165,7 +184,7 @@ def print_table(results: list[dict], file_mb: float, args) -> None:
                      f"{phases.get('method', '')} | {r['seconds']:.0f} |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    if args.rows == list(ROWS) and args.budget is None and args.das_budgets == [256, 2048, 4096]:
+    if args.rows == list(ROWS) and args.budget is None and args.model is None and args.das_budgets == [256, 2048, 4096]:
         from circuitlab.results import write_text
 
         out = Path(__file__).parent / "results" / "memory.md"

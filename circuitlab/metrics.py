@@ -1,6 +1,9 @@
-"""Metrics read from final-position logits, per sweep point (mean over prompts)."""
+"""Metrics read from final-position logits, per sweep point (mean over prompts), and the degenerate-baseline rule
+every method applies before it divides by the clean - corrupted gap (`usable_gap`)."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -19,13 +22,55 @@ def logit_diff(
     return (final_logits.gather(-1, index) - final_logits.gather(-1, wrong_index)).squeeze(-1)
 
 
+# The degenerate-baseline rule. A normalised score divides by the gap between the two baselines' mean logit
+# differences (clean - corrupted; for the edge methods full circuit - empty circuit). Where that gap is below
+# max(GAP_ATOL, GAP_RTOL x the larger |logit difference| of the two), it is float noise or too small to normalise
+# by (identical prompts give ~1e-7; a gap of 1% of the logit differences turns a 0.01 change into 25%): every score
+# divided by it is NaN, and the run says why in one warning and in the manifest's `baseline_gap` (`gap_record`).
+GAP_ATOL = 1e-3  # logits: ~100x the float32 noise of a 30-layer forward
+GAP_RTOL = 1e-2  # of the larger |logit difference| of the two baselines
+
+
+def degenerate_gap(clean: float, corrupted: float) -> str | None:
+    """Why `clean - corrupted` cannot normalise a score, in one sentence; None when it can."""
+    clean, corrupted = float(clean), float(corrupted)
+    if not (math.isfinite(clean) and math.isfinite(corrupted)):
+        return f"a baseline logit difference is not a number (clean {clean}, corrupted {corrupted})"
+    limit = max(GAP_ATOL, GAP_RTOL * max(abs(clean), abs(corrupted)))
+    if abs(clean - corrupted) >= limit:
+        return None
+    return (f"the clean - corrupted gap of the mean logit difference is {clean - corrupted:.3g} (clean {clean:.4g}, corrupted "
+            f"{corrupted:.4g}), below {limit:.3g} = max({GAP_ATOL:g}, {GAP_RTOL:g} x the larger |logit difference|)")
+
+
+def usable_gap(clean: float, corrupted: float) -> float:
+    """clean - corrupted, the denominator of every normalised score; NaN when `degenerate_gap` refuses it."""
+    return float("nan") if degenerate_gap(clean, corrupted) else float(clean) - float(corrupted)
+
+
+def gap_record(clean: dict[str, float], corrupted: dict[str, float]) -> dict | None:
+    """The manifest's `baseline_gap` when a run's baselines (`MethodOutput.clean` / `.corrupted`) fail the rule:
+    both logit differences, the gap, the threshold and the reason; None when they pass or a baseline is missing."""
+    if "logit_diff" not in clean or "logit_diff" not in corrupted:
+        return None
+    c, k = float(clean["logit_diff"]), float(corrupted["logit_diff"])
+    reason = degenerate_gap(c, k)
+    if reason is None:
+        return None
+    limit = max(GAP_ATOL, GAP_RTOL * max(abs(c), abs(k))) if math.isfinite(c) and math.isfinite(k) else None
+    finite = lambda v: v if v is not None and math.isfinite(v) else None  # noqa: E731  strict JSON: no NaN
+    return {"clean": finite(c), "corrupted": finite(k), "gap": finite(c - k), "threshold": limit,
+            "reason": f"{reason}: every score normalised by it is NaN"}
+
+
 def normalized_recovery(patched: Tensor, corrupted: float, clean: float) -> Tensor:
-    """(patched - corrupted) / (clean - corrupted): 0 = the corrupted run's value, 1 = the clean run's.
+    """(patched - corrupted) / (clean - corrupted): 0 = the corrupted run's value, 1 = the clean run's; NaN where
+    the gap fails the degenerate-baseline rule (`usable_gap`).
 
     Denoising reads it as the share of clean behaviour a patch restores; noising (same formula) reads 1 as
     "the patch changed nothing" and 0 as "the patch destroyed the clean behaviour entirely".
     """
-    return (patched - corrupted) / (clean - corrupted)
+    return (patched - corrupted) / usable_gap(clean, corrupted)
 
 
 def point_metrics(

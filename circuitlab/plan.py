@@ -68,12 +68,28 @@ def check_values(cfg: DictConfig) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError("memory_budget_mb", value, "null (1024 MiB on CPU, half the free memory on CUDA) or a positive integer (MiB)")
     threads.check(cfg.get("threads"))
-    if "n_prompts" in cfg.task:
-        require_number("task.n_prompts", cfg.task.n_prompts, integer=True, minimum=1)
+    check_name(cfg.get("name"))
+    for key in ("n_prompts", "n_train"):
+        if key in cfg.task:
+            require_number(f"task.{key}", cfg.task[key], integer=True, minimum=1, maximum=MAX_PROMPTS)
     for key in ("layers", "positions"):
         if key in cfg.sweep and cfg.sweep[key] is None:
             raise ConfigError(f"sweep.{key}", "null", "all, or a list of layers" if key == "layers" else "every, or a list of positions")
     check_head_groups(plain(cfg.sweep.get("heads")))
+
+
+MAX_PROMPTS = 1_000_000  # prompt pairs a task builds (all of them are tokenised before any model loads)
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+
+
+def check_name(name) -> None:
+    """`name` is one directory name under results_dir (the run dirs and multirun dirs are made there): not empty,
+    not `.` or `..`, without a path separator, at most NAME_MAX bytes; anything else would write elsewhere."""
+    text = "" if name is None else str(name)
+    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0") or len(text.encode("utf-8", "surrogateescape")) > NAME_MAX:
+        shown = text if len(text) <= 60 else f"{text[:40]}...({len(text)} characters)"
+        raise ConfigError("name", repr(shown) if not text.strip() else shown,
+                          f"one directory name under results_dir: not . or .., no / or \\, at most {NAME_MAX} bytes")
 
 
 def check_head_groups(spec) -> None:
@@ -147,7 +163,36 @@ def check_shard_count(cfg: DictConfig, locations: list[Location], pairs: PromptP
 
 
 def build_pairs(cfg: DictConfig, tokenizer) -> PromptPairs:
-    return TASKS[cfg.task.name].build_pairs(cfg.task, tokenizer, *special_ids(tokenizer, cfg.model.get("bos", "tokenizer")), cfg.seed)
+    pairs = TASKS[cfg.task.name].build_pairs(cfg.task, tokenizer, *special_ids(tokenizer, cfg.model.get("bos", "tokenizer")), cfg.seed)
+    check_answers_differ(cfg, pairs, tokenizer)
+    return pairs
+
+
+def check_answers_differ(cfg: DictConfig, pairs: PromptPairs, tokenizer) -> None:
+    """A pair whose answer token is its wrong token has a logit difference of 0 by construction, whatever the model
+    does: refused, naming the first such pair."""
+    same = (pairs.answer_tokens == pairs.wrong_tokens).nonzero().flatten().tolist()
+    if not same:
+        return
+    first, token = same[0], int(pairs.answer_tokens[same[0]])
+    text = pairs.clean_texts[first] if first < len(pairs.clean_texts) else ""
+    try:
+        word = repr(tokenizer.decode([token]))
+    except Exception:  # noqa: BLE001  an id tokenizer: the id
+        word = f"id {token}"
+    others = f" (and {len(same) - 1} more)" if len(same) > 1 else ""
+    raise CircuitlabError(f"task={cfg.task.name}: pair {first + 1} of {pairs.n_pairs}{others} has the same answer and wrong answer "
+                          f"({word}{': ' + repr(text[:80]) if text else ''}), so its logit difference is 0 whatever the model "
+                          "does; give each pair a wrong answer other than its answer")
+
+
+def check_contrast(cfg: DictConfig, pairs: PromptPairs) -> None:
+    """Every clean prompt identical to its corrupted one leaves a method that compares them nothing to measure (the
+    clean - corrupted gap is 0: `metrics.degenerate_gap`): refused before the weights load."""
+    if bool((pairs.clean_tokens == pairs.corrupted_tokens).all()) and registry.get(cfg.method.name).contrasts(cfg):
+        raise CircuitlabError(f"task={cfg.task.name}: every clean prompt is the same as its corrupted prompt ({pairs.n_pairs} pairs), so "
+                              f"method={cfg.method.name} has nothing to compare (the clean - corrupted gap is 0 and a score "
+                              "normalised by it is noise); give pairs whose prompts differ")
 
 
 def plan_locations(cfg: DictConfig, shape: loading.ModelShape, pairs: PromptPairs) -> list[Location]:
@@ -193,8 +238,10 @@ def prepare(cfg: DictConfig) -> Plan:
     validate_static(cfg)
     shape = loading.model_shape(cfg.model)
     tokenizer = loading.load_tokenizer(cfg.model)
+    check_tokenizer_size(cfg, shape, tokenizer)
     pairs = build_pairs(cfg, tokenizer)
-    check_token_ids(cfg, tokenizer, pairs)
+    check_token_ids(shape, pairs)
+    check_contrast(cfg, pairs)
     locations, method_plan = registry.get(cfg.method.name).hooks.plan(cfg, shape, pairs, tokenizer, plan_locations(cfg, shape, pairs))
     check_shard_count(cfg, locations, pairs)
     if "output_change" in cfg.method.get("metrics", []) and pairs.labels_differ is None:
@@ -203,18 +250,33 @@ def prepare(cfg: DictConfig) -> Plan:
     return Plan(shape, pairs, locations, tracked_tokens(cfg, tokenizer, pairs), tokenizer, method_plan)
 
 
-def check_token_ids(cfg: DictConfig, tokenizer, pairs: PromptPairs) -> None:
-    """Prompts written as token ids (checkpoints without a tokenizer) must stay inside the model's vocabulary."""
-    from circuitlab.models import interpbench
-
-    if not isinstance(tokenizer, interpbench.IdTokenizer):
+def check_tokenizer_size(cfg: DictConfig, shape: loading.ModelShape, tokenizer) -> None:
+    """The tokenizer fits the model's embedding (`shape.d_vocab` rows): one with more tokens than that (ids past the
+    embedding) or far fewer (below TOKENIZER_SHORTFALL of it: another model's) is refused, naming both sizes. An
+    embedding a little wider than its tokenizer (padded to a multiple of 64 or 128, as Pythia's) is accepted."""
+    size = len(tokenizer) if hasattr(tokenizer, "__len__") else None
+    if size is None or shape.d_vocab is None or size <= shape.d_vocab <= size / TOKENIZER_SHORTFALL:
         return
-    d_vocab = interpbench.read_config(loading.checkpoint_dir(cfg.model), bool(cfg.model.get("allow_pickle", False)))["d_vocab"]
+    source = f"model.path={cfg.model.path}" if cfg.model.get("path") else f"model={cfg.model.name}"
+    raise CircuitlabError(f"{source}: its tokenizer has {size} tokens but the model's embedding has {shape.d_vocab} (d_vocab); they "
+                          f"must belong to the same model (the tokenizer at most as large as the embedding, and at least "
+                          f"{TOKENIZER_SHORTFALL:.0%} of it)")
+
+
+def check_token_ids(shape: loading.ModelShape, pairs: PromptPairs) -> None:
+    """Every token id of the prompts and labels is below the model's d_vocab (prompts written as ids, for
+    checkpoints without a tokenizer, included)."""
+    if shape.d_vocab is None:
+        return
+    d_vocab = shape.d_vocab
     for name in ("clean_tokens", "corrupted_tokens", "answer_tokens", "wrong_tokens", "corrupted_answer_tokens"):
         tokens = getattr(pairs, name)
         if tokens is not None and tokens.numel() and int(tokens.max()) >= d_vocab:
             raise ConfigError("task", f"token id {int(tokens.max())}", f"ids 0..{d_vocab - 1} (the model's d_vocab is {d_vocab})",
                               hint=f"in the {name.removesuffix('_tokens').replace('_', ' ')} prompts or labels")
+
+
+TOKENIZER_SHORTFALL = 0.9  # a tokenizer below 90% of the embedding's rows is another model's (padding adds < 2%)
 
 
 def tracked_tokens(cfg: DictConfig, tokenizer, pairs: PromptPairs) -> dict[str, int]:

@@ -25,6 +25,7 @@ from circuitlab.engine import chunks
 from circuitlab.engine.batching import memory_budget
 from circuitlab import results as rs
 from circuitlab.models import loading
+from circuitlab.metrics import gap_record
 from circuitlab.plan import bos_record, prepare_once
 from circuitlab.methods import registry
 from circuitlab.tasks import TASKS
@@ -121,6 +122,9 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         for name, text in output.text_files.items():
             rs.write_text(run_dir / name, text)
         rs.write_json(run_dir / report.EXAMPLES_FILE, examples(pairs, plan.tokenizer, names=list(names)))
+    gap = gap_record(output.clean, output.corrupted)  # the degenerate-baseline rule (metrics.py): said once, recorded
+    if gap is not None:
+        log.warning("%s", gap["reason"])
     figures = []
     if cfg.figures:
         from circuitlab.figures import render_run
@@ -144,6 +148,7 @@ def _write_run(cfg, run_dir, plan, model, device, timer, store, output, override
         "chunks": store.summary(),
         "inputs": inputs.digests(cfg),
         "baselines": {"clean": output.clean, "corrupted": output.corrupted},
+        **({"baseline_gap": gap} if gap is not None else {}),
         **({"templates": templates_used(cfg)} if templates_used(cfg) else {}),
         **output.extra,
         **({"overrides": list(overrides)} if overrides is not None else {}),

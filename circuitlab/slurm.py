@@ -264,6 +264,8 @@ def error_line(path: Path | None, tail_bytes: int = 64 << 10) -> str:
         return ""
     for line in reversed(lines):
         low = line.lower()
+        if "exited with exit code" in low or low.startswith("srun: force terminated"):  # srun's echo of what came before
+            continue
         if any(word in low for word in ("error", "exception", "cancelled", "killed", "interrupted", "terminated", "time limit", "oom")):
             return line[:300]
     return ""

@@ -69,11 +69,20 @@ def launch(launcher, job_overrides, initial_job_idx: int):
         returns.update({n: JobReturn(overrides=o, status=JobStatus.COMPLETED, _return_value=None) for n, o in todo})
         return [returns[n] for n, _ in numbered]
     try:
-        returns.update(wait_for(jobs, todo, record))
+        returns.update(wait_for(jobs, todo, record, sweep_dir))
     except KeyboardInterrupt:
         print(f"circuitlab: stopped waiting; the jobs go on in Slurm (squeue -j {','.join(arrays)}); follow them with "
               f"circuitlab status {sweep_dir}; cancel them with scancel {' '.join(arrays)}", file=sys.stderr)
         raise SystemExit(130) from None
+    failed = [(n, r) for n, r in sorted(returns.items()) if r.status == JobStatus.FAILED]
+    if failed:  # one line each (Hydra would print a traceback for the first), then how to finish them
+        for number, result in failed:
+            print(f"circuitlab: error: {result._return_value}", file=sys.stderr)
+        others = "; the others are done" if len(failed) < len(numbered) else ""
+        print(f"circuitlab: {len(failed)} of {len(numbered)} jobs failed{others}. Rerun the same command with "
+              f"hydra.sweep.dir={sweep_dir} to finish them (each resumes from its finished chunks); circuitlab status {sweep_dir}",
+              file=sys.stderr)
+        raise SystemExit(1)
     return [returns[n] for n, _ in numbered]
 
 
@@ -160,9 +169,27 @@ def result_of(path: Path):
         return None
 
 
-def wait_for(jobs: list, numbered: list, record: dict) -> dict:
+def job_dir_of(sweep_dir: Path, number: int) -> Path:
+    """A job's run dir as Hydra's default `hydra.sweep.subdir` names it."""
+    return Path(sweep_dir) / str(number)
+
+
+def _why_failed(job_dir: Path, log: Path, outcome) -> str:
+    """The job's own last error line (its run dir's log), else its Slurm log's, else the error submitit recorded."""
+    from circuitlab.status import run_state
+
+    if job_dir.is_dir():
+        state, detail = run_state(job_dir, log)
+        if state == "failed":
+            return detail
+    if outcome is not None and outcome[0] == "error":
+        return str(outcome[1]).strip().splitlines()[-1]
+    return error_line(log) or "it ended without a result (cancelled before it started?)"
+
+
+def wait_for(jobs: list, numbered: list, record: dict, sweep_dir: Path) -> dict:
     """Poll until every job has left Slurm's queue: {job number: its JobReturn} (a job that ended without one,
-    cancelled or killed, fails with the last error line of its log)."""
+    cancelled or killed, failed: with the last error line of its log)."""
     from hydra.core.utils import JobReturn, JobStatus
 
     pending = {job.job_id: (number, overrides, job) for (number, overrides), job in zip(numbered, jobs)}
@@ -182,8 +209,8 @@ def wait_for(jobs: list, numbered: list, record: dict) -> dict:
             if outcome is not None and outcome[0] == "success":
                 returns[number] = outcome[1]
                 continue
-            why = error_line(Path(record[str(number)]["stderr"])) or (outcome[1].strip().splitlines()[-1] if outcome else "")
-            error = CircuitlabError(f"multirun job {number} (Slurm job {job_id}) failed: {why or 'it ended without a result'}")
+            why = _why_failed(job_dir_of(sweep_dir, number), Path(record[str(number)]["stderr"]), outcome)
+            error = CircuitlabError(f"multirun job {number} (Slurm job {job_id}) failed: {why}")
             returns[number] = JobReturn(overrides=overrides, status=JobStatus.FAILED, _return_value=error)
         if pending:
             time.sleep(POLL_SECONDS)

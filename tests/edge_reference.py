@@ -97,15 +97,21 @@ def patch_edge(model: HookedTransformer, pairs, edge: str, counterfactual: str =
         restore(model, before)
 
 
-def attribution(model: HookedTransformer, pairs, edges: list[str]) -> list[float]:
-    """EAP of each edge (corrupted patching): -sum over positions, mean over prompts, of grad_receiver . (corrupted -
-    clean) of the sender, from one clean forward + backward (all weights and the embedding input differentiable)."""
+def attribution(model: HookedTransformer, pairs, edges: list[str], counterfactual: str = "patching") -> list[float]:
+    """EAP of each edge: -sum over positions, mean over prompts, of grad_receiver . (counterfactual - clean) of the
+    sender, from one clean forward + backward (all weights and the embedding input differentiable). The
+    counterfactual: the corrupted prompt's output (`patching`), the clean prompts' mean at each position (`mean`), or
+    zero."""
     before = {f: getattr(model.cfg, f) for f in FLAGS}
     exposed(model)
     try:
         names = {sender_hook(e.split("->")[0])[0] for e in edges}
         with torch.no_grad():
-            _, corrupted = model.run_with_cache(pairs.corrupted_tokens, names_filter=lambda n: n in names)
+            _, corrupted = model.run_with_cache(pairs.corrupted_tokens if counterfactual == "patching" else pairs.clean_tokens,
+                                                names_filter=lambda n: n in names)
+            if counterfactual != "patching":
+                corrupted = {n: corrupted[n].mean(0, keepdim=True) if counterfactual == "mean" else torch.zeros_like(corrupted[n])
+                             for n in names}
         receivers = {receiver_hook(e.split("->")[1], model.cfg.n_layers)[0] for e in edges}
         kept = {}
 

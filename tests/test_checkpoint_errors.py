@@ -43,14 +43,15 @@ def truncate(file: Path, keep: float = 0.5) -> None:
 
 
 def unknown_words_tokenizer(directory: Path) -> None:
-    """A word-level tokenizer that knows none of the IOI names (they become its unknown token)."""
+    """A word-level tokenizer that knows none of the IOI names (they become its unknown token); as many tokens as
+    before (a smaller tokenizer than the embedding is refused as another model's)."""
     from circuitlab.tasks.ioi import NAMES
 
     tokenizer = json.loads((directory / "tokenizer.json").read_text())
     vocab = tokenizer["model"]["vocab"]
-    for name in NAMES:
-        vocab.pop(name.strip(), None)
-    tokenizer["model"]["vocab"] = {word: i for i, word in enumerate(vocab)}
+    for number, name in enumerate(NAMES):
+        if name.strip() in vocab:
+            vocab[f"unused{number}"] = vocab.pop(name.strip())
     (directory / "tokenizer.json").write_text(json.dumps(tokenizer))
 
 

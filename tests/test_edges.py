@@ -101,6 +101,26 @@ def test_eap_equals_gradient_times_difference(model, pairs):
     assert (scores[~graph.real] == 0).all()
 
 
+@pytest.mark.parametrize("counterfactual", ["patching", "mean", "zero"])
+def test_eap_in_prompt_batches_sized_by_the_memory_budget(model, pairs, counterfactual, caplog):
+    """memory_budget_mb=1 splits the prompts into batches (4 + 2): the same scores as the plain reference, and for
+    EAP-IG as the steps run over all prompts at once."""
+    graph = EdgeGraph.of(model.cfg)
+    assert 1 <= attribution.prompts_per_backward(model, graph, pairs.width, 1) < pairs.n_pairs
+    assert attribution.prompts_per_backward(model, graph, pairs.width, 1024) >= pairs.n_pairs
+    assert attribution.prompts_per_backward(model, graph, 4 * pairs.width, 64) < attribution.prompts_per_backward(model, graph, pairs.width, 64)
+    edges = sample_edges(graph, 60, seed=2)
+    with caplog.at_level("INFO", logger="circuitlab"):
+        scores = attribution.edge_scores(model, pairs, graph, counterfactual, memory_budget_mb=1, progress=True)
+    assert "2 batch(es) of up to 4 prompts" in caplog.text
+    reference = edge_reference.attribution(model, pairs, [graph.edge_name(s, r) for s, r in edges], counterfactual)
+    assert torch.allclose(torch.tensor([float(scores[s, r]) for s, r in edges]), torch.tensor(reference), atol=ATOL)
+    assert (scores[~graph.real] == 0).all() and scores[graph.real].abs().max() > 1e-3
+    ig_whole = attribution.edge_scores(model, pairs, graph, counterfactual, ig_steps=3)
+    ig_batched = attribution.edge_scores(model, pairs, graph, counterfactual, ig_steps=3, memory_budget_mb=1)
+    assert torch.allclose(ig_batched, ig_whole, atol=1e-6) and not torch.allclose(ig_whole, scores, atol=1e-3)
+
+
 def manual_input_ig(model, pairs, steps: int) -> float:
     """Integrated gradients of the metric on the input embeddings, summed: the k / steps points between the
     corrupted and the clean residual stream entering block 0 (TransformerLens' own autograd, no edge code)."""

@@ -202,20 +202,28 @@ def test_sbatch_refusals_are_one_line(cluster, tmp_path, capsys, setting, field,
 
 
 @pytest.mark.slurm
-def test_held_then_cancelled_jobs_in_status(cluster, tmp_path):
-    """Jobs submitted held (submit and leave: `wait: false`) are pending in `circuitlab status`; cancelled before they
-    started, they failed, saying so."""
+def test_held_then_cancelled_jobs(cluster, tmp_path):
+    """Jobs submitted held are pending in `circuitlab status` while the submitting command waits; cancelled before they
+    started, the wait ends in one line per job and how to finish them (exit 1, no traceback), and they failed."""
     from circuitlab.status import status_lines
 
     sweep = tmp_path / "sweep"
-    out = cli(["run", "-m", "hydra/launcher=slurm", *SWEEP, "seed=0,1", f"hydra.sweep.dir={sweep}", "hydra.launcher.wait=false",
-               "+hydra.launcher.additional_parameters.hold=true"], tmp_path)
-    assert out.returncode == 0, out.stderr[-3000:]
-    arrays = sorted({r["slurm_job"].split("_")[0] for r in json.loads((sweep / "slurm_jobs.json").read_text()).values()})
-    status = status_lines(sweep)
-    assert status[0] == f"{sweep}: 2 jobs: 2 pending" and "not started yet (Slurm job" in status[1], status
-    slurm("scancel", *arrays)
-    wait_until(lambda: not queue(), "the held jobs to leave the queue")
+    args = [sys.executable, "-m", "circuitlab.cli", "run", "-m", "hydra/launcher=slurm", *SWEEP, "seed=0,1", f"hydra.sweep.dir={sweep}",
+            "+hydra.launcher.additional_parameters.hold=true"]
+    waiting = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: (sweep / "slurm_jobs.json").is_file(), "the jobs to be submitted")
+        status = status_lines(sweep)
+        assert status[0] == f"{sweep}: 2 jobs: 2 pending" and "not started yet (Slurm job" in status[1], status
+        arrays = sorted({r["slurm_job"].split("_")[0] for r in json.loads((sweep / "slurm_jobs.json").read_text()).values()})
+        slurm("scancel", *arrays)
+        _, err = waiting.communicate(timeout=120)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 1 and "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("circuitlab: error: multirun job")]
+    assert len(lines) == 2 and all("failed: it ended without a result (cancelled before it started?)" in ln for ln in lines), err
+    assert f"2 of 2 jobs failed. Rerun the same command with hydra.sweep.dir={sweep}" in err
     status = status_lines(sweep)
     assert status[0] == f"{sweep}: 2 jobs: 2 failed" and "left the Slurm queue without starting" in status[1], status
 

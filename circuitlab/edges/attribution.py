@@ -12,6 +12,7 @@ clean ones (alpha = k / ig_steps, k = 1..ig_steps: one step is EAP).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -22,7 +23,8 @@ from transformer_lens import HookedTransformer
 
 from circuitlab.edges import counterfactual as cf
 from circuitlab.edges.graph import EdgeGraph
-from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, logits_hook, sender_hooks, stack_senders
+from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, logits_hook, sender_hooks, sender_parts
+from circuitlab.engine.batching import memory_budget
 from circuitlab.engine.forward import fast_mlps, final_logit_diff
 from circuitlab.tasks.base import PromptPairs
 
@@ -31,12 +33,14 @@ log = logging.getLogger("circuitlab")
 
 def edge_scores(
     model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, counterfactual: str, ig_steps: int | None = None,
-    batch_size: int | None = None, progress: bool = False,
+    batch_size: int | None = None, progress: bool = False, memory_budget_mb: int | None = None,
 ) -> Float[Tensor, "sender receiver"]:
     """EAP (ig_steps None or 1) or EAP-IG scores of every (sender, receiver) pair (0 where there is no edge), in
-    logit-difference units, averaged over prompts."""
+    logit-difference units, averaged over prompts. `batch_size` prompts per forward and backward (None: as many as
+    `memory_budget_mb` holds, `prompts_per_backward`); every integrated-gradient step of a batch runs before the next
+    batch, so the memory does not grow with the steps."""
     n = pairs.n_pairs
-    batch_size = batch_size or n
+    batch_size = min(n, batch_size or prompts_per_backward(model, graph, pairs.width, memory_budget_mb))
     steps = ig_steps or 1
     sources = cf.prepare(model, pairs, graph, counterfactual, batch_size)
     scores = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
@@ -63,7 +67,7 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
     final = pairs.final_positions[rows].to(device)
     answer, wrong = pairs.answer_tokens[rows].to(device), pairs.wrong_tokens[rows].to(device)
     source = sources.outputs(model, pairs, graph, rows)
-    source_input = source[:, :, 0]  # the counterfactual's input embeddings: the start of EAP-IG's line
+    source_input = source[:, :, 0].clone()  # the counterfactual's input embeddings: the start of EAP-IG's line (no view of source)
     senders, gradient_at = set(sender_hooks(graph)), set(gradient_hooks(graph))
     residuals = {f"blocks.{layer}.hook_resid_pre" for layer in range(graph.n_layers)}
     grads: dict[str, Tensor] = {}  # this step's
@@ -98,11 +102,38 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
         with edges_exposed(model, split=False, mlp_in=True, ungroup=True), frozen_weights(model), fast_mlps(model), torch.enable_grad():
             resid = model.run_with_hooks(clean_tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
             final_logit_diff(model, resid, final, answer, wrong).sum().backward()
-            for name, grad in _receiver_gradients(model, graph, grads, norm_inputs).items():
+            for name, grad in _receiver_gradients(model, graph, grads, norm_inputs):
                 _accumulate(total, name, grad)
         bar.update(1)
-    clean = stack_senders(cache, graph, model)
-    return -_contract(graph, (source - clean).float(), total) / steps
+    with torch.no_grad():  # the head outputs are z x W_O: no graph through the weights
+        return -_contract(graph, sender_differences(source, cache, graph, model), total) / steps
+
+
+def sender_differences(source: Tensor, cache: dict[str, Tensor], graph: EdgeGraph, model: HookedTransformer) -> Float[Tensor, "sender batch pos d_model"]:
+    """source - clean output of every sender, sender-major (the layout the contraction multiplies), written part by
+    part (no stacked copy of the clean outputs)."""
+    batch, pos, d_model = cache[INPUT_HOOK].shape
+    source = source.expand(batch, pos, len(graph.senders), d_model)  # a mean or zero source is one for every prompt
+    out = torch.empty(len(graph.senders), batch, pos, d_model, device=source.device, dtype=torch.float32)
+    first = 0
+    for part in sender_parts(cache, graph, model):
+        out[first:first + part.shape[2]] = (source[:, :, first:first + part.shape[2]] - part).permute(2, 0, 1, 3)
+        first += part.shape[2]
+    return out
+
+
+def prompts_per_backward(model: HookedTransformer, graph: EdgeGraph, width: int, memory_budget_mb: int | None) -> int:
+    """How many prompts one batch of EAP's forwards and backwards takes within the memory budget. Per prompt and
+    position a batch holds: autograd's saved activations of every layer (as `engine.batching.backward_batch` counts
+    them), the gradient at every receiver's input summed over the steps (one d_model vector per receiver), the
+    gradients read at each layer's queries, keys, values and MLP input and the norms' inputs, and the senders' clean
+    and counterfactual outputs and their difference (d_model vectors per sender)."""
+    cfg = model.cfg
+    budget = memory_budget(cfg.device, memory_budget_mb) * 2**20
+    autograd = cfg.n_layers * (18 * cfg.d_model + 7 * (cfg.d_mlp or 0) + 6 * cfg.n_heads * width)
+    read = cfg.n_layers * (3 * cfg.n_heads * cfg.d_head + 2 * cfg.d_model)
+    per_position = autograd + read + (len(graph.receivers) + 2 * len(graph.senders)) * cfg.d_model
+    return max(1, int(budget // (per_position * width * 4)))
 
 
 def gradient_hooks(graph: EdgeGraph) -> list[str]:
@@ -111,10 +142,11 @@ def gradient_hooks(graph: EdgeGraph) -> list[str]:
     return [f"blocks.{l}.{name}" for l in range(graph.n_layers) for name in per_layer] + [logits_hook(graph)]
 
 
-def _receiver_gradients(model: HookedTransformer, graph: EdgeGraph, grads: dict[str, Tensor], cache: dict[str, Tensor]) -> dict[str, Tensor]:
+def _receiver_gradients(model: HookedTransformer, graph: EdgeGraph, grads: dict[str, Tensor], cache: dict[str, Tensor]) -> Iterator[tuple[str, Tensor]]:
     """d metric / d (each head's q, k, v input before the norm), per layer as (batch, pos, head, d_model); the MLP
-    inputs' and the final residual stream's as they were read."""
-    out = {name: grads[name] for name in grads if not name.endswith(("hook_q", "hook_k", "hook_v"))}
+    inputs' and the final residual stream's as they were read. One at a time (the caller sums each into its total
+    before the next is made)."""
+    yield from ((name, grads[name]) for name in grads if not name.endswith(("hook_q", "hook_k", "hook_v")))
     for layer in range(graph.n_layers):
         block = model.blocks[layer]
         weights = {"q": block.attn.W_Q, "k": block.attn.W_K, "v": block.attn.W_V}
@@ -123,8 +155,7 @@ def _receiver_gradients(model: HookedTransformer, graph: EdgeGraph, grads: dict[
             if grad is None:
                 continue
             normalized = torch.einsum("bphe,hde->bphd", grad, weights[x])  # d metric / d ln1(input), per head
-            out[f"blocks.{layer}.hook_{x}_input"] = norm_vjp(block.ln1, cache[f"blocks.{layer}.hook_resid_pre"], normalized)
-    return out
+            yield f"blocks.{layer}.hook_{x}_input", norm_vjp(block.ln1, cache[f"blocks.{layer}.hook_resid_pre"], normalized)
 
 
 def norm_vjp(norm, x: Float[Tensor, "batch pos d_model"], cotangent: Float[Tensor, "batch pos k d_model"]) -> Tensor:
@@ -167,12 +198,12 @@ def _accumulate(grads: dict[str, Tensor], name: str, grad: Tensor) -> None:
     grads[name] = grad if name not in grads else grads[name] + grad
 
 
-def _contract(graph: EdgeGraph, difference: Float[Tensor, "batch pos sender d_model"], grads: dict[str, Tensor]) -> Tensor:
+def _contract(graph: EdgeGraph, difference: Float[Tensor, "sender batch pos d_model"], grads: dict[str, Tensor]) -> Tensor:
     """sum over prompts and positions of grad_r . difference_s for every (sender, receiver): one matmul per layer
     of the senders before it against all of its receivers (pairs that are not edges are masked by the caller)."""
     scores = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
-    senders = difference.permute(2, 0, 1, 3).reshape(len(graph.senders), -1)  # sender x (batch pos d_model)
-    batch, pos, _, d_model = difference.shape
+    _, batch, pos, d_model = difference.shape
+    senders = difference.reshape(len(graph.senders), -1)  # sender x (batch pos d_model)
     zeros = lambda *shape: torch.zeros(batch, pos, *shape, device=difference.device)  # noqa: E731  (no gradient reached it)
     for layer in range(graph.n_layers):
         columns = [grads.get(f"blocks.{layer}.hook_{x}_input", zeros(graph.n_heads, d_model)).float().permute(0, 1, 3, 2) for x in "qkv"]

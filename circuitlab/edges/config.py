@@ -15,7 +15,7 @@ class EdgeMethodConfig(MethodConfig):
     (over the clean prompts, per position) or zero. `select`: topn / greedy (`n_edges` edges) or threshold
     (`threshold`); `absolute`: rank by |score|. `curve`: percentages of edges kept for MIB's faithfulness curve
     ([] skips it). `expected`: edges of a known circuit, for the AUROC of the scores against it.
-    `batch_size`: prompts per backward (null: all)."""
+    `batch_size`: prompts per forward and backward (null: as many as `memory_budget_mb` holds)."""
 
     name: str = "eap"
     counterfactual: str = "patching"

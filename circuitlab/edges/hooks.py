@@ -9,6 +9,7 @@ before it (plus constant biases), which is what makes an edge's contribution sep
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -23,12 +24,13 @@ from circuitlab.errors import CircuitlabError
 INPUT_HOOK = "blocks.0.hook_resid_pre"
 
 
-def check_additive(cfg) -> None:
+def check_additive(cfg, label: str | None = None) -> None:
     """Edges need a residual stream that is the sum of its senders' outputs; norms after attention (Gemma-2,
-    OLMo-2) make head outputs enter it through a nonlinearity."""
+    OLMo-2) make head outputs enter it through a nonlinearity. `cfg`: a HookedTransformerConfig or the ModelShape
+    read from the model's config before its weights load; `label` names the method and model in the message."""
     if getattr(cfg, "use_normalization_before_and_after", False) or getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
         raise CircuitlabError(
-            f"method edges: model {getattr(cfg, 'model_name', '')} normalises each block's output before adding it to the residual "
+            f"{label or 'method edges: model ' + getattr(cfg, 'model_name', '')} normalises each block's output before adding it to the residual "
             "stream, so head and MLP outputs are not additive edges; use a node-level method (activation_patching, path_patching, ablation)")
     if getattr(cfg, "positional_embedding_type", "standard") == "shortformer":
         raise CircuitlabError("method edges: shortformer position embeddings bypass the residual stream; not supported")
@@ -73,14 +75,26 @@ def head_outputs(model: HookedTransformer, layer: int, z: Tensor) -> Float[Tenso
     return torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O)
 
 
-def stack_senders(cache, graph: EdgeGraph, model: HookedTransformer) -> Float[Tensor, "batch pos sender d_model"]:
-    """Every sender's output from a run's cache (of `sender_hooks`), in the graph's sender order."""
-    parts = [cache[INPUT_HOOK][:, :, None]]
+def sender_parts(cache, graph: EdgeGraph, model: HookedTransformer) -> Iterator[Float[Tensor, "batch pos k d_model"]]:
+    """Every sender's output from a run's cache (of `sender_hooks`), in the graph's sender order, a few senders at a
+    time (the input; each layer's heads; its MLP)."""
+    yield cache[INPUT_HOOK][:, :, None]
     for layer in range(graph.n_layers):
-        parts.append(head_outputs(model, layer, cache[f"blocks.{layer}.attn.hook_z"]))
+        yield head_outputs(model, layer, cache[f"blocks.{layer}.attn.hook_z"])
         if graph.has_mlp:
-            parts.append(cache[f"blocks.{layer}.hook_mlp_out"][:, :, None])
-    return torch.cat(parts, 2)
+            yield cache[f"blocks.{layer}.hook_mlp_out"][:, :, None]
+
+
+def stack_senders(cache, graph: EdgeGraph, model: HookedTransformer) -> Float[Tensor, "batch pos sender d_model"]:
+    """Every sender's output from a run's cache (of `sender_hooks`), in the graph's sender order (written part by
+    part into one tensor: no list of every part beside it)."""
+    first_part = cache[INPUT_HOOK]
+    out = torch.empty(*first_part.shape[:2], len(graph.senders), first_part.shape[-1], device=first_part.device, dtype=first_part.dtype)
+    first = 0
+    for part in sender_parts(cache, graph, model):
+        out[:, :, first:first + part.shape[2]] = part
+        first += part.shape[2]
+    return out
 
 
 def sender_outputs(model: HookedTransformer, tokens: Tensor, graph: EdgeGraph) -> Float[Tensor, "batch pos sender d_model"]:
@@ -88,4 +102,4 @@ def sender_outputs(model: HookedTransformer, tokens: Tensor, graph: EdgeGraph) -
     names = set(sender_hooks(graph))
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=model.cfg.n_layers)
-    return stack_senders(cache, graph, model)
+        return stack_senders(cache, graph, model)

@@ -33,28 +33,30 @@ def circuits_logit_diff(
     keep: Bool[Tensor, "circuit sender receiver"], memory_budget_mb: int | None = None, progress: bool = False,
 ) -> tuple[Float[Tensor, " circuit"], int]:
     """The mean logit difference of each circuit, and the number of masked forwards it took: as many circuits
-    per forward as the memory budget holds (all prompts at once unless they alone exceed it). `progress`: a bar
-    over circuits (x prompt batches), moved after each forward."""
+    per forward as the memory budget holds (all prompts at once unless they alone exceed it; the counterfactual
+    outputs of a batch's prompts count in it). `progress`: a bar over the masked forwards' blocks (forwards x
+    layers), moved at each block."""
     device = model.cfg.device
     start = unchanged_before(pairs, sources)
     budget = memory_budget(device, memory_budget_mb) * 2**20
     per_prompt = (pairs.width - start) * (len(graph.senders) + 4 * graph.n_heads + 8) * model.cfg.d_model * 4  # bytes per row
-    prompts = max(1, min(pairs.n_pairs, int(budget // per_prompt)))  # prompts per forward (all, unless too many)
-    copies = max(1, int(budget // (per_prompt * prompts)))  # circuits per forward
-    source = sources.outputs(model, pairs, graph)
+    # the counterfactual senders' outputs of a batch's prompts (every position: the forward that makes them runs in full)
+    source_per_prompt = pairs.width * len(graph.senders) * model.cfg.d_model * 4 if sources.kind == "patching" else 0
+    prompts = max(1, min(pairs.n_pairs, int(budget // (per_prompt + source_per_prompt))))  # prompts per forward (all, unless too many)
+    copies = max(1, int((budget - source_per_prompt * prompts) // (per_prompt * prompts)))  # circuits per forward
     totals, forwards = torch.zeros(keep.shape[0], dtype=torch.float64), 0
     batches = range(0, pairs.n_pairs, prompts)
-    desc = "circuits" if len(batches) == 1 else f"circuits ({len(batches)} prompt batches each)"
-    bar = tqdm(total=keep.shape[0] * len(batches), desc=desc, unit="circuit", disable=not progress)
+    planned = len(batches) * -(-keep.shape[0] // copies)
+    desc = f"{keep.shape[0]} circuits, {planned} masked forward{'s' * (planned > 1)}"
+    bar = tqdm(total=planned * model.cfg.n_layers, desc=desc, unit="block", disable=not progress)  # moved at every block
     for first_prompt in batches:
         rows = torch.arange(first_prompt, min(pairs.n_pairs, first_prompt + prompts))
-        part = source if source.shape[0] == 1 else source[rows.to(source.device)]
+        part = sources.outputs(model, pairs, graph, rows)  # this batch's (a mean or zero source: one for all)
         prefix = clean_prefix(model, pairs, rows) if start else None
         for first in range(0, keep.shape[0], copies):
             block = keep[first:first + copies].to(device)
-            totals[first:first + copies] += _masked(model, pairs, graph, part, block, rows, start, prefix).double() * len(rows)
+            totals[first:first + copies] += _masked(model, pairs, graph, part, block, rows, start, prefix, bar).double() * len(rows)
             forwards += 1
-            bar.update(block.shape[0])
     bar.close()
     return (totals / pairs.n_pairs).float(), forwards
 
@@ -78,9 +80,9 @@ def clean_prefix(model: HookedTransformer, pairs: PromptPairs, rows: Tensor) -> 
 
 
 def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, source: Tensor, keep: Tensor, rows: Tensor,
-            start: int = 0, prefix: dict[str, Tensor] | None = None) -> Tensor:
+            start: int = 0, prefix: dict[str, Tensor] | None = None, bar=None) -> Tensor:
     """The mean logit difference of the prompts `rows` under each circuit of `keep`, in one forward over the
-    positions from `start` on (the earlier ones from `prefix`, the clean run's).
+    positions from `start` on (the earlier ones from `prefix`, the clean run's). `bar`: moved by one at each block.
 
     The differences are kept sender-major, (circuit, sender, prompt, position, d_model), so that a receiver's
     update is one batched matmul of its circuits' ablation weights against the contiguous block of the senders
@@ -128,6 +130,12 @@ def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, sour
             hooks.append((f"blocks.{layer}.hook_mlp_in", construct(receiver, graph.feeding(receiver), False)))
             hooks.append((f"blocks.{layer}.hook_mlp_out", record_stream(graph.mlp_sender(layer))))
     hooks.append((logits_hook(graph), construct(graph.logits_receiver, n_senders, False)))
+    if bar is not None:
+        def block_done(activation: Tensor, hook) -> Tensor:
+            bar.update(1)
+            return activation
+
+        hooks += [(f"blocks.{layer}.hook_resid_post", block_done) for layer in range(graph.n_layers)]
     final = pairs.final_positions[rows].to(device).repeat(copies) - start
     answer, wrong = pairs.answer_tokens[rows].to(device), pairs.wrong_tokens[rows].to(device)
     with torch.no_grad(), edges_exposed(model, result=False), fast_mlps(model):

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from omegaconf import DictConfig
 
+from circuitlab.checks import refuse_sweep_keys
 from circuitlab.config import plain
 from circuitlab.edges import circuits
 from circuitlab.edges import counterfactual as cf
@@ -27,14 +28,18 @@ from circuitlab.edges.graph import EdgeGraph
 from circuitlab.edges.hooks import check_additive
 from circuitlab.engine.records import MethodOutput, Plan
 from circuitlab.errors import ConfigError
+from circuitlab.metrics import usable_gap
 from circuitlab.tasks.base import PromptPairs
 
 log = logging.getLogger("circuitlab")
 
 
-def whole_number(value, field: str, allowed: str, minimum: int = 1) -> int:
-    """`value` when it is an int (not a bool) >= minimum, else one line naming the field and what is allowed."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+MAX_CURVE = 100  # percentages on MIB's faithfulness curve (MIB uses 10): two masked circuits each
+
+
+def whole_number(value, field: str, allowed: str, minimum: int = 1, maximum: int | None = None) -> int:
+    """`value` when it is an int (not a bool) in minimum..maximum, else one line naming the field and what is allowed."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (maximum is not None and value > maximum):
         raise ConfigError(field, value, allowed)
     return value
 
@@ -56,8 +61,9 @@ def validate(cfg: DictConfig) -> None:
     if not isinstance(m.absolute, bool):
         raise ConfigError("method.absolute", m.absolute, "true or false")
     curve = plain(m.curve)
-    if curve is None or not isinstance(curve, list):
-        raise ConfigError("method.curve", curve, "a list of percentages of edges kept, each in (0, 100] (or [])")
+    if curve is None or not isinstance(curve, list) or len(curve) > MAX_CURVE:
+        raise ConfigError("method.curve", curve if curve is None or len(curve) <= 12 else f"[{len(curve)} percentages]",
+                          f"a list of at most {MAX_CURVE} percentages of edges kept, each in (0, 100] (or [])")
     for percent in curve:
         value = _number(percent, "method.curve", "percentages of edges kept, each in (0, 100]")
         if not 0 < value <= 100:
@@ -66,10 +72,18 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("method.curve", curve, "increasing percentages (e.g. [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100])")
     if m.batch_size is not None:
         whole_number(m.batch_size, "method.batch_size", "a number of prompts >= 1, or null for all")
+    refuse_sweep_keys(cfg, "scores every edge of the model at every position")
+
+
+def contrasts(cfg: DictConfig) -> bool:
+    """The patching counterfactual is the corrupted prompt; mean and zero need none (`Method.contrasts`)."""
+    return cfg.method.counterfactual == "patching"
 
 
 def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations):
-    """The graph of the model; every named edge exists in it; the circuit size fits. No sweep points."""
+    """The model's residual stream is a sum of its senders' outputs (from its config: before the weights load); the
+    graph of the model; every named edge exists in it; the circuit size fits. No sweep points."""
+    check_additive(shape, f"method={cfg.method.name}: model={cfg.model.name}")
     graph = EdgeGraph.of(shape)
     if cfg.method.n_edges > graph.n_edges:
         raise ConfigError("method.n_edges", cfg.method.n_edges, f"0..{graph.n_edges} (the model's edges)")
@@ -193,7 +207,8 @@ def evaluate(cfg: DictConfig, plan: Plan, model, graph: EdgeGraph, scores: torch
              f", MIB's faithfulness curve ({len(curve)} percentages x signed / absolute ranking)" if curve else "")
     values, forwards = circuits_logit_diff(model, plan.pairs, graph, sources, everything, cfg.memory_budget_mb, cfg.progress)
     empty, full = float(values[0]), float(values[1])
-    faithful = lambda v: (v - empty) / (full - empty) if full != empty else float("nan")  # noqa: E731
+    gap = usable_gap(full, empty)  # NaN when full - empty is noise (metrics.degenerate_gap): so is every faithfulness
+    faithful = lambda v: (v - empty) / gap  # noqa: E731
     table = pd.DataFrame([
         {"ranking": ranking, "percent": percent,
          "edges_requested": int(mask.sum()) if ranking == "circuit" else circuits.edges_for_percent(graph, percent),
@@ -203,10 +218,12 @@ def evaluate(cfg: DictConfig, plan: Plan, model, graph: EdgeGraph, scores: torch
     cpr = circuits.area(curve, along("signed")) if len(curve) > 1 else float("nan")
     cmd = circuits.area(curve, [abs(1 - f) for f in along("absolute")]) if len(curve) > 1 else float("nan")
     circuit_f = float(table["faithfulness"].iloc[0])
-    log.info("circuit: %d edges (%s), faithfulness %.3f | CPR %.3f | CMD %.3f | %d masked forwards", int(keep.sum()), m.select,
-             circuit_f, cpr, cmd, forwards)
-    found = {"cpr": cpr, "cmd": cmd, "masked_forwards": forwards, "full_logit_diff": full, "empty_logit_diff": empty,
+    shown = lambda v: "n/a" if math.isnan(v) else f"{v:.3f}"  # noqa: E731
+    log.info("circuit: %d edges (%s), faithfulness %s | CPR %s | CMD %s | %d masked forwards", int(keep.sum()), m.select,
+             shown(circuit_f), shown(cpr), shown(cmd), forwards)
+    number = lambda v: None if math.isnan(v) else v  # noqa: E731  null in the manifest, not NaN (the reason: baseline_gap)
+    found = {"cpr": number(cpr), "cmd": number(cmd), "masked_forwards": forwards, "full_logit_diff": full, "empty_logit_diff": empty,
              "circuit": {"select": m.select, "n_edges": m.n_edges if m.select != "threshold" else None,
                          "threshold": float(m.threshold) if m.select == "threshold" else None, "absolute": m.absolute,
-                         "edges_kept": int(keep.sum()), "faithfulness": circuit_f}}
+                         "edges_kept": int(keep.sum()), "faithfulness": number(circuit_f)}}
     return table, found

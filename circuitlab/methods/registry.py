@@ -38,7 +38,8 @@ class Method:
     locations) -> (locations, method_plan)` (checks against the model's shape and the prompts; `method_plan` is the
     method's own part of the Plan) and `run(cfg, plan, model) -> MethodOutput`; optionally `shard_points(cfg,
     locations, pairs) -> (count, what)`, the points its chunks hold, for the shard check, and `keeps_chunks(cfg)`,
-    where the config decides whether finished chunks are kept (default: `shardable`)."""
+    where the config decides whether finished chunks are kept (default: `shardable`), and `contrasts(cfg)`, whether
+    it compares the clean prompts with the corrupted ones (default: True)."""
 
     name: str
     schema: type  # its config dataclass, stored in Hydra's ConfigStore as method/base_<name>
@@ -62,6 +63,14 @@ class Method:
         `keeps_chunks(cfg)` where the config decides, else `shardable` (sharding hands out chunks)."""
         decide = getattr(self.hooks, "keeps_chunks", None)
         return bool(decide(cfg)) if decide is not None else self.shardable
+
+    def contrasts(self, cfg) -> bool:
+        """Whether a run of `cfg` reads the clean prompts against the corrupted ones (patches one into the other, or
+        normalises by their logit-difference gap), so that identical prompts leave it nothing to measure: the
+        module's `contrasts(cfg)` where it decides (direct attribution reads one prompt; the edge methods' mean and
+        zero counterfactuals need no corrupted prompt), else True."""
+        decide = getattr(self.hooks, "contrasts", None)
+        return bool(decide(cfg)) if decide is not None else True
 
 
 METHODS: dict[str, Method] = {}

@@ -44,6 +44,12 @@ class ModelShape:
     n_key_value_heads: int | None = None  # grouped-query attention: the heads of k and v; None: n_heads
     parallel_attn_mlp: bool = False  # attention and MLP read the same residual stream (GPT-J, NeoX): no resid_mid
     normalization_type: str | None = "LN"  # None: no norms, so no attn_in / mlp_in
+    d_vocab: int | None = None  # rows of the embedding: every token id must be below it
+    # what decides, before the weights load, whether a method can read the model (e.g. the edge methods' additivity)
+    original_architecture: str | None = None
+    use_normalization_before_and_after: bool = False
+    positional_embedding_type: str = "standard"
+    model_name: str = ""
 
     @classmethod
     def of(cls, cfg) -> "ModelShape":
@@ -51,7 +57,9 @@ class ModelShape:
         get = cfg.get if isinstance(cfg, dict) else lambda key, default=None: getattr(cfg, key, default)
         d_mlp = None if get("attn_only", False) else get("d_mlp")
         return cls(get("n_layers"), get("n_heads"), get("d_model"), get("n_ctx"), get("d_head"), d_mlp,
-                   get("n_key_value_heads"), bool(get("parallel_attn_mlp", False)), get("normalization_type", "LN"))
+                   get("n_key_value_heads"), bool(get("parallel_attn_mlp", False)), get("normalization_type", "LN"), get("d_vocab"),
+                   get("original_architecture"), bool(get("use_normalization_before_and_after", False)),
+                   get("positional_embedding_type", "standard") or "standard", str(get("model_name", "") or ""))
 
 
 def resolve_device(name: str) -> str:

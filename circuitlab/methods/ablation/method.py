@@ -11,6 +11,7 @@ from circuitlab.engine.records import MethodOutput, Plan
 from circuitlab.engine.rows import location_columns
 from circuitlab.errors import ConfigError
 from circuitlab.locations import Location
+from circuitlab.metrics import usable_gap
 from circuitlab.tasks.base import PromptPairs
 from dataclasses import replace
 
@@ -65,7 +66,7 @@ def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
                               plan.tracked, k=cfg.method.k, fitted=fitted)
     corrupted = ablation.reference_corrupted(model, paired, mode, results, resampled=plan.pairs is not paired)
     first = next(iter(results.values()))
-    effects = {scale: (r.clean_logit_diff - r.logit_diff) / (r.clean_logit_diff - corrupted) for scale, r in results.items()}
+    effects = {scale: (r.clean_logit_diff - r.logit_diff) / usable_gap(r.clean_logit_diff, corrupted) for scale, r in results.items()}
     marks = [circuits.in_circuit(loc, circuit, model.cfg.n_heads) for loc in plan.locations]
     rows = []
     for scale, result in results.items():
@@ -104,7 +105,7 @@ def faithfulness_table(model, plan: Plan, outside: list[Location], mode: str, sc
             ld = ablation.mean_logit_diff(logits, plan.pairs)
         else:
             logits, ld = None, clean_ld
-        row = {"scale": scale, "n_ablated": len(outside), "logit_diff": ld, "faithfulness": (ld - corrupted_ld) / (clean_ld - corrupted_ld)}
+        row = {"scale": scale, "n_ablated": len(outside), "logit_diff": ld, "faithfulness": (ld - corrupted_ld) / usable_gap(clean_ld, corrupted_ld)}
         if "output_change" in metrics and logits is not None:
             clean_logits = clean_logits if clean_logits is not None else ablation.final_logits(model, plan.pairs.clean_tokens, plan.pairs)
             row["output_change"] = float(output_changed(logits, clean_logits, plan.pairs.labels_differ))

@@ -10,6 +10,7 @@ from circuitlab.engine.records import MethodOutput, Plan
 from circuitlab.engine.rows import location_columns, patching_tensors, patching_sweep, swept_locations
 from circuitlab.errors import ConfigError
 from circuitlab.locations import Location
+from circuitlab.metrics import usable_gap
 from circuitlab.tasks.base import PromptPairs
 from circuitlab.methods.activation_patching import method as activation_patching
 from circuitlab.methods.attribution_patching import compute as attribution_patching
@@ -49,7 +50,7 @@ def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     locations = swept_locations(cfg, plan, sweep)
     estimates, clean_ld, corrupted_ld = attribution_patching.attribute(model, plan.pairs, locations, cfg.method.direction, cfg.memory_budget_mb, cfg.progress)
     exact = sweep(locations) if cfg.method.compare_exact else None
-    rows = attribution_rows(cfg, locations, estimates, clean_ld - corrupted_ld, exact, plan.pairs)
+    rows = attribution_rows(cfg, locations, estimates, usable_gap(clean_ld, corrupted_ld), exact, plan.pairs)
     tensors = patching_tensors(exact, plan.pairs) if exact is not None else {}
     tensors["attribution"] = estimates
     extra = {"correlation_with_exact": correlations(locations, estimates, exact.logit_diff)} if exact is not None else {}
@@ -68,8 +69,9 @@ def correlations(locations: list[Location], estimates, exact) -> dict[str, float
 
 
 def attribution_rows(cfg, locations, estimates, clean_minus_corrupted: float, exact, pairs: PromptPairs) -> list[dict]:
-    """`attribution` (estimated change of the logit difference) and its normalised form; with the exact
-    run, `exact_change` (patched minus base logit difference) and `exact_normalized` beside them."""
+    """`attribution` (estimated change of the logit difference) and its normalised form (NaN where the gap is
+    degenerate: `metrics.usable_gap`); with the exact run, `exact_change` (patched minus base logit difference) and
+    `exact_normalized` beside them."""
     base = exact.corrupted_logit_diff if exact is not None and cfg.method.direction == "denoising" else None
     if exact is not None and base is None:
         base = exact.clean_logit_diff

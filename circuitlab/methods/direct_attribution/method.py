@@ -7,7 +7,7 @@ import logging
 import torch
 from omegaconf import DictConfig
 
-from circuitlab.checks import require_list
+from circuitlab.checks import refuse_sweep_keys, require_list
 from circuitlab.engine.records import MethodOutput, Plan
 from circuitlab.errors import ConfigError
 from circuitlab.locations import Location
@@ -28,6 +28,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError("method.analyses", analysis, ANALYSES)
     if cfg.method.prompts not in PROMPTS:
         raise ConfigError("method.prompts", cfg.method.prompts, PROMPTS)
+    refuse_sweep_keys(cfg, "reads every layer and head at each prompt's final position", {"positions": ("every", ["all"], ["END"])})
+
+
+def contrasts(cfg: DictConfig) -> bool:
+    """It reads one prompt of each pair (`method.prompts`): identical clean and corrupted prompts are fine."""
+    return False
 
 
 def plan(cfg: DictConfig, shape, pairs: PromptPairs, tokenizer, locations: list[Location]):

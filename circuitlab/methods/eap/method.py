@@ -8,12 +8,13 @@ from circuitlab.edges import method as edges
 from circuitlab.edges.attribution import edge_scores
 from circuitlab.engine.records import MethodOutput, Plan
 
-validate, plan = edges.validate, edges.plan
+validate, plan, contrasts = edges.validate, edges.plan, edges.contrasts
 
 
 def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
     def score():
-        scores = edge_scores(model, plan.pairs, plan.method_plan, cfg.method.counterfactual, None, cfg.method.batch_size, cfg.progress)
+        scores = edge_scores(model, plan.pairs, plan.method_plan, cfg.method.counterfactual, None, cfg.method.batch_size, cfg.progress,
+                             cfg.memory_budget_mb)
         return scores, {}
 
     return edges.run_edges(cfg, plan, model, score)

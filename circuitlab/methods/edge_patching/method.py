@@ -13,6 +13,9 @@ from circuitlab.engine.records import MethodOutput, Plan
 from circuitlab.errors import ConfigError
 
 
+contrasts = edges.contrasts
+
+
 def validate(cfg: DictConfig) -> None:
     edges.validate(cfg)
     if cfg.method.sample is not None:
