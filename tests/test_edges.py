@@ -209,6 +209,23 @@ def test_topn_threshold_greedy_and_areas():
     assert circuits.auroc(scores, expected, graph.real) == pytest.approx(1 - 1 / (graph.n_edges - 1))
 
 
+@pytest.mark.parametrize("how, absolute", [("topn", True), ("topn", False), ("greedy", True), ("greedy", False)])
+def test_a_circuit_of_n_edges_keeps_n_edges_after_pruning(how, absolute):
+    """select(kept=True) = the shortest prefix of the ranking (of greedy's growth) whose pruned circuit keeps at least
+    n edges, found by trying every prefix length in turn; MIB's count (kept=False) keeps the first n, pruned."""
+    graph = EdgeGraph(3, 2)
+    scores = torch.randn(graph.real.shape, generator=torch.Generator().manual_seed(3)) * graph.real
+    cut = circuits.greedy if how == "greedy" else circuits.top_n
+    assert torch.equal(circuits.select(graph, scores, how, 7, 0.0, absolute), cut(graph, scores, 7, absolute))
+    for n in (1, 2, 5, 9, 20, 40, graph.n_edges):
+        prefix = next(k for k in range(n, graph.n_edges + 1) if cut(graph, scores, k, absolute).sum() >= n)
+        expected = cut(graph, scores, prefix, absolute)
+        found = circuits.select(graph, scores, how, n, 0.0, absolute, kept=True)
+        assert torch.equal(found, expected) and found.sum() >= n
+    assert not circuits.select(graph, scores, how, 0, 0.0, absolute, kept=True).any()
+    assert cut(graph, scores, 2, absolute).sum() < 2 or cut(graph, scores, 5, absolute).sum() < 5  # pruning does cut here
+
+
 def run_cli(tmp_path: Path, *overrides: str) -> Path:
     out = tmp_path / "run"
     cli.main(["run", *overrides, f"run.dir={out}", "progress=false"])

@@ -5,7 +5,8 @@ only while some kept edge leaves it and some kept edge enters one of its inputs,
 its ends do (the input and the logits always exist). Cuts: the top n edges by score, every edge at or above a
 threshold, or greedy growth from the logits (MIB's `apply_greedy`: repeatedly the best-scoring edge into a node
 already reached). `absolute` ranks by |score|; otherwise by the signed score (positive: the edge carries the clean
-behaviour).
+behaviour). A run's chosen circuit counts its n edges after pruning (`select(kept=True)`: the shortest prefix of the
+ranking, or of the greedy growth, that keeps n once pruned); MIB's curve counts them before (its definition).
 
 Faithfulness of a circuit C: (m(C) - m(empty)) / (m(full) - m(empty)), with every edge outside C ablated at once.
 MIB's curve takes circuits of 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50 and 100 % of the edges; CPR is the area under it
@@ -15,7 +16,9 @@ with signed scores, CMD the area under |1 - f| with absolute scores (trapezoids 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
+from collections.abc import Iterable, Iterator
 
 import torch
 from jaxtyping import Bool, Float
@@ -34,12 +37,15 @@ def _ranked(graph: EdgeGraph, scores: Tensor, absolute: bool) -> Tensor:
 
 def top_n(graph: EdgeGraph, scores: Float[Tensor, "sender receiver"], n: int, absolute: bool = True) -> Bool[Tensor, "sender receiver"]:
     """The n best edges (ties broken by forward order), pruned."""
-    ranked = _ranked(graph, scores, absolute).flatten()
-    keep = torch.zeros_like(ranked, dtype=torch.bool)
-    if n > 0:
-        order = torch.argsort(ranked, descending=True, stable=True)
-        keep[order[:n]] = True
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    keep[ranked_order(graph, scores, absolute)[:n]] = True
     return prune(graph, keep.view_as(scores) & graph.real)
+
+
+def ranked_order(graph: EdgeGraph, scores: Tensor, absolute: bool) -> Tensor:
+    """Every edge's flat (sender x receiver) index, best first (ties broken by forward order)."""
+    order = torch.argsort(_ranked(graph, scores, absolute).flatten(), descending=True, stable=True)
+    return order[: graph.n_edges]  # the pairs that are not edges rank last (-inf)
 
 
 def at_threshold(graph: EdgeGraph, scores: Tensor, threshold: float, absolute: bool = True) -> Tensor:
@@ -49,24 +55,61 @@ def at_threshold(graph: EdgeGraph, scores: Tensor, threshold: float, absolute: b
 
 def greedy(graph: EdgeGraph, scores: Tensor, n: int, absolute: bool = True) -> Tensor:
     """Grown from the logits: n times, the best-scoring edge into a node already in the circuit; then pruned."""
-    value = scores.abs() if absolute else scores
-    keep = torch.zeros_like(graph.real)
+    keep = torch.zeros(scores.numel(), dtype=torch.bool)
+    keep[list(itertools.islice(greedy_order(graph, scores, absolute), n))] = True
+    return prune(graph, keep.view_as(scores))
+
+
+def greedy_order(graph: EdgeGraph, scores: Tensor, absolute: bool = True) -> Iterator[int]:
+    """The edges' flat indices in the order greedy growth from the logits takes them (ties: lower sender, then
+    receiver, first)."""
+    value = (scores.abs() if absolute else scores).tolist()
+    width = len(graph.receivers)
     reached = set()
     heap: list[tuple[float, int, int]] = []
 
     def offer(receivers: list[int]) -> None:
         for r in receivers:
             for s in range(graph.feeding(r)):
-                heapq.heappush(heap, (-float(value[s, r]), s, r))
+                heapq.heappush(heap, (-value[s][r], s, r))
 
     offer([graph.logits_receiver])
-    for _ in range(min(n, graph.n_edges)):
+    while heap:
         _, s, r = heapq.heappop(heap)
-        keep[s, r] = True
+        yield s * width + r
         if s != 0 and s not in reached:
             reached.add(s)
             offer(node_receivers(graph, s))
-    return prune(graph, keep)
+
+
+def keeping_at_least(graph: EdgeGraph, order: Iterable[int], n: int) -> Bool[Tensor, "sender receiver"]:
+    """The pruned circuit of the shortest prefix of `order` (flat edge indices) that keeps at least n edges once
+    pruned (every edge of `order` when none does). Pruning a longer prefix never keeps fewer edges, so the prefix
+    is found by doubling, then bisection."""
+    order = iter(order)
+    taken: list[int] = []
+
+    def pruned(k: int) -> Tensor:
+        while len(taken) < k and (edge := next(order, None)) is not None:
+            taken.append(edge)
+        keep = torch.zeros(graph.real.numel(), dtype=torch.bool)
+        keep[taken[:k]] = True
+        return prune(graph, keep.view_as(graph.real))
+
+    if n <= 0:
+        return torch.zeros_like(graph.real)
+    low, high = n - 1, n  # pruned(low) keeps fewer than n (at most low edges)
+    while int((found := pruned(high)).sum()) < n:
+        if len(taken) < high:  # the order ran out
+            return found
+        low, high = high, 2 * high
+    while high - low > 1:
+        middle = (low + high) // 2
+        if int((candidate := pruned(middle)).sum()) >= n:
+            high, found = middle, candidate
+        else:
+            low = middle
+    return found
 
 
 def node_receivers(graph: EdgeGraph, sender: int) -> list[int]:
@@ -109,9 +152,15 @@ def prune(graph: EdgeGraph, keep: Bool[Tensor, "sender receiver"]) -> Bool[Tenso
         keep = pruned
 
 
-def select(graph: EdgeGraph, scores: Tensor, how: str, n_edges: int, threshold: float, absolute: bool) -> Tensor:
+def select(graph: EdgeGraph, scores: Tensor, how: str, n_edges: int, threshold: float, absolute: bool, kept: bool = False) -> Tensor:
+    """A circuit cut by `how`. n_edges counts the edges taken before pruning (MIB's curve), or with `kept` the edges
+    the pruned circuit keeps: then topn / greedy take the ranking's (the growth's) first edges until pruning keeps
+    at least n_edges of them."""
     if how == "threshold":
         return at_threshold(graph, scores, threshold, absolute)
+    if kept:
+        order = greedy_order(graph, scores, absolute) if how == "greedy" else ranked_order(graph, scores, absolute).tolist()
+        return keeping_at_least(graph, order, n_edges)
     return (greedy if how == "greedy" else top_n)(graph, scores, n_edges, absolute)
 
 

@@ -12,10 +12,11 @@ from circuitlab.config import MethodConfig
 @dataclass
 class EdgeMethodConfig(MethodConfig):
     """Edge scores and the circuit cut from them. `counterfactual`: patching (the pair's corrupted prompt), mean
-    (over the clean prompts, per position) or zero. `select`: topn / greedy (`n_edges` edges) or threshold
-    (`threshold`); `absolute`: rank by |score|. `curve`: percentages of edges kept for MIB's faithfulness curve
-    ([] skips it). `expected`: edges of a known circuit, for the AUROC of the scores against it.
-    `batch_size`: prompts per forward and backward (null: as many as `memory_budget_mb` holds)."""
+    (over the clean prompts, per position) or zero. `select`: topn / greedy (a circuit that keeps `n_edges` edges
+    once pruned to paths from the input to the logits) or threshold (`threshold`); `absolute`: rank by |score|.
+    `curve`: percentages of edges kept for MIB's faithfulness curve ([] skips it). `expected`: edges of a known
+    circuit, for the AUROC of the scores against it. `batch_size`: prompts per forward and backward (null: as many
+    as `memory_budget_mb` holds)."""
 
     name: str = "eap"
     counterfactual: str = "patching"

@@ -120,7 +120,7 @@ def run_edges(cfg: DictConfig, plan: Plan, model, score: Callable[[], tuple[torc
     unscored = int(torch.isnan(scores[graph.real]).sum())
     keep = torch.zeros_like(graph.real)
     if unscored == 0:
-        keep = circuits.select(graph, scores, m.select, m.n_edges, float(m.threshold), m.absolute)
+        keep = circuits.select(graph, scores, m.select, m.n_edges, float(m.threshold), m.absolute, kept=True)
     rows, edges_table = edge_rows(cfg, graph, scores, keep, selected)
     tables, json_files = {"edges.csv": edges_table}, {}
     if unscored == 0:
