@@ -150,8 +150,8 @@ def one_line_warnings():
 
 def train_toy_settings(settings: list[str]) -> dict:
     """`task=NAME [out=DIR] [steps=N]` checked before any training: (toy name, out dir, steps or None)."""
-    from circuitlab.models.toy import TASK_TO_TOY
-    from circuitlab.rundir import check_location
+    from circuitlab.models.toy import MAX_STEPS, TASK_TO_TOY, check_out_dir
+    from circuitlab.rundir import check_location, probe_writable
 
     allowed = f"task={'|'.join(TASK_TO_TOY)} (required), out=DIR, steps=N"
     options: dict[str, str] = {}
@@ -168,10 +168,12 @@ def train_toy_settings(settings: list[str]) -> dict:
     if task not in TASK_TO_TOY:
         raise ConfigError("task", task, list(TASK_TO_TOY))
     steps = options.get("steps")
-    if steps is not None and not (steps.isascii() and steps.isdigit() and int(steps) >= 1):
-        raise ConfigError("steps", steps, "a positive integer (training steps; the recipe's own when left out)")
+    if steps is not None and not (steps.isascii() and steps.isdigit() and 1 <= int(steps) <= MAX_STEPS):
+        raise ConfigError("steps", steps, f"a positive integer up to {MAX_STEPS} (training steps; the recipe's own when left out)")
     name = TASK_TO_TOY[task]
     out = check_location("out", options.get("out", f"results/toy_models/{name}"))
+    check_out_dir(out)
+    probe_writable("out", out)
     return {"name": name, "out": out, "steps": int(steps) if steps else None}
 
 
@@ -312,6 +314,14 @@ def main(argv: list[str] | None = None) -> None:
                 COMMANDS[argv[0]](subs[argv[0]].parse_intermixed_args(argv[1:]))
     except CircuitlabError as err:
         fail(str(err))
+    except OSError as err:  # a path named in the arguments that the filesystem refuses to look up
+        import errno
+
+        if err.errno != errno.ENAMETOOLONG:
+            raise
+        from circuitlab.rundir import NAME_MAX, shortened
+
+        fail(f"{shortened(str(err.filename))}: a name in this path is longer than the filesystem allows ({NAME_MAX} bytes); name a shorter one")
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM: one line saying what was kept, no traceback
         signum = int(getattr(err, "signum", 2))
         message = getattr(err, "message", None) or ("interrupted" if signum == 2 else "terminated") + " before any sweep point was kept"

@@ -64,6 +64,29 @@ def check_group_choices(overrides: list[str], config_dirs: Sequence[Path] = ()) 
         if sep and key in GROUPS and value and not any(c in value for c in ",()[]{}$"):
             if value not in group_options(key, config_dirs):
                 raise ConfigError(key, value, group_options(key, config_dirs))
+            for directory in config_dirs:
+                check_preset_file(Path(directory) / key / f"{value}.yaml")
+
+
+def check_preset_file(path: Path) -> None:
+    """A preset of the user's `--config-dir` is UTF-8 YAML holding keys and values: else one line naming the file
+    and where it breaks, before Hydra reads it (a shipped preset is checked by the tests)."""
+    import yaml
+
+    if not path.is_file():
+        return
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise CircuitlabError(f"{path}: cannot be read ({err.strerror})") from None
+    except UnicodeDecodeError as err:
+        raise CircuitlabError(f"{path}: not UTF-8 text (byte {err.start}); a preset is a YAML file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise CircuitlabError(f"{path}: not valid YAML ({where}{getattr(err, 'problem', None) or err})") from None
+    if data is not None and not isinstance(data, dict):
+        raise CircuitlabError(f"{path}: a preset holds keys and values (a YAML mapping), not a {type(data).__name__}")
 
 
 def searchpath_override(config_dirs: Sequence[Path]) -> list[str]:
@@ -102,6 +125,7 @@ def compose_config(overrides: list[str], config_dirs: Sequence[Path] = (), hydra
     """The composed config (Hydra's compose API, same files and overrides as `circuitlab run`); with `hydra`, Hydra's
     own node too (launcher, run and sweep dirs). `config_dirs` are searched after the shipped configs, as Hydra
     searches `--config-dir`."""
+    import yaml
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -109,9 +133,26 @@ def compose_config(overrides: list[str], config_dirs: Sequence[Path] = (), hydra
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            return compose("config", overrides=[*overrides, *searchpath_override(config_dirs)], return_hydra_config=hydra)
-    except (HydraException, OmegaConfBaseException, ValueError) as err:
+            cfg = compose("config", overrides=[*overrides, *searchpath_override(config_dirs)], return_hydra_config=hydra)
+    except (HydraException, OmegaConfBaseException, ValueError, yaml.YAMLError) as err:  # YAML: a preset another one names
         raise CircuitlabError(one_line_error(err, overrides, config_dirs)) from None
+    if hydra:
+        check_launcher_settings(cfg)
+    return cfg
+
+
+def check_launcher_settings(cfg) -> None:
+    """`hydra.launcher.n_jobs` (joblib, local_gpus): jobs at a time, a positive integer or -1 (one per CPU core, as
+    joblib reads it; other negative values depend on the machine's core count, and 0 fails inside joblib)."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        n_jobs = OmegaConf.select(cfg, "hydra.launcher.n_jobs", default=None)
+    except OmegaConfBaseException:  # a resolver only Hydra's run has: the launcher checks it
+        return
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1):
+        raise ConfigError("hydra.launcher.n_jobs", n_jobs, "a positive integer (jobs run at a time), or -1 (one per CPU core)")
 
 
 def compose_hydra(overrides: list[str], config_dirs: Sequence[Path] = ()):

@@ -90,10 +90,12 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> None:
 def check_run_dir(cfg: DictConfig, run_dir: Path, results_dir: bool = True) -> None:
     """Every check of the output location that reads only: `results_dir` names a directory (unless
     results_dir=False; the run dir may lie elsewhere, so only its own place must be writable), the run dir is a
-    writable directory, no other process holds it, and it may be resumed."""
+    writable directory, neither inside another run's dir nor holding other runs, no other process holds it, and it
+    may be resumed."""
     if results_dir:
         rundir.check_location("results_dir", cfg.get("results_dir"), writable=False)
     rundir.check_location("run.dir", run_dir)
+    rundir.check_not_other_runs("run.dir", run_dir)
     rundir.check_free(run_dir)
     check_resumable(cfg, run_dir)
 

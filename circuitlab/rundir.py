@@ -2,7 +2,8 @@
 says it kept.
 
 - `check_location` refuses, in one line and before anything is written, an output location that is empty, not a
-  directory, or not writable (`results_dir`, `run.dir`, `merge --out`).
+  directory, not writable, or has a name longer than the filesystem allows (`results_dir`, `run.dir`, `merge
+  --out`); `check_not_other_runs` a run dir inside another run's dir or holding other runs.
 - `locked(run_dir)` holds `run_dir/.lock` (fcntl.flock, non-blocking) while a run writes the dir; a second process
   is refused in one line naming the holder's pid. The kernel drops the lock with the process, even on SIGKILL, so
   a crashed run never leaves the dir locked; the file itself stays (removing it would race with a waiting opener).
@@ -35,6 +36,7 @@ def check_location(field: str, value, writable: bool = True) -> Path:
         raise ConfigError(field, "(empty)", "a directory to write into (an empty value would write under the filesystem root "
                           "or the working directory)")
     path = Path(text).expanduser()
+    check_name_lengths(field, path)
     if path.exists() and not path.is_dir():
         raise CircuitlabError(f"{field}={text}: not a directory (a file is there); name a directory")
     existing = path
@@ -46,6 +48,83 @@ def check_location(field: str, value, writable: bool = True) -> Path:
         where = "" if existing == path else f" ({existing} is not writable)"
         raise CircuitlabError(f"{field}={text}: cannot be written{where}; name a directory you can write")
     return path
+
+
+NAME_MAX, PATH_MAX = 255, 4096  # bytes in one file name, in a whole path (Linux; macOS: 255, 1024)
+
+
+def shortened(text: str, keep: int = 60) -> str:
+    """A long name as its start, an ellipsis and its length (messages stay one readable line)."""
+    return text if len(text) <= keep else f"{text[:keep - 20]}...({len(text)} characters)"
+
+
+def check_name_lengths(field: str, path: Path) -> None:
+    """Each name in `path` fits the filesystem (NAME_MAX bytes), and the whole path PATH_MAX: refused in one line,
+    before the filesystem is asked (it raises ENAMETOOLONG)."""
+    text = str(path)
+    if len(os.fsencode(text)) > PATH_MAX:
+        raise CircuitlabError(f"{field}={shortened(text)}: the path is {len(os.fsencode(text))} bytes, longer than the {PATH_MAX} a "
+                              "path may have; name a shorter one")
+    for part in Path(text).parts:
+        if len(os.fsencode(part)) > NAME_MAX:
+            raise CircuitlabError(f"{field}={shortened(text)}: the name {shortened(part, 40)!r} is {len(os.fsencode(part))} bytes, longer "
+                                  f"than the {NAME_MAX} a file name may have; name a shorter one")
+
+
+RUN_RECORDS = ("manifest.json", "run_config.json")  # a dir holding one of these is a run's (finished, or started)
+SCAN_DEPTH, SCAN_ENTRIES = 4, 20_000  # how deep and how much of a dir `check_not_other_runs` looks into
+
+
+def check_not_other_runs(field: str, run_dir: Path) -> None:
+    """A run dir is one run's: refused, in one line, when it lies inside another run's dir, or holds other runs
+    below it (a results_dir, a multirun dir: its index would stop listing them once this run's files land there).
+    Looks SCAN_DEPTH levels down, at most SCAN_ENTRIES entries (results_dir/NAME/TIMESTAMP/manifest.json is 3)."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    for parent in run_dir.parents:
+        found = next((parent / name for name in RUN_RECORDS if (parent / name).is_file()), None)
+        if found is not None:
+            raise CircuitlabError(f"{field}={run_dir}: lies inside the run dir {parent} (it holds {found.name}); choose a dir outside it")
+    if not run_dir.is_dir():
+        return
+    seen, level = 0, [run_dir]
+    for _ in range(SCAN_DEPTH):
+        below = []
+        for directory in level:
+            try:
+                entries = list(os.scandir(directory))
+            except OSError:
+                continue
+            for entry in entries:
+                seen += 1
+                if seen > SCAN_ENTRIES:
+                    return
+                if entry.is_dir(follow_symlinks=False) and not entry.name.startswith("."):
+                    below.append(Path(entry.path))
+                elif directory != run_dir and entry.name in RUN_RECORDS:
+                    raise CircuitlabError(f"{field}={run_dir}: holds other runs (e.g. {Path(entry.path).relative_to(run_dir)}); "
+                                          "a run dir is one run's: choose a new dir, or one made by the same command")
+        level = below
+
+
+def probe_writable(field: str, path: Path) -> None:
+    """`path` can be made and written: made (with its missing parents), a temp file written in it, then everything
+    the probe made removed again; one line naming the field when that fails (e.g. under /proc, or a full disk)."""
+    import tempfile
+
+    path, made = Path(path).expanduser(), []
+    try:
+        missing = [path, *path.parents]
+        for directory in reversed([d for d in missing if not d.exists()]):
+            directory.mkdir()
+            made.append(directory)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".probe."):
+            pass
+    except OSError as err:
+        raise CircuitlabError(f"{field}={path}: cannot be written ({err.strerror}); name a directory you can write") from None
+    finally:
+        for directory in reversed(made):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def holder(run_dir: Path) -> int | None:
@@ -170,16 +249,28 @@ def kept_message(run_dir: Path, signum: int, kept: int, finished: bool = False, 
     """The one line an interrupted run prints: what is kept in `run_dir` and what a rerun does. `keeps_chunks`: whether
     the method keeps finished chunks (a rerun into the dir loads them) or nothing until it ends (a rerun starts over)."""
     what = "interrupted" if signum == signal.SIGINT else f"terminated ({signal.Signals(signum).name})"
+    setting = resume_setting(run_dir)
     if kept:
         done = " (the sweep had finished; its results were being written)" if finished else ""
-        return f"{what}: {kept} finished chunk{'s' if kept != 1 else ''} kept in {run_dir}{done}; rerun the same command with run.dir={run_dir} to resume"
-    again = f"rerun the same command to start over (run.dir={run_dir} reuses that dir)"
+        return f"{what}: {kept} finished chunk{'s' if kept != 1 else ''} kept in {run_dir}{done}; rerun the same command with {setting} to resume"
+    again = f"rerun the same command to start over ({setting} reuses that dir)"
     if keeps_chunks:
         return f"{what}: no chunk had finished, so nothing is kept in {run_dir}; {again}"
     who = f"method={method}" if method else "this method"
     if finished:
         return f"{what} while its results were being written: {who} keeps no partial results, so they are lost; {again}"
     return f"{what}: {who} keeps no partial results (it writes them when it ends), so nothing is kept in {run_dir}; {again}"
+
+
+SWEEP_RECORD = "multirun.yaml"  # Hydra writes it into a multirun's sweep dir before the first job starts
+
+
+def resume_setting(run_dir: Path) -> str:
+    """The override that reruns into `run_dir`: `hydra.sweep.dir=SWEEP` for a job of a multirun (its sweep dir, the
+    nearest one above holding Hydra's multirun.yaml; under -m, run.dir= is ignored), else `run.dir=RUN_DIR`."""
+    run_dir = Path(run_dir)
+    sweep = next((parent for parent in run_dir.parents if (parent / SWEEP_RECORD).is_file()), None)
+    return f"hydra.sweep.dir={sweep}" if sweep is not None else f"run.dir={run_dir}"
 
 
 @contextlib.contextmanager

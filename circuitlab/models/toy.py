@@ -163,6 +163,23 @@ def accuracy(model: HookedTransformer, pairs: PromptPairs) -> float:
         return (final_logits(model, pairs).argmax(-1) == pairs.answer_tokens).float().mean().item()
 
 
+SAVED_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "recipe.json")
+MAX_STEPS = 100_000  # the recipes train 1,500 to 4,000 steps
+
+
+def check_out_dir(out: Path) -> None:
+    """`train-toy out=`: a new or empty dir, or a toy model's (its files are rewritten). A dir holding other files
+    is refused in one line, before any training: the model's files would land among them."""
+    from circuitlab.errors import CircuitlabError
+
+    out = Path(out)
+    others = sorted(p.name for p in out.iterdir() if p.name not in SAVED_FILES) if out.is_dir() else []
+    if others:
+        listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise CircuitlabError(f"out={out}: holds files that are not a toy model's ({listed}); name a new dir, an empty one or a toy "
+                              "model's dir (its files are rewritten)")
+
+
 def train_toy(name: str, out_dir: Path, steps: int | None = None, progress: bool = True) -> dict:
     """Train toy model `name` by its recipe and save it in GPT-2 format under `out_dir`; returns the report."""
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
