@@ -46,10 +46,10 @@ def run_command(args: list[str]) -> None:
     args, dirs = config_dirs(args)
     flags = {a.split("=")[0] for a in args if a.startswith("-")}
     if not flags & HYDRA_INFO_FLAGS:
-        from circuitlab.plan_command import auto_shards
+        from circuitlab.plan_command import auto_shards, overrides_of
 
         args = auto_shards(args, dirs)  # sweep.num_shards=auto: the shard count, chosen from the plan
-        overrides = _overrides(args)
+        overrides = overrides_of(args)
         if flags & {"-m", "--multirun"}:
             from circuitlab.multirun import preflight_multirun
 
@@ -60,19 +60,6 @@ def run_command(args: list[str]) -> None:
     from circuitlab.hydra_app import hydra_main
 
     hydra_main()
-
-
-def _overrides(args: list[str]) -> list[str]:
-    """The `key=value` arguments, skipping flags and the values of `--cfg/-c` and `--package/-p`."""
-    out, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg in ("--cfg", "-c", "--package", "-p", "--experimental-rerun"):
-            skip = True
-        elif not arg.startswith("-"):
-            out.append(arg)
-    return out
 
 
 def figures_command(args: argparse.Namespace) -> None:
