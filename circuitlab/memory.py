@@ -45,6 +45,20 @@ def process_peak_mb() -> int:
     return round(peak / 2**20 if sys.platform == "darwin" else peak / 1024)
 
 
+def release_freed() -> None:
+    """Hand the heap memory freed so far back to the operating system (glibc's malloc_trim; nothing elsewhere).
+    glibc keeps freed blocks of a phase's many tensors resident (SmolLM2-135M's EAP-IG scoring: 2.26 GB resident
+    after it, 1.22 GB after the trim), so the next phase's own peak would start above the one before it."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+        pass
+
+
 def weights_mb(model: torch.nn.Module) -> float:
     """The model's parameters and buffers in MiB (one decimal)."""
     tensors = [*model.parameters(), *model.buffers()]

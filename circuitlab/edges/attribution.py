@@ -67,7 +67,7 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
     final = pairs.final_positions[rows].to(device)
     answer, wrong = pairs.answer_tokens[rows].to(device), pairs.wrong_tokens[rows].to(device)
     source = sources.outputs(model, pairs, graph, rows)
-    source_input = source[:, :, 0].clone()  # the counterfactual's input embeddings: the start of EAP-IG's line (no view of source)
+    source_input = source[:, :, 0].clone()  # the counterfactual's input embeddings, EAP-IG's line's start (not a view)
     senders, gradient_at = set(sender_hooks(graph)), set(gradient_hooks(graph))
     residuals = {f"blocks.{layer}.hook_resid_pre" for layer in range(graph.n_layers)}
     grads: dict[str, Tensor] = {}  # this step's
@@ -109,7 +109,8 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
         return -_contract(graph, sender_differences(source, cache, graph, model), total) / steps
 
 
-def sender_differences(source: Tensor, cache: dict[str, Tensor], graph: EdgeGraph, model: HookedTransformer) -> Float[Tensor, "sender batch pos d_model"]:
+def sender_differences(source: Tensor, cache: dict[str, Tensor], graph: EdgeGraph,
+                       model: HookedTransformer) -> Float[Tensor, "sender batch pos d_model"]:
     """source - clean output of every sender, sender-major (the layout the contraction multiplies), written part by
     part (no stacked copy of the clean outputs)."""
     batch, pos, d_model = cache[INPUT_HOOK].shape
@@ -126,14 +127,17 @@ def prompts_per_backward(model: HookedTransformer, graph: EdgeGraph, width: int,
     """How many prompts one batch of EAP's forwards and backwards takes within the memory budget. Per prompt and
     position a batch holds: autograd's saved activations of every layer (as `engine.batching.backward_batch` counts
     them), the gradient at every receiver's input summed over the steps (one d_model vector per receiver), the
-    gradients read at each layer's queries, keys, values and MLP input and the norms' inputs, and the senders' clean
-    and counterfactual outputs and their difference (d_model vectors per sender)."""
+    gradients read at each layer's queries, keys, values and MLP input and the norms' inputs, and the senders'
+    counterfactual outputs and their differences (d_model vectors per sender): 94.5 MB per 15-token prompt on
+    SmolLM2-135M, 99 measured. Whatever the prompts, about one copy of the attention weights (grouped keys and
+    values repeated per query head, the backward's copies): 160 MB there, 214 measured."""
     cfg = model.cfg
     budget = memory_budget(cfg.device, memory_budget_mb) * 2**20
     autograd = cfg.n_layers * (18 * cfg.d_model + 7 * (cfg.d_mlp or 0) + 6 * cfg.n_heads * width)
     read = cfg.n_layers * (3 * cfg.n_heads * cfg.d_head + 2 * cfg.d_model)
     per_position = autograd + read + (len(graph.receivers) + 2 * len(graph.senders)) * cfg.d_model
-    return max(1, int(budget // (per_position * width * 4)))
+    fixed = cfg.n_layers * 4 * cfg.d_model * cfg.n_heads * cfg.d_head * 4
+    return max(1, int((budget - fixed) // (per_position * width * 4)))
 
 
 def gradient_hooks(graph: EdgeGraph) -> list[str]:
@@ -142,7 +146,8 @@ def gradient_hooks(graph: EdgeGraph) -> list[str]:
     return [f"blocks.{l}.{name}" for l in range(graph.n_layers) for name in per_layer] + [logits_hook(graph)]
 
 
-def _receiver_gradients(model: HookedTransformer, graph: EdgeGraph, grads: dict[str, Tensor], cache: dict[str, Tensor]) -> Iterator[tuple[str, Tensor]]:
+def _receiver_gradients(model: HookedTransformer, graph: EdgeGraph, grads: dict[str, Tensor],
+                        cache: dict[str, Tensor]) -> Iterator[tuple[str, Tensor]]:
     """d metric / d (each head's q, k, v input before the norm), per layer as (batch, pos, head, d_model); the MLP
     inputs' and the final residual stream's as they were read. One at a time (the caller sums each into its total
     before the next is made)."""

@@ -24,15 +24,16 @@ class Sources:
     kind: str
     mean: Float[Tensor, "1 pos sender d_model"] | None = None
 
-    def outputs(self, model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, rows: Tensor | None = None) -> Tensor:
-        """The source outputs of the prompts `rows` (all when None), broadcastable to (batch, pos, sender, d_model):
-        a mean or zero source is one for every prompt."""
+    def outputs(self, model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, rows: Tensor | None = None,
+                start: int = 0) -> Tensor:
+        """The source outputs of the prompts `rows` (all when None) at the positions from `start` on, broadcastable
+        to (batch, pos, sender, d_model): a mean or zero source is one for every prompt."""
         if self.kind == "patching":
             tokens = pairs.corrupted_tokens if rows is None else pairs.corrupted_tokens[rows]
-            return sender_outputs(model, tokens.to(model.cfg.device), graph)
+            return sender_outputs(model, tokens.to(model.cfg.device), graph, start)
         if self.kind == "zero":
             return torch.zeros(1, 1, 1, 1, device=model.cfg.device, dtype=model.cfg.dtype)
-        return self.mean
+        return self.mean[:, start:]
 
 
 def prepare(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, kind: str, batch_size: int) -> Sources:

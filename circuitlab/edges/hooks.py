@@ -75,31 +75,32 @@ def head_outputs(model: HookedTransformer, layer: int, z: Tensor) -> Float[Tenso
     return torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O)
 
 
-def sender_parts(cache, graph: EdgeGraph, model: HookedTransformer) -> Iterator[Float[Tensor, "batch pos k d_model"]]:
-    """Every sender's output from a run's cache (of `sender_hooks`), in the graph's sender order, a few senders at a
-    time (the input; each layer's heads; its MLP)."""
-    yield cache[INPUT_HOOK][:, :, None]
+def sender_parts(cache, graph: EdgeGraph, model: HookedTransformer, start: int = 0) -> Iterator[Float[Tensor, "batch pos k d_model"]]:
+    """Every sender's output from a run's cache (of `sender_hooks`) at the positions from `start` on, in the graph's
+    sender order, a few senders at a time (the input; each layer's heads; its MLP)."""
+    yield cache[INPUT_HOOK][:, start:, None]
     for layer in range(graph.n_layers):
-        yield head_outputs(model, layer, cache[f"blocks.{layer}.attn.hook_z"])
+        yield head_outputs(model, layer, cache[f"blocks.{layer}.attn.hook_z"][:, start:])
         if graph.has_mlp:
-            yield cache[f"blocks.{layer}.hook_mlp_out"][:, :, None]
+            yield cache[f"blocks.{layer}.hook_mlp_out"][:, start:, None]
 
 
-def stack_senders(cache, graph: EdgeGraph, model: HookedTransformer) -> Float[Tensor, "batch pos sender d_model"]:
-    """Every sender's output from a run's cache (of `sender_hooks`), in the graph's sender order (written part by
-    part into one tensor: no list of every part beside it)."""
-    first_part = cache[INPUT_HOOK]
-    out = torch.empty(*first_part.shape[:2], len(graph.senders), first_part.shape[-1], device=first_part.device, dtype=first_part.dtype)
+def stack_senders(cache, graph: EdgeGraph, model: HookedTransformer, start: int = 0) -> Float[Tensor, "batch pos sender d_model"]:
+    """Every sender's output from a run's cache (of `sender_hooks`) at the positions from `start` on, in the graph's
+    sender order (written part by part into one tensor: no list of every part beside it)."""
+    batch, width, d_model = cache[INPUT_HOOK][:, start:].shape
+    out = torch.empty(batch, width, len(graph.senders), d_model, device=cache[INPUT_HOOK].device, dtype=cache[INPUT_HOOK].dtype)
     first = 0
-    for part in sender_parts(cache, graph, model):
+    for part in sender_parts(cache, graph, model, start):
         out[:, :, first:first + part.shape[2]] = part
         first += part.shape[2]
     return out
 
 
-def sender_outputs(model: HookedTransformer, tokens: Tensor, graph: EdgeGraph) -> Float[Tensor, "batch pos sender d_model"]:
-    """The senders' outputs of one run (no gradients; the forward stops after the last block)."""
+def sender_outputs(model: HookedTransformer, tokens: Tensor, graph: EdgeGraph, start: int = 0) -> Float[Tensor, "batch pos sender d_model"]:
+    """The senders' outputs of one run at the positions from `start` on (no gradients; the forward runs every
+    position and stops after the last block)."""
     names = set(sender_hooks(graph))
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names, stop_at_layer=model.cfg.n_layers)
-        return stack_senders(cache, graph, model)
+        return stack_senders(cache, graph, model, start)

@@ -39,11 +39,16 @@ def circuits_logit_diff(
     device = model.cfg.device
     start = unchanged_before(pairs, sources)
     budget = memory_budget(device, memory_budget_mb) * 2**20
-    per_prompt = (pairs.width - start) * (len(graph.senders) + 4 * graph.n_heads + 8) * model.cfg.d_model * 4  # bytes per row
-    # the counterfactual senders' outputs of a batch's prompts (every position: the forward that makes them runs in full)
-    source_per_prompt = pairs.width * len(graph.senders) * model.cfg.d_model * 4 if sources.kind == "patching" else 0
-    prompts = max(1, min(pairs.n_pairs, int(budget // (per_prompt + source_per_prompt))))  # prompts per forward (all, unless too many)
-    copies = max(1, int((budget - source_per_prompt * prompts) // (per_prompt * prompts)))  # circuits per forward
+    cfg, width = model.cfg, pairs.width - start
+    # bytes per prompt and circuit: the senders' differences, and a block's own activations (each head's q / k / v
+    # input, their norms and updates: about 12 per head, measured ~140 d_model vectors per row on SmolLM2-135M)
+    per_prompt = width * (len(graph.senders) + 12 * graph.n_heads + 32) * cfg.d_model * 4
+    # bytes per prompt whatever the circuits: its counterfactual outputs (at the positions computed) and the clean
+    # prefix's keys and values (one per query head)
+    source = width * len(graph.senders) * cfg.d_model * 4 if sources.kind == "patching" else 0
+    shared = source + (pairs.width * (cfg.d_model + 2 * cfg.n_layers * cfg.n_heads * cfg.d_head) * 4 if start else 0)
+    prompts = max(1, min(pairs.n_pairs, int(budget // (per_prompt + shared))))  # prompts per forward (all, unless too many)
+    copies = max(1, int((budget - shared * prompts) // (per_prompt * prompts)))  # circuits per forward
     totals, forwards = torch.zeros(keep.shape[0], dtype=torch.float64), 0
     batches = range(0, pairs.n_pairs, prompts)
     planned = len(batches) * -(-keep.shape[0] // copies)
@@ -51,7 +56,7 @@ def circuits_logit_diff(
     bar = tqdm(total=planned * model.cfg.n_layers, desc=desc, unit="block", disable=not progress)  # moved at every block
     for first_prompt in batches:
         rows = torch.arange(first_prompt, min(pairs.n_pairs, first_prompt + prompts))
-        part = sources.outputs(model, pairs, graph, rows)  # this batch's (a mean or zero source: one for all)
+        part = sources.outputs(model, pairs, graph, rows, start)  # this batch's (a mean or zero source: one for all)
         prefix = clean_prefix(model, pairs, rows) if start else None
         for first in range(0, keep.shape[0], copies):
             block = keep[first:first + copies].to(device)
@@ -82,7 +87,8 @@ def clean_prefix(model: HookedTransformer, pairs: PromptPairs, rows: Tensor) -> 
 def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, source: Tensor, keep: Tensor, rows: Tensor,
             start: int = 0, prefix: dict[str, Tensor] | None = None, bar=None) -> Tensor:
     """The mean logit difference of the prompts `rows` under each circuit of `keep`, in one forward over the
-    positions from `start` on (the earlier ones from `prefix`, the clean run's). `bar`: moved by one at each block.
+    positions from `start` on (the earlier ones from `prefix`, the clean run's; `source`: the counterfactual
+    outputs at those positions). `bar`: moved by one at each block.
 
     The differences are kept sender-major, (circuit, sender, prompt, position, d_model), so that a receiver's
     update is one batched matmul of its circuits' ablation weights against the contiguous block of the senders
@@ -90,7 +96,6 @@ def _masked(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, sour
     device, dtype = model.cfg.device, model.cfg.dtype
     copies, n, width, d_model, n_senders = keep.shape[0], len(rows), pairs.width - start, model.cfg.d_model, len(graph.senders)
     ablate = (~keep).to(dtype)  # circuit sender receiver
-    source = source if start == 0 else source[:, start:]
     source = source.to(device=device, dtype=dtype).expand(n, width, n_senders, d_model).permute(2, 0, 1, 3)  # sender-major
     differences = torch.zeros(copies, n_senders, n, width, d_model, device=device, dtype=dtype)
 

@@ -28,6 +28,7 @@ from circuitlab.edges.graph import EdgeGraph
 from circuitlab.edges.hooks import check_additive
 from circuitlab.engine.records import MethodOutput, Plan
 from circuitlab.errors import ConfigError
+from circuitlab.memory import release_freed
 from circuitlab.metrics import usable_gap
 from circuitlab.tasks.base import PromptPairs
 
@@ -116,7 +117,9 @@ def run_edges(cfg: DictConfig, plan: Plan, model, score: Callable[[], tuple[torc
     check_additive(model.cfg)
     graph: EdgeGraph = plan.method_plan
     m = cfg.method
+    release_freed()  # what loading the model freed goes back to the system before the scoring allocates
     scores, extra = score()
+    release_freed()  # and the scoring's, before the masked forwards allocate theirs
     unscored = int(torch.isnan(scores[graph.real]).sum())
     keep = torch.zeros_like(graph.real)
     if unscored == 0:
