@@ -13,7 +13,8 @@ setting).
     python bench/memory.py                                  # every row (DAS also at 256, 2048, 4096 MB), ~25 minutes on 2 cores
     python bench/memory.py --rows das dla --budget 512      # some rows, another memory_budget_mb
     python bench/memory.py --rows das --das-budgets 512 8192 # DAS's peak against its budget
-    python bench/memory.py --model smollm2-135m --rows load eap eap_ig "edge patching" --das-budgets  # the real model
+    python bench/memory.py --model smollm2-135m --rows load eap eap_ig "edge patching" --das-budgets \
+        --write bench/results/memory_smollm2.md                 # the edge methods on the real model
 
 A row whose resident set passes --cap-mb (default 10000) is killed and listed as "> peak". `--model NAME` runs the rows
 on a named model config instead (e.g. smollm2-135m, the real weights; its IOI prompts are its own BPE tokens, so the
@@ -66,7 +67,17 @@ def write_checkpoint(directory: Path, seed: int = 0) -> float:
     LlamaForCausalLM(LlamaConfig(**SMOLLM2)).eval().save_pretrained(str(directory))
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(EMBEDDED_DIR / "toy-ioi" / name, directory / name)
+    pad_vocabulary(directory / "tokenizer.json", SMOLLM2["vocab_size"])
     return sum(p.stat().st_size for p in directory.glob("*.safetensors")) / 2**20
+
+
+def pad_vocabulary(path: Path, size: int) -> None:
+    """The word-level vocabulary filled up to the embedding's rows with unused tokens (a tokenizer far smaller than
+    the embedding is refused as another model's); the IOI prompts' tokens keep their ids."""
+    tokenizer = json.loads(path.read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab.update({f"<unused{i}>": i for i in range(len(vocab), size)})
+    path.write_text(json.dumps(tokenizer))
 
 
 LOAD_ONLY = """
@@ -142,6 +153,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=None, help="memory_budget_mb for every row (default: the config's, 1024 on CPU)")
     parser.add_argument("--das-budgets", nargs="*", type=int, default=[256, 2048, 4096], help="DAS again at each of these memory_budget_mb")
     parser.add_argument("--model", default=None, help="a named model config (e.g. smollm2-135m) instead of the random checkpoint")
+    parser.add_argument("--write", default=None, help="write the table to this file (default: bench/results/memory.md after a full default run)")
     parser.add_argument("--cap-mb", type=float, default=10000, help="kill a row whose resident set passes this (a shared machine's safety)")
     args = parser.parse_args()
     rows = [ALIASES.get(r, r) for r in args.rows]
@@ -184,11 +196,13 @@ def print_table(results: list[dict], file_mb: float, args) -> None:
                      f"{phases.get('method', '')} | {r['seconds']:.0f} |")
     text = "\n".join(lines) + "\n"
     print("\n" + text)
-    if args.rows == list(ROWS) and args.budget is None and args.model is None and args.das_budgets == [256, 2048, 4096]:
-        from circuitlab.results import write_text
-
+    out = args.write
+    if out is None and args.rows == list(ROWS) and args.budget is None and args.model is None and args.das_budgets == [256, 2048, 4096]:
         out = Path(__file__).parent / "results" / "memory.md"
-        write_text(out, text)
+    if out is not None:
+        from circuitlab.storage import write_text
+
+        write_text(Path(out), text)
         print(f"written to {out}")
 
 
