@@ -14,6 +14,7 @@ import torch
 from circuitlab import cli, compose, multirun
 from circuitlab.errors import CircuitlabError
 from circuitlab.models import loading
+from tests.cli_refusal import refused
 
 DAS = "+experiment=ioi_position"
 ABLATION = "+experiment=toy_resample_scales"
@@ -34,15 +35,6 @@ def no_model_loads(monkeypatch):
     monkeypatch.setattr(loading, "_load_cached", refuse)
 
 
-def refused(argv: list[str], capsys) -> str:
-    """Run the CLI; assert exit code 2 and exactly one line on stderr; return that line."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    assert "Traceback" not in err and err.startswith("circuitlab: error: "), err
-    return err
 
 
 # files read as inputs, each damaged in every way ----------------------------------------------------------------

@@ -13,17 +13,11 @@ import pytest
 from circuitlab import cli
 from circuitlab.methods import registry
 from circuitlab.models import toy
+from tests.cli_refusal import refused as one_line_error
 
 PACKAGE = Path(cli.__file__).resolve().parent
 
 
-def one_line_error(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("circuitlab: error: "), err
-    return err
 
 
 def test_top_level_help_lists_every_command(capsys):

@@ -26,6 +26,7 @@ from circuitlab.merge import merge_shards
 from circuitlab.models import loading
 from circuitlab.models.loading import EMBEDDED_DIR
 from circuitlab.run import run_experiment
+from tests.cli_refusal import refused
 
 QUIET = ["progress=false", "figures=false"]
 SWEEP = ["+experiment=ioi_patching", "task.n_prompts=8", "memory_budget_mb=1", *QUIET]  # 18 chunks on toy-ioi
@@ -42,14 +43,6 @@ def tree(directory: Path) -> dict[str, str]:
     return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def refused(argv: list[str], capsys) -> str:
-    """Run the CLI in this process; it must exit 2 with one line on stderr, which is returned."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 def manifest(run_dir: Path) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from circuitlab import cli
+from tests.cli_refusal import refused
 
 RUN = ["+experiment=ioi_patching", "task.n_prompts=4", "sweep.layers=[0]", "progress=false", "figures=false"]
 
@@ -24,13 +25,6 @@ def digest(directory: Path) -> dict[str, tuple]:
     return out
 
 
-def refused(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("form", ["run.dir", "hydra.run.dir"])

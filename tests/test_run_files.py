@@ -21,6 +21,7 @@ import torch
 import circuitlab
 from circuitlab import cli, runfiles
 from circuitlab.storage import write_json
+from tests.cli_refusal import refused
 
 
 def digest(root: Path) -> dict[str, tuple]:
@@ -35,14 +36,6 @@ def digest(root: Path) -> dict[str, tuple]:
     return out
 
 
-def refused(argv: list[str], capsys) -> str:
-    """The CLI exits 2 with exactly one line on stderr; returns it."""
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("circuitlab: error: ") and "Traceback" not in err, err
-    return err
 
 
 def cut_at_a_line(data: bytes) -> bytes:
