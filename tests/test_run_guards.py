@@ -9,6 +9,7 @@ the advice an interrupted multirun job gives."""
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import shutil
@@ -232,6 +233,10 @@ def test_a_degenerate_gap_gives_no_normalised_number(method, world, tmp_path, ca
         assert results[results["metric"] == "logit_diff_normalized"]["value"].isna().all()
         assert results[results["metric"] == "logit_diff"]["value"].notna().all()
     assert all(isinstance(value, str) or math.isfinite(value) for value in gap.values())  # strict JSON: numbers, no NaN
+    from circuitlab import report
+
+    page = (tmp_path / "r" / report.REPORT_FILE).read_text()
+    assert "normalised scores are NaN: " + html.escape(gap["reason"]) in page  # the report's Baselines section says why
 
 
 def test_an_interrupted_multirun_job_advises_the_sweep_dir(tmp_path, monkeypatch, capsys):

@@ -78,6 +78,12 @@ def side_tables(run_dir: Path, method: str | None, manifest: dict) -> list[dict]
     return out
 
 
+def baseline_gap_reason(manifest: dict) -> str | None:
+    """Why the run's normalised scores are NaN (the manifest's `baseline_gap`, metrics.gap_record), if they are."""
+    gap = manifest.get("baseline_gap")
+    return str(gap.get("reason")) if isinstance(gap, dict) and gap.get("reason") else None
+
+
 def manifest_entries(manifest: dict) -> dict:
     timings = manifest.get("wall_time_seconds") or {}
     total = sum(v for v in timings.values() if is_number(v))
@@ -110,6 +116,7 @@ def report_data(run_dir: Path) -> dict:
         "summary": summary(run_dir, manifest, config, results, problem, method, status),
         "data": model_and_data(manifest, config),
         "baselines": tables.baselines_table(manifest),
+        "baseline_gap": baseline_gap_reason(manifest),
         "config_yaml": yaml.safe_dump(config, sort_keys=False, default_flow_style=None),
         "inputs_json": json.dumps(inputs, indent=2, default=str) if inputs else None,
         "figures": figures(run_dir, manifest),
