@@ -45,6 +45,17 @@ def dropped_note(columns: list, context: RunContext) -> str:
     return f"{where} not drawn: 0 at every cell{why}"
 
 
+def nan_note(values: pd.Series) -> str | None:
+    """What the grey tiles are when some values are NaN (a normalised score is NaN when the run's baselines are too
+    close to normalise by: the manifest's `baseline_gap` says why)."""
+    missing = int(values.isna().sum())
+    if not missing:
+        return None
+    if missing == len(values):
+        return "every value is NaN (grey tiles): see the report's Baselines (manifest baseline_gap) for why"
+    return f"{missing} of {len(values)} values are NaN (grey tiles, no number)"
+
+
 def layout(n_x: int, n_y: int, n_facets: int, x_chars: int, y_chars: int, head: float, strip: bool) -> dict:
     """Cell sizes, columns of facets and facets per page that keep a page within MAX_INCHES a side."""
     x_axis = AXIS_CHAR * x_chars * math.sin(math.radians(60)) + 0.3
@@ -92,6 +103,9 @@ def heatmap(
             df = df[~df[x].isin(lead)].copy()
             df[x] = df[x].cat.remove_categories(lead)
             notes.append(dropped_note(lead, context))
+    missing = nan_note(df["value"])
+    if missing:
+        notes.append(missing)
     subtitle = "\n".join(notes) or None
     df["cell"] = df["value"].map(lambda v: cell_text(v, cell_format))
     limit = max(min_limit, float(df["value"].abs().max()) if len(df) else 0.0)

@@ -187,3 +187,24 @@ def test_ioi_templates_are_recorded_and_the_held_out_split_is_said():
     assert when["templates"] == {"when": ioi.TEMPLATES["when"]}
     das = templates_used(cli.compose_config(["+experiment=ioi_position"]))
     assert set(das["templates"]).isdisjoint(das["train_templates"]) and set(das["templates"]) | set(das["train_templates"]) == set(ioi.TEMPLATES)
+
+
+@pytest.mark.parametrize("nan_cells", [6, 2, 0])
+def test_nan_cells_are_said_in_the_subtitle(nan_cells):
+    """A heatmap whose values are NaN (a degenerate baseline gap) says so: all of them, or how many."""
+    import math
+
+    from circuitlab.heatmaps import heatmap
+
+    values = [math.nan] * nan_cells + [0.5] * (6 - nan_cells)
+    frame = pd.DataFrame({"layer": [0, 0, 0, 1, 1, 1], "position_label": ["0", "1", "2"] * 2, "stream": "resid_pre", "value": values})
+    (plot, _, _), = heatmap(frame, "position_label", "layer", "stream", "t", "v", "position", "layer")
+    subtitle = plot.labels.subtitle or ""
+    if nan_cells == 6:
+        assert "every value is NaN" in subtitle and "baseline_gap" in subtitle
+    elif nan_cells:
+        assert f"{nan_cells} of 6 values are NaN" in subtitle
+    else:
+        assert "NaN" not in subtitle
+    shown = drawn(plot)
+    assert not shown["outside"] and (nan_cells == 0 or any("NaN" in t for t in shown["texts"]))
