@@ -115,12 +115,12 @@ def circuit_graph(edges: pd.DataFrame, out_dir: Path, title: str) -> list[Path]:
         + p9.scale_size_continuous(range=(0.4, 3))
         + p9.scale_y_continuous(breaks=list(range(0, top + 1)), labels=["input", *[f"layer {l}" for l in layers], "logits"],
                                 expand=(0, 0.5))
-        + p9.scale_x_continuous(expand=(0, 0.7))
+        + p9.scale_x_continuous(breaks=[*range(len(columns)), mlp_x], labels=[*(f"h{h}" for h in columns), "MLP"], expand=(0, 0.7))
         + p9.labs(x="head (MLP at the right)" + ("" if len(columns) == n_heads else f"; only the circuit's {len(columns)} of {n_heads} heads"),
                   y="", color="edge", size="|score|", title=f"{title}: circuit of {len(kept)} edges",
                   subtitle="q / k / v inputs drawn into their head; layers without a node of the circuit left out"
                            if len(layers) < (max(layers) + 1 if layers else 0) else "q / k / v inputs drawn into their head")
         + p9.theme_minimal()
-        + p9.theme(axis_text_x=p9.element_blank(), panel_grid_minor=p9.element_blank())
+        + p9.theme(panel_grid_minor=p9.element_blank())
     )
     return save(plot, out_dir, "circuit", width=max(8.0, col_w * (len(columns) + 2) + 3.0), height=max(4.0, 1.6 + row_h * (top + 1)))
