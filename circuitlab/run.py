@@ -72,6 +72,7 @@ def run_experiment(cfg: DictConfig, run_dir: Path, overrides: list[str] | None =
     log.info("loading the model (%s)", f"{cfg.model.name}{f' from {cfg.model.path}' if cfg.model.get('path') else ''}")
     with timer("load_model"):  # before the run dir is touched: a checkpoint that fails to load changes nothing there
         model = loading.load_model(cfg.model, device=device)
+    memory.release_freed()  # the checkpoint's freed copies go back to the system before the method allocates
     log.info("model ready in %.1f s (%.1f MB of weights, peak memory %d MB)", timer.seconds["load_model"], memory.weights_mb(model),
              meter.mark("load_model"))
     with rundir.locked(run_dir):
