@@ -1,12 +1,15 @@
-"""EAP and EAP-IG: first-order estimates of every edge's effect at once.
+"""EAP, EAP-IG and their relatives: first-order estimates of every edge's effect at once.
 
 An edge s -> r carries sender s's output into receiver r's input. Patching it alone adds (source_s - clean_s)
 to r's input, which changes the metric m (the mean logit difference at the final position) by about
 grad_r . (source_s - clean_s), summed over positions. The score of an edge is minus that estimate:
 m(clean) - m(edge patched), positive for an edge that carries the clean behaviour. EAP takes grad_r at the clean
 run (a forward on the counterfactual prompts, then one forward and one backward on the clean ones); EAP-IG
-averages grad_r over `ig_steps` runs whose input embeddings lie on the line from the counterfactual's to the
-clean ones (alpha = k / ig_steps, k = 1..ig_steps: one step is EAP).
+averages grad_r over `steps` runs on a line from the counterfactual to the clean run: of the input embeddings
+(`inputs`, alpha = k / steps, k = 1..steps: one step is EAP) or of each component's output (`activations`);
+`clean-corrupted` averages the clean and the corrupted run's. integration.py says which runs, nodes.py turns
+the same gradients into node and neuron scores. After EAP-IG's reference code (github hannamw/EAP-IG,
+src/eap/attribute.py), written anew for this engine.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float
@@ -22,8 +26,10 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuitlab.edges import counterfactual as cf
+from circuitlab.edges import integration as integrate
+from circuitlab.edges import nodes
 from circuitlab.edges.graph import EdgeGraph
-from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, logits_hook, sender_hooks, sender_parts
+from circuitlab.edges.hooks import INPUT_HOOK, edges_exposed, input_norms, logits_hook, sender_hooks, sender_parts
 from circuitlab.engine.batching import memory_budget
 from circuitlab.engine.forward import fast_mlps, final_logit_diff
 from circuitlab.tasks.base import PromptPairs
@@ -35,28 +41,55 @@ def edge_scores(
     model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, counterfactual: str, ig_steps: int | None = None,
     batch_size: int | None = None, progress: bool = False, memory_budget_mb: int | None = None,
 ) -> Float[Tensor, "sender receiver"]:
-    """EAP (ig_steps None or 1) or EAP-IG scores of every (sender, receiver) pair (0 where there is no edge), in
-    logit-difference units, averaged over prompts. `batch_size` prompts per forward and backward (None: as many as
-    `memory_budget_mb` holds, `prompts_per_backward`); every integrated-gradient step of a batch runs before the next
-    batch, so the memory does not grow with the steps."""
+    """EAP (ig_steps None or 1) or EAP-IG (inputs) scores of every (sender, receiver) pair (`attribute`'s edges)."""
+    integration = "inputs" if (ig_steps or 1) > 1 else "clean"
+    return attribute(model, pairs, graph, counterfactual, integration, ig_steps or 1, batch_size, progress, memory_budget_mb).edges
+
+
+@dataclass
+class Attribution:
+    """Edge scores (sender x receiver, 0 where there is no edge) and, when asked, neuron scores (sender x d_model:
+    nodes.py; a node's score is its row's sum), averaged over prompts, in logit-difference units."""
+
+    edges: Float[Tensor, "sender receiver"]
+    neurons: Float[Tensor, "sender d_model"] | None = None
+
+
+def attribute(
+    model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, counterfactual: str, integration: str = "clean",
+    steps: int = 1, batch_size: int | None = None, progress: bool = False, memory_budget_mb: int | None = None,
+    neurons: bool = False,
+) -> Attribution:
+    """Scores of every edge with the gradients `integration` says (integration.py: clean, inputs,
+    clean-corrupted, activations, activations-mib; `steps` points on each line). `batch_size` prompts per forward
+    and backward (None: as many as `memory_budget_mb` holds, `prompts_per_backward`); every run of a batch runs
+    before the next batch, so the memory does not grow with the steps. `neurons`: the per-dimension node scores
+    too."""
     n = pairs.n_pairs
     batch_size = min(n, batch_size or prompts_per_backward(model, graph, pairs.width, memory_budget_mb))
-    steps = ig_steps or 1
+    plan = integrate.segments(graph, integration, steps)
+    runs = sum(len(segment.runs) for segment in plan)
     sources = cf.prepare(model, pairs, graph, counterfactual, batch_size)
     scores = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
+    per_neuron = torch.zeros(len(graph.senders), model.cfg.d_model, dtype=torch.float64) if neurons else None
     batches = [torch.arange(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
     if progress:
-        log.info("scoring %d edges: %d forward + backward(s) (%s x %d batch(es) of up to %d prompts)", graph.n_edges,
-                 len(batches) * steps, f"{steps} integrated-gradient steps" if steps > 1 else "one", len(batches), batch_size)
-    bar = tqdm(total=len(batches) * steps, desc="edge attribution", unit="backward", disable=not progress)
+        log.info("scoring %d edges (%s gradients): %d forward + backward(s) (%d run(s) x %d batch(es) of up to %d prompts)",
+                 graph.n_edges, integration, len(batches) * runs, runs, len(batches), batch_size)
+    bar = tqdm(total=len(batches) * runs, desc="edge attribution", unit="backward", disable=not progress)
     for rows in batches:
-        scores += _batch_scores(model, pairs, graph, sources, rows, steps, bar)
+        edges, cells = _batch_scores(model, pairs, graph, sources, rows, plan, neurons, bar)
+        scores += edges
+        if neurons:
+            per_neuron += cells
     bar.close()
-    return (scores / n).float() * graph.real
+    return Attribution((scores / n).float() * graph.real, None if per_neuron is None else (per_neuron / n).float())
 
 
-def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sources, rows: Tensor, steps: int, bar) -> Tensor:
-    """Minus the sum over the batch's prompts of grad . (source - clean), per (sender, receiver).
+def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sources, rows: Tensor, plan: list[integrate.Segment],
+                  neurons: bool, bar) -> tuple[Tensor, Tensor | None]:
+    """Minus the sum over the batch's prompts of grad . (source - clean), per (sender, receiver) (and per sender and
+    dimension when `neurons`), each segment's senders scored with its runs' mean gradient.
 
     The forwards are the model's own (no per-head copies of the residual stream): a head's q / k / v input gradient
     is recovered from the gradient at its query / key / value (`hook_q` ...) through W_Q^T and the norm's
@@ -70,43 +103,53 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
     source_input = source[:, :, 0].clone()  # the counterfactual's input embeddings, EAP-IG's line's start (not a view)
     senders, gradient_at = set(sender_hooks(graph)), set(gradient_hooks(graph))
     residuals = {f"blocks.{layer}.hook_resid_pre" for layer in range(graph.n_layers)}
-    grads: dict[str, Tensor] = {}  # this step's
-    total: dict[str, Tensor] = {}  # summed over the steps, at the receivers' inputs
+    grads: dict[str, Tensor] = {}  # this run's
     cache: dict[str, Tensor] = {}  # the clean senders' outputs
     norm_inputs: dict[str, Tensor] = {}
-    record = [True]
+    state = {"record": True, "difference": None}
 
     def keep(activation: Tensor, hook) -> Tensor:
         if hook.name == INPUT_HOOK and not activation.requires_grad:  # the weights are frozen: the input is the leaf
             activation = activation.detach().requires_grad_(True)
-        if hook.name in residuals:  # the norms' inputs: every step's own
+        if hook.name in residuals:  # the norms' inputs: every run's own
             norm_inputs[hook.name] = activation.detach()
-        if record[0] and hook.name in senders:
+        if state["record"] and hook.name in senders:
             cache[hook.name] = activation.detach()
         if hook.name in gradient_at:
             activation.register_hook(lambda g, name=hook.name: _accumulate(grads, name, g))
         return activation
 
+    def summed_difference(first: int, last: int) -> Tensor:
+        return state["difference"][first:last].sum(0)
+
     names = senders | gradient_at | residuals
-    for k in range(steps, 0, -1):  # the clean run (alpha = 1) first: it gives the clean senders' outputs
-        record[0] = k == steps
-        hooks = [(name, keep) for name in names]
-        if k < steps:
-            clean_input = cache[INPUT_HOOK]
-
-            def interpolate(activation: Tensor, hook, alpha=k / steps) -> Tensor:
-                return source_input + alpha * (clean_input - source_input)
-
-            hooks = [(INPUT_HOOK, interpolate)] + hooks
-        grads.clear()
-        with edges_exposed(model, split=False, mlp_in=True, ungroup=True), frozen_weights(model), fast_mlps(model), torch.enable_grad():
-            resid = model.run_with_hooks(clean_tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
-            final_logit_diff(model, resid, final, answer, wrong).sum().backward()
-            for name, grad in _receiver_gradients(model, graph, grads, norm_inputs):
-                _accumulate(total, name, grad)
-        bar.update(1)
-    with torch.no_grad():  # the head outputs are z x W_O: no graph through the weights
-        return -_contract(graph, sender_differences(source, cache, graph, model), total) / steps
+    scores = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
+    cells = torch.zeros(len(graph.senders), model.cfg.d_model, dtype=torch.float64) if neurons else None
+    for segment in plan:
+        total: dict[str, Tensor] = {}  # the segment's gradients at the receivers' inputs, summed over its runs
+        for run in segment.runs:
+            hooks = [(name, keep) for name in names]
+            swap = integrate.replacement(graph, run, cache.get(INPUT_HOOK), source_input, summed_difference)
+            if swap is not None:
+                hooks = [swap] + hooks
+            grads.clear()
+            with edges_exposed(model, split=False, mlp_in=True, ungroup=True), frozen_weights(model), fast_mlps(model), torch.enable_grad():
+                resid = model.run_with_hooks(clean_tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
+                final_logit_diff(model, resid, final, answer, wrong).sum().backward()
+                for name, grad in _receiver_gradients(model, graph, grads, norm_inputs):
+                    _accumulate(total, name, grad)
+            if state["record"]:  # the first run is the clean one: its senders' outputs give the differences
+                state["record"] = False
+                with torch.no_grad():  # the head outputs are z x W_O: no graph through the weights
+                    state["difference"] = sender_differences(source, cache, graph, model)
+                del source
+            bar.update(1)
+        with torch.no_grad():
+            difference = state["difference"]
+            scores -= _contract(graph, difference, total, segment.first, segment.last) / len(segment.runs)
+            if neurons:
+                cells -= nodes.neuron_scores(graph, difference, total, segment.first, segment.last) / len(segment.runs)
+    return scores, cells
 
 
 def sender_differences(source: Tensor, cache: dict[str, Tensor], graph: EdgeGraph,
@@ -160,7 +203,7 @@ def _receiver_gradients(model: HookedTransformer, graph: EdgeGraph, grads: dict[
             if grad is None:
                 continue
             normalized = torch.einsum("bphe,hde->bphd", grad, weights[x])  # d metric / d ln1(input), per head
-            yield f"blocks.{layer}.hook_{x}_input", norm_vjp(block.ln1, cache[f"blocks.{layer}.hook_resid_pre"], normalized)
+            yield f"blocks.{layer}.hook_{x}_input", norm_vjp(input_norms(model, layer)[0], cache[f"blocks.{layer}.hook_resid_pre"], normalized)
 
 
 def norm_vjp(norm, x: Float[Tensor, "batch pos d_model"], cotangent: Float[Tensor, "batch pos k d_model"]) -> Tensor:
@@ -203,21 +246,26 @@ def _accumulate(grads: dict[str, Tensor], name: str, grad: Tensor) -> None:
     grads[name] = grad if name not in grads else grads[name] + grad
 
 
-def _contract(graph: EdgeGraph, difference: Float[Tensor, "sender batch pos d_model"], grads: dict[str, Tensor]) -> Tensor:
-    """sum over prompts and positions of grad_r . difference_s for every (sender, receiver): one matmul per layer
-    of the senders before it against all of its receivers (pairs that are not edges are masked by the caller)."""
+def _contract(graph: EdgeGraph, difference: Float[Tensor, "sender batch pos d_model"], grads: dict[str, Tensor],
+              first: int = 0, last: int | None = None) -> Tensor:
+    """sum over prompts and positions of grad_r . difference_s for every (sender, receiver), senders first..last-1
+    (the other rows 0): one matmul per layer of those senders before it against all of its receivers (pairs
+    that are not edges are masked by the caller)."""
+    last = len(graph.senders) if last is None else last
     scores = torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
     _, batch, pos, d_model = difference.shape
     senders = difference.reshape(len(graph.senders), -1)  # sender x (batch pos d_model)
     zeros = lambda *shape: torch.zeros(batch, pos, *shape, device=difference.device)  # noqa: E731  (no gradient reached it)
     for layer in range(graph.n_layers):
+        start = layer * graph.per_layer_receivers
+        fed = min(last, max(graph.feeding(r) for r in range(start, start + graph.per_layer_receivers)))
+        if fed <= first:  # no sender of these rows feeds this layer
+            continue
         columns = [grads.get(f"blocks.{layer}.hook_{x}_input", zeros(graph.n_heads, d_model)).float().permute(0, 1, 3, 2) for x in "qkv"]
         if graph.has_mlp:
             columns.append(grads.get(f"blocks.{layer}.hook_mlp_in", zeros(d_model)).float()[..., None])
         block = torch.cat(columns, -1).reshape(senders.shape[1], -1)
-        first = layer * graph.per_layer_receivers
-        fed = max(graph.feeding(r) for r in range(first, first + graph.per_layer_receivers))
-        scores[:fed, first:first + block.shape[1]] = (senders[:fed] @ block).double()
+        scores[first:fed, start:start + block.shape[1]] = (senders[first:fed] @ block).double()
     final = grads.get(f"blocks.{graph.n_layers - 1}.hook_resid_post", zeros(d_model)).float().reshape(-1, 1)
-    scores[:, graph.logits_receiver] = (senders @ final).double()[:, 0]
+    scores[first:last, graph.logits_receiver] = (senders[first:last] @ final).double()[:, 0]
     return scores

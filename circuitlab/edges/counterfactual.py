@@ -1,5 +1,15 @@
 """What an ablated edge carries instead of its sender's clean output: the sender's output on the pair's
-corrupted prompt (`patching`), its mean over the clean prompts at each position (`mean`), or zero (`zero`)."""
+corrupted prompt (`patching`), its mean over the clean prompts at each position (`mean`, and `mean-positional`,
+MIB's name for the same thing), or zero (`zero`).
+
+`mean-positional` follows MIB (github hannamw/EAP-IG, src/eap/utils.py, `compute_mean_activations` with
+`per_position=True`, which MIB's run_attribution.py calls with the task's own (clean) prompts): each sender's
+output summed over the clean prompts at each position, right-padded prompts' padding included, divided by the
+number of prompts. That is our `mean`: the two give the same numbers (tests/test_edge_scorers.py checks it), except
+at positions some prompts lack, whose padding MIB runs under an attention mask and we without. The name is kept so that MIB's configurations run unchanged. MIB's own `mean` is a different, position-independent
+mean (its reference code takes each prompt's last-token output divided by its length and then averages over the
+senders as well, so we do not reproduce it); ours has no position-independent mean.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +24,8 @@ from circuitlab.edges.graph import EdgeGraph
 from circuitlab.edges.hooks import sender_outputs
 from circuitlab.tasks.base import PromptPairs
 
-COUNTERFACTUALS = ("patching", "mean", "zero")
+COUNTERFACTUALS = ("patching", "mean", "mean-positional", "zero")
+MEANS = ("mean", "mean-positional")  # one per position, over the clean prompts
 
 
 @dataclass
@@ -38,7 +49,7 @@ class Sources:
 
 def prepare(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, kind: str, batch_size: int) -> Sources:
     """Sources of one kind; the mean is taken once, over every clean prompt."""
-    if kind != "mean":
+    if kind not in MEANS:
         return Sources(kind)
     total = None
     for start in range(0, pairs.n_pairs, batch_size):

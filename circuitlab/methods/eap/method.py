@@ -1,20 +1,23 @@
-"""EAP: every edge's gradient x activation-difference score (circuitlab/edges/attribution.py)."""
+"""EAP: every edge's gradient x activation-difference score (circuitlab/edges/attribution.py); with
+`gradient_at=clean-corrupted` MIB's clean-corrupted baseline (integration.py)."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
 from circuitlab.edges import method as edges
-from circuitlab.edges.attribution import edge_scores
+from circuitlab.edges import scoring
 from circuitlab.engine.records import MethodOutput, Plan
 
-validate, plan, contrasts = edges.validate, edges.plan, edges.contrasts
+plan, contrasts = edges.plan, edges.contrasts
+GRADIENTS = ("clean", "clean-corrupted")
+
+
+def validate(cfg: DictConfig) -> None:
+    edges.validate(cfg)
+    scoring.check_integration(cfg, "method.gradient_at", cfg.method.gradient_at, GRADIENTS)
+    scoring.check_level(cfg)
 
 
 def run(cfg: DictConfig, plan: Plan, model) -> MethodOutput:
-    def score():
-        scores = edge_scores(model, plan.pairs, plan.method_plan, cfg.method.counterfactual, None, cfg.method.batch_size, cfg.progress,
-                             cfg.memory_budget_mb)
-        return scores, {}
-
-    return edges.run_edges(cfg, plan, model, score)
+    return scoring.run_scored(cfg, plan, model, cfg.method.gradient_at, 1, {"gradient_at": cfg.method.gradient_at})

@@ -9,8 +9,13 @@ from circuitlab.edges.config import EdgeMethodConfig
 
 @dataclass
 class EAPIGConfig(EdgeMethodConfig):
-    """EAP-IG (inputs): gradients averaged over `ig_steps` points between the counterfactual's input embeddings
-    and the clean ones (MIB's recommended baseline; 1 step is EAP)."""
+    """EAP-IG: gradients averaged over `ig_steps` points on a line from the counterfactual to the clean run.
+    `ig_over`: inputs (the input embeddings: MIB's recommended baseline), activations (each component's output in
+    turn, scoring the edges out of that component; 1 step is EAP) or activations-mib (the same runs, every run
+    scoring every edge, as MIB's reference code computes it). `level`: edge, or node / neuron to also write each
+    sender's (and each of its output dimensions') score to nodes.csv and results.pt."""
 
     name: str = "eap_ig"
     ig_steps: int = 5
+    ig_over: str = "inputs"
+    level: str = "edge"

@@ -1,0 +1,140 @@
+"""Plain references for the EAP-family scorers (EAP-IG over inputs and activations, clean-corrupted, node and
+neuron scores), written without circuitlab's edge engine: TransformerLens' own per-head result and split q / k / v
+/ MLP-input hook points, weights left differentiable, one forward + backward per gradient run, the scores summed
+edge by edge in Python. Follows EAP-IG's reference code (github hannamw/EAP-IG, src/eap/attribute.py and
+attribute_node.py) run by run; tests/test_edge_scorers.py compares circuitlab against it.
+
+A run is (component, alpha): component 0 the input (`blocks.0.hook_resid_pre`), then each layer's attention
+(`attn.hook_result`, every head at once) and MLP (`hook_mlp_out`); the component's output is replaced by the
+constant alpha x clean + (1 - alpha) x source (a leaf: its gradient is read, none flows into the component). The
+run ("corrupted", None) is the plain forward of the corrupted prompts.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformer_lens import HookedTransformer
+
+from circuitlab.metrics import logit_diff
+from tests.edge_reference import FLAGS, exposed, receiver_hook, restore, sender_hook
+
+
+def component_of(sender: str, has_mlp: bool = True) -> int:
+    if sender == "input":
+        return 0
+    layer = int(sender[1:].split(".")[0])
+    return 1 + layer * (1 + has_mlp) + (1 if sender.startswith("m") else 0)
+
+
+def component_hooks(model: HookedTransformer) -> list[str]:
+    names = ["blocks.0.hook_resid_pre"]
+    for layer in range(model.cfg.n_layers):
+        names.append(f"blocks.{layer}.attn.hook_result")
+        if not model.cfg.attn_only:
+            names.append(f"blocks.{layer}.hook_mlp_out")
+    return names
+
+
+def outputs(model: HookedTransformer, pairs, counterfactual: str) -> tuple[dict, dict]:
+    """The clean and the source outputs of every component (the source: the corrupted run's, the clean prompts'
+    mean at each position, or zero)."""
+    names = set(component_hooks(model))
+    with torch.no_grad():
+        _, clean = model.run_with_cache(pairs.clean_tokens, names_filter=lambda n: n in names)
+        clean = {n: clean[n].clone() for n in names}
+        if counterfactual == "patching":
+            _, source = model.run_with_cache(pairs.corrupted_tokens, names_filter=lambda n: n in names)
+            source = {n: source[n].clone() for n in names}
+        elif counterfactual in ("mean", "mean-positional"):
+            source = {n: clean[n].mean(0, keepdim=True).expand_as(clean[n]) for n in names}
+        else:
+            source = {n: torch.zeros_like(clean[n]) for n in names}
+    return clean, source
+
+
+def gradients(model: HookedTransformer, pairs, run: tuple, clean: dict, source: dict) -> dict:
+    """d (mean logit difference) / d every receiver's input and every component's output in one run."""
+    component, alpha = run
+    replaced = None if component == "corrupted" else component_hooks(model)[component]
+    kept = {}
+
+    def replace(activation, hook):
+        return (alpha * clean[hook.name] + (1 - alpha) * source[hook.name]).detach().requires_grad_(True)
+
+    def keep(activation, hook):
+        if activation.requires_grad:
+            if not activation.is_leaf:
+                activation.retain_grad()
+            kept[hook.name] = activation
+        return activation
+
+    n = model.cfg.n_layers
+    receivers = [f"blocks.{l}.hook_{x}_input" for l in range(n) for x in "qkv"] + [f"blocks.{n - 1}.hook_resid_post"]
+    receivers += [] if model.cfg.attn_only else [f"blocks.{l}.hook_mlp_in" for l in range(n)]
+    hooks = ([(replaced, replace)] if replaced else []) + [(name, keep) for name in receivers + component_hooks(model)]
+    tokens = pairs.corrupted_tokens if component == "corrupted" else pairs.clean_tokens
+    with torch.enable_grad():
+        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
+        rows = torch.arange(pairs.n_pairs)
+        logit_diff(logits[rows, pairs.final_positions], pairs.answer_tokens, pairs.wrong_tokens).mean().backward()
+    grads = {name: (t.grad if t.grad is not None else torch.zeros_like(t)).detach().clone() for name, t in kept.items()}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def runs_for(integration: str, steps: int, n_components: int, component: int) -> list[tuple]:
+    """The runs whose mean gradient scores a sender of `component`."""
+    line = [k / steps for k in range(1, steps + 1)]
+    if integration == "clean":
+        return [(0, 1.0)]
+    if integration == "inputs":
+        return [(0, alpha) for alpha in line]
+    if integration == "clean-corrupted":
+        return [(0, 1.0), ("corrupted", None)]
+    if integration == "activations":
+        return [(component, alpha) for alpha in line]
+    return [(c, alpha) for c in range(n_components) for alpha in line]  # activations-mib
+
+
+def scores(model: HookedTransformer, pairs, edges: list[str], integration: str, steps: int = 1,
+           counterfactual: str = "patching") -> tuple[list[float], dict[str, torch.Tensor]]:
+    """(score of each edge, {sender: its per-dimension scores} for every sender): -sum over prompts and positions of
+    (source - clean) x the mean gradient of the sender's runs, at the receiver's input (edges) or at the sender's
+    own output (neurons; a node is their sum)."""
+    before = {f: getattr(model.cfg, f) for f in FLAGS}
+    exposed(model)
+    try:
+        clean, source = outputs(model, pairs, counterfactual)
+        n_components = len(component_hooks(model))
+        memo: dict = {}
+
+        def mean_grad(sender: str, hook: str, head: int | None) -> torch.Tensor:
+            runs = runs_for(integration, steps, n_components, component_of(sender, not model.cfg.attn_only))
+            total = 0
+            for run in runs:
+                if run not in memo:
+                    memo[run] = gradients(model, pairs, run, clean, source)
+                grad = memo[run][hook]
+                total = total + (grad if head is None else grad[:, :, head])
+            return total / len(runs)
+
+        def difference(sender: str) -> torch.Tensor:
+            hook, head = sender_hook(sender)
+            diff = source[hook] - clean[hook]
+            return diff if head is None else diff[:, :, head]
+
+        edge_scores = []
+        for edge in edges:
+            sender, receiver = edge.split("->")
+            r_hook, r_head = receiver_hook(receiver, model.cfg.n_layers)
+            edge_scores.append(-float((difference(sender) * mean_grad(sender, r_hook, r_head)).sum()))
+        senders = ["input"]
+        for layer in range(model.cfg.n_layers):
+            senders += [f"a{layer}.h{h}" for h in range(model.cfg.n_heads)] + ([] if model.cfg.attn_only else [f"m{layer}"])
+        neurons = {}
+        for sender in senders:
+            hook, head = sender_hook(sender)
+            neurons[sender] = -(difference(sender) * mean_grad(sender, hook, head)).sum((0, 1))
+        return edge_scores, neurons
+    finally:
+        restore(model, before)
