@@ -93,8 +93,11 @@ class ChunkStore:
                 "chunks_left_to_other_shards": self.other_shards, "damaged_chunk_files": self.damaged}
 
     def kept(self) -> int:
-        """Chunk files now on disk (finished chunks a rerun will load)."""
-        return len(list(self.directory.glob("*.pt"))) if self.directory is not None and self.directory.is_dir() else 0
+        """Chunk files now on disk (finished chunks a rerun will load), and training states (`*.state`: a method's
+        state after its last finished epoch, e.g. edge pruning's masks)."""
+        if self.directory is None or not self.directory.is_dir():
+            return 0
+        return len(list(self.directory.glob("*.pt"))) + len(list(self.directory.glob("*.state")))
 
 
 def chunk_file_name(keys: list[str]) -> str:
@@ -141,6 +144,12 @@ def read_chunk(path: Path, what: str = "its sweep points are computed again") ->
 
 _STORE: ContextVar[ChunkStore | None] = ContextVar("circuitlab_chunk_store", default=None)
 _SCOPE: ContextVar[tuple[str, ...]] = ContextVar("circuitlab_chunk_scope", default=())
+
+
+def current_store() -> ChunkStore | None:
+    """The store of the run now going (None outside a run): a method that trains keeps its epoch states in its
+    directory (`<run dir>/chunks/NAME.state`), which run.resume=false clears with the chunks."""
+    return _STORE.get()
 
 
 @contextmanager
