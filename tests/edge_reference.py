@@ -7,6 +7,10 @@ compare circuitlab against them.
 - `attribution`: grad . (counterfactual - clean) of each edge from one clean forward and backward, looped edge by
   edge in Python;
 - `edge_hook_names`: where an edge's sender and receiver live, parsed from its name.
+
+A head's output is its `hook_result`; in post-norm blocks (Gemma-2 / 3: `ln1_post`, OLMo-2: `ln1` after attention)
+its share of the normalised attention output of the same run: the norm's weight x (result + b_O / n_heads) over the
+norm's own `hook_scale` of that run (read at TransformerLens' hook, not recomputed).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import re
 
 import torch
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from circuitlab.metrics import logit_diff
 
@@ -26,6 +31,32 @@ def sender_hook(name: str) -> tuple[str, int | None]:
         return f"blocks.{int(name[1:])}.hook_mlp_out", None
     layer, head = re.match(r"a(\d+)\.h(\d+)$", name).groups()
     return f"blocks.{layer}.attn.hook_result", int(head)
+
+
+def post_norm(model: HookedTransformer, layer: int) -> str | None:
+    """The norm after the attention of `layer`, by its hook prefix; None in pre-norm blocks."""
+    if model.cfg.use_normalization_before_and_after:
+        return f"blocks.{layer}.ln1_post"
+    return f"blocks.{layer}.ln1" if model.cfg.original_architecture in POST_NORM_ARCHITECTURES else None
+
+
+def recorded(model: HookedTransformer, name: str) -> list[str]:
+    """The hooks whose activations make sender `name`'s output."""
+    hook, head = sender_hook(name)
+    norm = None if head is None else post_norm(model, int(hook.split(".")[1]))
+    return [hook] + ([f"{norm}.hook_scale"] if norm else [])
+
+
+def sender_value(model: HookedTransformer, name: str, acts: dict) -> torch.Tensor:
+    """Sender `name`'s output (batch, pos, d_model) from the activations of `recorded` hooks of one run."""
+    hook, head = sender_hook(name)
+    value = acts[hook] if head is None else acts[hook][:, :, head]
+    norm = None if head is None else post_norm(model, int(hook.split(".")[1]))
+    if norm is None:
+        return value
+    layer = int(hook.split(".")[1])
+    weight = model.get_submodule(norm).w
+    return weight * (value + model.blocks[layer].attn.b_O / model.cfg.n_heads) / acts[f"{norm}.hook_scale"]
 
 
 def receiver_hook(name: str, n_layers: int) -> tuple[str, int | None]:
@@ -65,19 +96,20 @@ def patch_edge(model: HookedTransformer, pairs, edge: str, counterfactual: str =
     sender, receiver = edge.split("->")
     s_hook, s_head = sender_hook(sender)
     r_hook, r_head = receiver_hook(receiver, model.cfg.n_layers)
+    names = recorded(model, sender)
     before = {f: getattr(model.cfg, f) for f in FLAGS}
     exposed(model, result=s_head is not None, split=r_hook.endswith(("q_input", "k_input", "v_input")), mlp_in=r_hook.endswith("mlp_in"))
     try:
-        store = {}
+        store = {"source": {}, "clean": {}}
 
         def grab(key):
             def hook(activation, hook):
-                store[key] = (activation if s_head is None else activation[:, :, s_head]).detach().clone()
+                store[key][hook.name] = activation.detach().clone()
                 return activation
             return hook
 
         def add(activation, hook):
-            delta = store["source"] - store["clean"]
+            delta = store["source"]["value"] - sender_value(model, sender, store["clean"])
             activation = activation.clone()
             if r_head is None:
                 activation += delta
@@ -86,12 +118,13 @@ def patch_edge(model: HookedTransformer, pairs, edge: str, counterfactual: str =
             return activation
 
         with torch.no_grad():
-            if counterfactual == "patching":
-                model.run_with_hooks(pairs.corrupted_tokens, fwd_hooks=[(s_hook, grab("source"))])
-            else:
-                model.run_with_hooks(pairs.clean_tokens, fwd_hooks=[(s_hook, grab("source"))])
-                store["source"] = store["source"].mean(0, keepdim=True) if counterfactual == "mean" else torch.zeros_like(store["source"])
-            logits = model.run_with_hooks(pairs.clean_tokens, fwd_hooks=[(s_hook, grab("clean")), (r_hook, add)])
+            model.run_with_hooks(pairs.corrupted_tokens if counterfactual == "patching" else pairs.clean_tokens,
+                                 fwd_hooks=[(n, grab("source")) for n in names])
+            source = sender_value(model, sender, store["source"])
+            if counterfactual != "patching":
+                source = source.mean(0, keepdim=True) if counterfactual == "mean" else torch.zeros_like(source)
+            store["source"]["value"] = source
+            logits = model.run_with_hooks(pairs.clean_tokens, fwd_hooks=[(n, grab("clean")) for n in names] + [(r_hook, add)])
         return _mean_ld(model, logits, pairs)
     finally:
         restore(model, before)
@@ -105,13 +138,15 @@ def attribution(model: HookedTransformer, pairs, edges: list[str], counterfactua
     before = {f: getattr(model.cfg, f) for f in FLAGS}
     exposed(model)
     try:
-        names = {sender_hook(e.split("->")[0])[0] for e in edges}
+        senders = sorted({e.split("->")[0] for e in edges})
+        names = {n for sender in senders for n in recorded(model, sender)}
         with torch.no_grad():
-            _, corrupted = model.run_with_cache(pairs.corrupted_tokens if counterfactual == "patching" else pairs.clean_tokens,
-                                                names_filter=lambda n: n in names)
+            _, run = model.run_with_cache(pairs.corrupted_tokens if counterfactual == "patching" else pairs.clean_tokens,
+                                          names_filter=lambda n: n in names)
+            corrupted = {sender: sender_value(model, sender, run) for sender in senders}
             if counterfactual != "patching":
-                corrupted = {n: corrupted[n].mean(0, keepdim=True) if counterfactual == "mean" else torch.zeros_like(corrupted[n])
-                             for n in names}
+                corrupted = {sender: value.mean(0, keepdim=True) if counterfactual == "mean" else torch.zeros_like(value)
+                             for sender, value in corrupted.items()}
         receivers = {receiver_hook(e.split("->")[1], model.cfg.n_layers)[0] for e in edges}
         kept = {}
 
@@ -133,10 +168,8 @@ def attribution(model: HookedTransformer, pairs, edges: list[str], counterfactua
         scores = []
         for edge in edges:
             sender, receiver = edge.split("->")
-            s_hook, s_head = sender_hook(sender)
             r_hook, r_head = receiver_hook(receiver, model.cfg.n_layers)
-            diff = corrupted[s_hook] - clean_cache[s_hook]
-            diff = diff if s_head is None else diff[:, :, s_head]
+            diff = corrupted[sender] - sender_value(model, sender, clean_cache)
             grad = kept[r_hook].grad
             grad = grad if r_head is None else grad[:, :, r_head]
             scores.append(-float((diff * grad).sum()))

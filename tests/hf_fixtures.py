@@ -60,11 +60,13 @@ def _config(arch: str, vocab: int):
         rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}, "full_attention": {"rope_type": "default", "rope_theta": 1e6}}
         return tf.Gemma3TextConfig(**shape, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
                                    layer_types=["sliding_attention", "full_attention"], rope_parameters=rope, **TOKEN_IDS)
+    if arch == "olmo2":  # norms after attention and MLP only, query / key norms over all heads at once
+        return tf.Olmo2Config(**shape, **TOKEN_IDS)
     raise KeyError(arch)
 
 
-ARCHITECTURES = ("gpt2", "gpt_neo", "gptj", "pythia", "llama", "mistral", "qwen2", "qwen3", "phi3", "opt", "gemma", "gemma2", "gemma3")
-POST_NORM = ("gemma2", "gemma3")  # norms after attention and MLP too: head outputs are not additive there
+ARCHITECTURES = ("gpt2", "gpt_neo", "gptj", "pythia", "llama", "mistral", "qwen2", "qwen3", "phi3", "opt", "gemma", "gemma2", "gemma3", "olmo2")
+POST_NORM = ("gemma2", "gemma3", "olmo2")  # norms after attention and MLP (Gemma: before them too)
 
 
 def build(arch: str, path: Path, seed: int = 0, weight_scale: float = 4.0, max_shard_size: str | None = None) -> Path:

@@ -315,15 +315,33 @@ def test_edge_patching_of_a_sample_writes_baselines_and_its_scores(tmp_path):
     assert torch.allclose(torch.tensor(edges["score"].values), torch.tensor(whole.loc[edges.index, "score"].values), atol=1e-6)
 
 
-def test_gemma2_post_norms_are_refused_in_one_line():
+def test_post_norm_models_are_additive_and_run(tmp_path):
+    """Gemma-2 / Gemma 3 (norms before and after) and OLMo-2 (after only) pass the additivity check: a head's output
+    is its share of the normalised attention output (edges/hooks.py); what is still not additive is refused in one
+    line (shortformer position embeddings, a post-norm that is not an RMS norm). An EAP run on an OLMo-2 checkpoint
+    (model=local): the full circuit's logit difference is the clean run's, the empty one's the corrupted run's."""
     from types import SimpleNamespace
 
     from circuitlab.edges.hooks import check_additive
     from circuitlab.errors import CircuitlabError
+    from tests import hf_fixtures
 
-    with pytest.raises(CircuitlabError) as err:
-        check_additive(SimpleNamespace(use_normalization_before_and_after=True, original_architecture="Gemma2ForCausalLM", model_name="g"))
-    assert "not additive" in str(err.value) and "\n" not in str(err.value)
+    check_additive(SimpleNamespace(use_normalization_before_and_after=True, original_architecture="Gemma2ForCausalLM", normalization_type="RMSPre"))
+    check_additive(SimpleNamespace(use_normalization_before_and_after=False, original_architecture="Olmo2ForCausalLM", normalization_type="RMS"))
+    for refused, says in ((dict(positional_embedding_type="shortformer"), "shortformer"),
+                          (dict(use_normalization_before_and_after=True, normalization_type="LN"), "RMS post-norms only")):
+        with pytest.raises(CircuitlabError, match=says) as err:
+            check_additive(SimpleNamespace(model_name="m", **refused))
+        assert "\n" not in str(err.value)
+    path = hf_fixtures.build("olmo2", tmp_path / "olmo2")
+    out = run_cli(tmp_path, "+experiment=ioi_eap", "model=local", f"model.path={path}", "task.n_prompts=4", "figures=false",
+                  "method.curve=[100]")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["full_logit_diff"] == pytest.approx(manifest["baselines"]["clean"]["logit_diff"], abs=1e-4)
+    assert manifest["empty_logit_diff"] == pytest.approx(manifest["baselines"]["corrupted"]["logit_diff"], abs=1e-4)
+    assert abs(manifest["baselines"]["clean"]["logit_diff"] - manifest["baselines"]["corrupted"]["logit_diff"]) > 0.1
+    curve = pd.read_csv(out / "faithfulness.csv").set_index("ranking")
+    assert curve.loc[["signed", "absolute"], "faithfulness"].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
 
 
 def test_eap_equals_auto_circuit_when_installed(model, pairs):

@@ -1,8 +1,8 @@
 """Issue 24's guards of `circuitlab run` and `train-toy`: silent nonsense (identical prompts, an answer equal to its
 wrong answer, sweep keys a whole-model method ignores, a tokenizer that does not fit the embedding), damage outside
 the run dir (`run.dir=` over other runs, `name=` with a path in it), tracebacks (long names, malformed user presets,
-`hydra.launcher.n_jobs`, train-toy values) and refusals that came too late (an edge method on a post-norm model,
-in a multirun too; unbounded counts). Each bad command: exit code 2, one line, no traceback, no model loaded, and
+`hydra.launcher.n_jobs`, train-toy values) and refusals that came too late (an edge circuit larger than the model
+from its config, in a multirun too; unbounded counts). Each bad command: exit code 2, one line, no traceback, no model loaded, and
 every file under the test's dirs as it was (bytes, size, mtime). Then the degenerate-baseline rule on a run whose
 clean - corrupted gap is below its threshold (metrics.py), checked against logit differences computed here, and
 the advice an interrupted multirun job gives."""
@@ -39,7 +39,7 @@ def pairs_file(path: Path, corrupted: str, answer: str = " Mary", wrong: str = "
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:
     """The inputs the bad commands name: prompt files, dirs holding runs, user presets, checkpoints whose tokenizer
-    is another model's, a post-norm (Gemma-2) checkpoint, a dir of someone's files."""
+    is another model's, a Gemma-2 checkpoint, a dir of someone's files."""
     from tests import hf_fixtures
 
     w = tmp_path_factory.mktemp("world")
@@ -90,11 +90,11 @@ def bad_runs(w: Path) -> dict[str, tuple[list[str], str]]:
         "tokenizer larger than the embedding": (["run", "+experiment=addition_eap", "model=local", f"model.path={w / 'large_tokenizer'}"],
                                                 "its tokenizer has 108 tokens but the model's embedding has 26 (d_vocab)"),
         # refused too late before: now from the model's config, before its weights load and before any dir exists
-        "eap on a post-norm model": (["run", "+experiment=ioi_eap", "model=local", f"model.path={w / 'gemma2'}", "task.n_prompts=4"],
-                                     "method=eap: model=local normalises each block's output"),
-        "a multirun's post-norm job": (["run", "-m", "+experiment=ioi_eap", "model=local", f"model.path={w / 'toy_ioi_copy'},{w / 'gemma2'}",
-                                        "task.n_prompts=4", f"hydra.sweep.dir={w / 'new_sweep'}"],
-                                       "multirun job 1 of 2 (model.path="),
+        "eap circuit larger than the model": (["run", "+experiment=ioi_eap", "model=local", f"model.path={w / 'gemma2'}", "task.n_prompts=4",
+                                               "method.n_edges=111"], "method.n_edges=111 is not allowed; allowed: 0..110 (the model's edges)"),
+        "a multirun's too large circuit": (["run", "-m", "+experiment=ioi_eap", "model=local", f"model.path={w / 'gemma2'}", "method.n_edges=20,111",
+                                            "task.n_prompts=4", f"hydra.sweep.dir={w / 'new_sweep'}"],
+                                           "multirun job 1 of 2 (method.n_edges=111"),
         "ig_steps unbounded": ([*eap, "method=eap_ig", "method.ig_steps=1001"], "method.ig_steps=1001 is not allowed; allowed: a whole number of steps from 1 to 1000"),
         "faithfulness curve unbounded": ([*eap, f"method.curve=[{','.join(str(i / 10) for i in range(1, 102))}]"],
                                          "method.curve=[101 percentages] is not allowed; allowed: a list of at most 100 percentages"),

@@ -5,6 +5,14 @@ times its W_O: TransformerLens' `hook_result`, computed only for the runs that n
 stream per head, before the norm), `blocks.L.hook_mlp_in` and the final residual stream
 `blocks.{n-1}.hook_resid_post`. The residual stream any receiver reads is the sum of the outputs of the senders
 before it (plus constant biases), which is what makes an edge's contribution separable.
+
+Post-norm blocks (Gemma-2 and Gemma 3: a norm before and after attention and MLP; OLMo-2: after them only) normalise
+the attention output as a whole before it joins the residual stream. A head's output there is its share of that
+normalised output in the same run: w * (z_h W_O_h + b_O / n_heads) / scale, with the norm's scale (the RMS of the
+whole attention output) taken from that run, as direct attribution decomposes it. The heads' outputs sum exactly to
+what the layer adds to the residual stream, so the stream stays the sum of its senders in every run (the empty
+circuit is the counterfactual run, the full one the clean run), and the MLP's output (`hook_mlp_out`) is already
+post-normed. A change of the scale is shared by the heads in proportion to their outputs.
 """
 
 from __future__ import annotations
@@ -25,15 +33,45 @@ INPUT_HOOK = "blocks.0.hook_resid_pre"
 
 
 def check_additive(cfg, label: str | None = None) -> None:
-    """Edges need a residual stream that is the sum of its senders' outputs; norms after attention (Gemma-2,
-    OLMo-2) make head outputs enter it through a nonlinearity. `cfg`: a HookedTransformerConfig or the ModelShape
-    read from the model's config before its weights load; `label` names the method and model in the message."""
-    if getattr(cfg, "use_normalization_before_and_after", False) or getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES:
-        raise CircuitlabError(
-            f"{label or 'method edges: model ' + getattr(cfg, 'model_name', '')} normalises each block's output before adding it to the residual "
-            "stream, so head and MLP outputs are not additive edges; use a node-level method (activation_patching, path_patching, ablation)")
+    """Edges need a residual stream that is the sum of its senders' outputs. Post-norm blocks are (heads' shares of
+    the normalised attention output, see the module's docstring) when the norm after attention is an RMS norm;
+    shortformer position embeddings enter every attention layer beside the stream. `cfg`: a HookedTransformerConfig
+    or the ModelShape read from the model's config before its weights load; `label` names the method and model."""
+    name = label or "method edges: model " + getattr(cfg, "model_name", "")
+    if post_normed(cfg) and not str(getattr(cfg, "normalization_type", "RMS") or "").startswith("RMS"):
+        raise CircuitlabError(f"{name} normalises each attention output with a {cfg.normalization_type} norm before adding it to the "
+                              "residual stream; edges support RMS post-norms only (Gemma-2, Gemma 3, OLMo-2)")
     if getattr(cfg, "positional_embedding_type", "standard") == "shortformer":
-        raise CircuitlabError("method edges: shortformer position embeddings bypass the residual stream; not supported")
+        raise CircuitlabError(f"{name}: shortformer position embeddings bypass the residual stream; not supported")
+
+
+def post_normed(cfg) -> bool:
+    """Whether the attention output is normalised before it joins the residual stream (Gemma-2 / 3, OLMo-2)."""
+    return bool(getattr(cfg, "use_normalization_before_and_after", False)) or getattr(cfg, "original_architecture", None) in POST_NORM_ARCHITECTURES
+
+
+def attention_output_norm(model: HookedTransformer, layer: int) -> torch.nn.Module | None:
+    """The norm the attention output of `layer` passes before the residual stream: Gemma's `ln1_post`, OLMo-2's
+    `ln1` (TransformerLens' name for its post-attention norm); None in pre-norm blocks."""
+    block = model.blocks[layer]
+    if model.cfg.use_normalization_before_and_after:
+        return block.ln1_post
+    return block.ln1 if model.cfg.original_architecture in POST_NORM_ARCHITECTURES else None
+
+
+def input_norms(model: HookedTransformer, layer: int) -> tuple[torch.nn.Module, torch.nn.Module | None]:
+    """The norms between the residual stream and the attention's q / k / v inputs and the MLP's input of `layer`
+    (identities in OLMo-2's blocks, which normalise only outputs; the MLP's None in attention-only models)."""
+    block = model.blocks[layer]
+    if model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        return torch.nn.Identity(), torch.nn.Identity()
+    return block.ln1, getattr(block, "ln2", None)
+
+
+def heads_share_qk_norm(model: HookedTransformer) -> bool:
+    """OLMo-2 normalises the queries (and keys) of all heads together: a head's query input changes the other
+    heads' queries too."""
+    return model.cfg.original_architecture in POST_NORM_ARCHITECTURES
 
 
 def sender_hooks(graph: EdgeGraph) -> list[str]:
@@ -71,8 +109,24 @@ def edges_exposed(model: HookedTransformer, split: bool = True, mlp_in: bool | N
 
 
 def head_outputs(model: HookedTransformer, layer: int, z: Tensor) -> Float[Tensor, "batch pos head d_model"]:
-    """Each head's output (z_h W_O_h, without the shared bias), as TransformerLens' `hook_result` computes it."""
-    return torch.einsum("bphe,hed->bphd", z, model.blocks[layer].attn.W_O)
+    """Each head's output (z_h W_O_h, without the shared bias), as TransformerLens' `hook_result` computes it; in a
+    post-norm block its share of the normalised attention output of the run `z` comes from (the module's docstring:
+    the heads' outputs sum to `hook_attn_out`)."""
+    attn = model.blocks[layer].attn
+    results = torch.einsum("bphe,hed->bphd", z, attn.W_O)
+    norm = attention_output_norm(model, layer)
+    if norm is None:
+        return results
+    return normalised_shares(norm, results + attn.b_O / results.shape[2], results.sum(2) + attn.b_O)
+
+
+def normalised_shares(norm: torch.nn.Module, parts: Float[Tensor, "batch pos k d_model"],
+                      total: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos k d_model"]:
+    """The parts' shares of norm(total) for an RMS norm, total = parts.sum(2): each part times the norm's weight over
+    the total's scale, computed as TransformerLens' RMSNorm computes its output (float32 scale, then the dtype)."""
+    scale = (total.float().pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+    shares = (parts.float() / scale[:, :, None]).to(parts.dtype)
+    return shares * norm.w if hasattr(norm, "w") else shares
 
 
 def sender_parts(cache, graph: EdgeGraph, model: HookedTransformer, start: int = 0) -> Iterator[Float[Tensor, "batch pos k d_model"]]:

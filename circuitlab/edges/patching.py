@@ -26,7 +26,7 @@ from transformer_lens import HookedTransformer
 
 from circuitlab.edges import counterfactual as cf
 from circuitlab.edges.graph import EdgeGraph
-from circuitlab.edges.hooks import edges_exposed, sender_hooks, stack_senders
+from circuitlab.edges.hooks import attention_output_norm, edges_exposed, heads_share_qk_norm, input_norms, sender_hooks, stack_senders
 from circuitlab.engine import chunks
 from circuitlab.engine.batching import halving_on_oom, points_per_chunk
 from circuitlab.engine.forward import fast_mlps, final_logit_diff, frozen_prefix, last_block_final_row
@@ -48,6 +48,7 @@ def patch_edges(
     answer, wrong = pairs.answer_tokens.to(device), pairs.wrong_tokens.to(device)
     wanted = set(sender_hooks(graph)) | {f"blocks.{l}.hook_resid_pre" for l in range(n_layers)}
     wanted |= {f"blocks.{l}.attn.hook_{kv}" for l in range(n_layers) for kv in "kvz"} | {f"blocks.{l}.hook_attn_out" for l in range(n_layers)}
+    wanted |= {f"blocks.{l}.attn.hook_q" for l in range(n_layers)} if heads_share_qk_norm(model) else set()  # _patched_block's
     with torch.no_grad(), edges_exposed(model, split=False), fast_mlps(model):
         resid, cache = model.run_with_cache(pairs.clean_tokens.to(device), names_filter=lambda n: n in wanted, stop_at_layer=n_layers)
         clean_ld = final_logit_diff(model, resid, final, answer, wrong).mean().item()
@@ -112,8 +113,13 @@ def _patched_block(model: HookedTransformer, graph: EdgeGraph, block: int, start
     """The receivers' block, row block c with edge chosen[c]: its query, key or value input (or its MLP input)
     gets the sender's difference added. The attention runs once on the patched q / k / v inputs (row blocks
     without a q patch take the clean one, and so on); only the receiving head's output is kept from it, every
-    other head keeps its clean output (cached), so no per-head copy of the residual stream is ever made."""
+    other head keeps its clean output (cached), so no per-head copy of the residual stream is ever made. Post-norm
+    blocks normalise the changed attention output as a whole (`hooks.attention_output_norm`); where the heads share
+    one query / key norm (OLMo-2) the other heads keep their clean queries, keys and values before it and every
+    head's output change is kept."""
     layer = model.blocks[block]
+    attn_norm, mlp_norm = input_norms(model, block)
+    post_norm, joint = attention_output_norm(model, block), heads_share_qk_norm(model)
     n = difference.shape[0]
     copies = len(chosen)
     x = cache[f"blocks.{block}.hook_resid_pre"][:, start:]
@@ -136,19 +142,45 @@ def _patched_block(model: HookedTransformer, graph: EdgeGraph, block: int, start
             captured["z"] = z
             return z
 
-        normalized = {kind: layer.ln1(x_rows + rows(added[kind])) for kind in ("q", "k", "v")}
-        with model.hooks(fwd_hooks=[(f"blocks.{block}.attn.hook_z", keep_z)]):
+        normalized = {kind: attn_norm(x_rows + rows(added[kind])) for kind in ("q", "k", "v")}
+        hooks = [(f"blocks.{block}.attn.hook_z", keep_z)]
+        if joint:
+            hooks += _receiving_head_only(cache, block, start, heads, copies)
+        with model.hooks(fwd_hooks=hooks):
             layer.attn(query_input=normalized["q"], key_input=normalized["k"], value_input=normalized["v"],
                        past_kv_cache_entry=frozen_prefix(model, cache, block, start, copies))
         z_new = captured["z"].view(copies, n, *captured["z"].shape[1:])  # copies batch pos head d_head
         heads = heads.to(z_new.device)
         z_clean = cache[f"blocks.{block}.attn.hook_z"][:, start:]  # batch pos head d_head
-        receiving_new = z_new[torch.arange(copies, device=z_new.device), :, :, heads]  # copies batch pos d_head
-        receiving_clean = z_clean[:, :, heads].permute(2, 0, 1, 3)
-        change = (receiving_new - receiving_clean) * patches_head.to(z_new.device)[:, None, None, None]
-        attn_out = attn_out + rows(torch.einsum("cbpe,ced->cbpd", change, layer.attn.W_O[heads]))
+        if joint:  # every head's output moves with the shared query / key norm
+            change = rows(torch.einsum("cbphe,hed->cbpd", z_new - z_clean, layer.attn.W_O))
+        else:
+            receiving_new = z_new[torch.arange(copies, device=z_new.device), :, :, heads]  # copies batch pos d_head
+            receiving_clean = z_clean[:, :, heads].permute(2, 0, 1, 3)
+            change = (receiving_new - receiving_clean) * patches_head.to(z_new.device)[:, None, None, None]
+            change = rows(torch.einsum("cbpe,ced->cbpd", change, layer.attn.W_O[heads]))
+        if post_norm is None:
+            attn_out = attn_out + change
+        else:  # the whole attention output, changed, through the norm after it
+            clean_raw = torch.einsum("bphe,hed->bpd", z_clean, layer.attn.W_O) + layer.attn.b_O
+            attn_out = post_norm(clean_raw.repeat(copies, 1, 1) + change)
     if graph.has_mlp:
         mlp_reads = x_rows if model.cfg.parallel_attn_mlp else x_rows + attn_out
-        mlp_out = layer.apply_mlp(layer.ln2(mlp_reads + rows(added["mlp"])))
+        mlp_out = layer.apply_mlp(mlp_norm(mlp_reads + rows(added["mlp"])))
         return x_rows + attn_out + mlp_out
     return x_rows + attn_out
+
+
+def _receiving_head_only(cache, block: int, start: int, heads: Tensor, copies: int) -> list:
+    """Hooks on the queries, keys and values of `block` (before OLMo-2's norms over all heads) that give every head
+    but row block c's receiving head (`heads[c]`) its clean value: the patched q / k / v input reaches that head alone,
+    as TransformerLens' split-input hook gives it."""
+    def restore(x: str):
+        def hook(activation: Tensor, hook) -> Tensor:
+            clean = cache[f"blocks.{block}.attn.hook_{x}"][:, start:]
+            mine = torch.zeros(copies, 1, 1, activation.shape[2], 1, dtype=torch.bool, device=activation.device)
+            mine[torch.arange(copies), 0, 0, heads.to(activation.device)] = True
+            return torch.where(mine, activation.view(copies, *clean.shape), clean[None]).view_as(activation)
+        return hook
+
+    return [(f"blocks.{block}.attn.hook_{x}", restore(x)) for x in "qkv"]

@@ -121,7 +121,11 @@ def frozen_prefix(
         keys, values = keys[rows], values[rows]
     if model.cfg.use_qk_norm:
         keys = model.blocks[layer].attn.k_norm(keys[:, :start].reshape(-1, keys.shape[-1])).view_as(keys[:, :start])
+    elif model.cfg.original_architecture in JOINT_KEY_NORM:  # OLMo-2: one key norm over every head, after hook_k
+        keys = model.blocks[layer].attn.k_norm(keys[:, :start].flatten(-2)).view_as(keys[:, :start])
     return TransformerLensKeyValueCacheEntry(keys[:, :start].repeat(repeats, 1, 1, 1), values[:, :start].repeat(repeats, 1, 1, 1), frozen=True)
+
+JOINT_KEY_NORM = ("Olmo2ForCausalLM", "Olmo3ForCausalLM", "OlmoeForCausalLM")  # TransformerLens' k_norm over all heads at once
 
 AFTER_ATTENTION = {"z": "attn.hook_z", "result": "attn.hook_result", "attn_out": "hook_attn_out", "resid_mid": "hook_attn_out",
                    "mlp_in": "hook_attn_out", "mlp_post": "hook_attn_out", "mlp_out": "hook_attn_out"}
@@ -158,8 +162,13 @@ def last_block_final_row(
     values for every row, then run the block on the final row alone, attending to them (and to `prefix`, the
     frozen keys and values of the positions before `resid`'s)."""
     block = model.blocks[-1]
-    normalized = block.ln1(resid[:, :-1])
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    arch = model.cfg.original_architecture
+    normalized = resid[:, :-1] if arch in POST_NORM_ARCHITECTURES else block.ln1(resid[:, :-1])  # OLMo-2: no norm before attention
     _, keys, values = block.attn.calculate_qkv_matrices(normalized[:, :1], normalized, normalized)
+    if arch in JOINT_KEY_NORM:
+        keys = block.attn.k_norm(keys.flatten(-2)).view_as(keys)
     if prefix is not None:
         keys, values = torch.cat([prefix.past_keys, keys], 1), torch.cat([prefix.past_values, values], 1)
     return block(resid[:, -1:], past_kv_cache_entry=TransformerLensKeyValueCacheEntry(keys, values, frozen=True))

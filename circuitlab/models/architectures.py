@@ -18,7 +18,7 @@ TL_BUILT = {
     "OPTForCausalLM": "OPT",
 }
 # Built here from the Hugging Face config.
-BUILT_HERE = {"GemmaForCausalLM": "Gemma", "Gemma2ForCausalLM": "Gemma-2", "Gemma3ForCausalLM": "Gemma 3"}
+BUILT_HERE = {"GemmaForCausalLM": "Gemma", "Gemma2ForCausalLM": "Gemma-2", "Gemma3ForCausalLM": "Gemma 3", "Olmo2ForCausalLM": "OLMo-2"}
 SUPPORTED = {**TL_BUILT, **BUILT_HERE}
 ALIASES = {"GPT2Model": "GPT2LMHeadModel"}  # a base model saved without its head: same weights but lm_head
 

@@ -158,7 +158,9 @@ def tl_config(directory: Path, fold_ln: bool = False, device: str = "cpu", dtype
     if arch in POST_NORM_ARCHITECTURES:
         fold_ln = False
     try:
-        if arch in BUILT_HERE:
+        if arch == "Olmo2ForCausalLM":
+            cfg = HookedTransformerConfig.from_dict(_olmo2_config(hf, directory, device, dtype))
+        elif arch in BUILT_HERE:
             cfg = HookedTransformerConfig.from_dict(_gemma_config(hf, arch, fold_ln, device, dtype))
         else:
             hf = _filled(hf, arch)
@@ -226,6 +228,25 @@ def _gemma_config(hf: dict, arch: str, fold_ln: bool, device: str, dtype: torch.
         cfg.update(use_qk_norm=True, rotary_base=_rope_theta(hf, "full_attention"),
                    rotary_base_local=local_base if local_base != cfg["rotary_base"] else None)
     return cfg
+
+
+def _olmo2_config(hf: dict, directory: Path, device: str, dtype: torch.dtype) -> dict:
+    """TransformerLens' OLMo-2 config dict read from the Hugging Face config (TransformerLens 3.9 builds OLMo-2 only
+    for the allenai checkpoints it names). Its weight converter splits keys and values per query head: grouped-query
+    OLMo-2 checkpoints are refused."""
+    heads = hf["num_attention_heads"]
+    if (hf.get("num_key_value_heads") or heads) != heads:
+        raise CircuitlabError(f"{directory / 'config.json'}: OLMo-2 with grouped-query attention (num_key_value_heads "
+                              f"{hf['num_key_value_heads']} < num_attention_heads {heads}) is not supported by TransformerLens' converter")
+    return {
+        "d_model": hf["hidden_size"], "d_head": hf["hidden_size"] // heads, "n_heads": heads, "d_mlp": hf["intermediate_size"],
+        "n_layers": hf["num_hidden_layers"], "n_ctx": min(hf.get("max_position_embeddings", 4096), MAX_BUILT_CONTEXT),
+        "eps": hf.get("rms_norm_eps", 1e-6), "d_vocab": hf["vocab_size"], "act_fn": hf.get("hidden_act", "silu"),
+        "initializer_range": hf.get("initializer_range", 0.02), "normalization_type": "RMS", "rotary_base": _rope_theta(hf),
+        "attn_types": ["global"] * hf["num_hidden_layers"], "positional_embedding_type": "rotary", "gated_mlp": True,
+        "final_rms": True, "tie_word_embeddings": bool(hf.get("tie_word_embeddings", False)), "original_architecture": "Olmo2ForCausalLM",
+        "init_weights": False, "device": device, "dtype": dtype, "from_checkpoint": False,
+    }
 
 
 def _layer_types(hf: dict, arch: str) -> list[str]:

@@ -18,6 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
+from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
 from circuitlab.engine.forward import final_position_logits
 from circuitlab.tasks.base import PromptPairs
@@ -56,6 +57,8 @@ def direct_attribution(model: HookedTransformer, pairs: PromptPairs, prompts: st
         logits = final_position_logits(model, last, torch.zeros_like(final))  # [batch, vocab], soft-capped as the model's own
         measured = (logits[rows, answer] - logits[rows, wrong]).mean().item()
         final_normed = cache.get("ln_final.hook_normalized", cache[f"blocks.{n_layers - 1}.hook_resid_post"])
+        if "ln_final.hook_normalized" in cache and hasattr(model.ln_final, "w"):  # a final norm with its weights (OLMo-2: not folded)
+            final_normed = final_normed * model.ln_final.w + getattr(model.ln_final, "b", 0.0)
         uncapped_diff = (final_normed * (model.W_U[:, answer] - model.W_U[:, wrong]).T).sum(-1) + model.b_U[answer] - model.b_U[wrong]
         uncapped_measured = uncapped_diff.mean().item()
         direction = (model.W_U[:, answer] - model.W_U[:, wrong]).T  # [batch, d_model]
@@ -81,6 +84,7 @@ def direct_attribution(model: HookedTransformer, pairs: PromptPairs, prompts: st
                 lens.append(("resid_mid", layer, read(at_end(f"blocks.{layer}.hook_resid_mid"))))
         lens.append(("resid_post", n_layers - 1, read(at_end(f"blocks.{n_layers - 1}.hook_resid_post"))))
 
+        post_norm_only = model.cfg.original_architecture in POST_NORM_ARCHITECTURES
         components = [("embed", 0, None, read(at_end("hook_embed")))]
         if "hook_pos_embed" in cache:
             components.append(("pos_embed", 0, None, read(at_end("hook_pos_embed"))))
@@ -89,8 +93,9 @@ def direct_attribution(model: HookedTransformer, pairs: PromptPairs, prompts: st
             z = at_end(f"blocks.{layer}.attn.hook_z")  # [batch, head, d_head]
             heads = torch.einsum("bhd,hdm->bhm", z, attn.W_O)
             bias = attn.b_O.expand_as(heads[:, 0])
-            if hasattr(model.blocks[layer], "ln1_post"):  # the post-attention norm, frozen at the run's scale
-                post_scale, post_weight = at_end(f"blocks.{layer}.ln1_post.hook_scale"), model.blocks[layer].ln1_post.w
+            post = "ln1_post" if hasattr(model.blocks[layer], "ln1_post") else "ln1" if post_norm_only else None
+            if post is not None:  # the post-attention norm (OLMo-2's is its ln1), frozen at the run's scale
+                post_scale, post_weight = at_end(f"blocks.{layer}.{post}.hook_scale"), getattr(model.blocks[layer], post).w
                 heads, bias = heads / post_scale[:, None] * post_weight, bias / post_scale * post_weight
             components.append(("attn_out", layer, None, read(at_end(f"blocks.{layer}.hook_attn_out"))))
             components += [("head", layer, h, read(heads[:, h])) for h in range(model.cfg.n_heads)]
@@ -109,7 +114,7 @@ def final_position_cache(model: HookedTransformer, tokens: Tensor, final: Tensor
     """The activations the attribution reads, at each prompt's final position only (a full cache of a 30-layer model
     holds every position of every hook, and the logits of the whole vocabulary at every position: gigabytes)."""
     wanted = ("hook_embed", "hook_pos_embed", "hook_resid_pre", "hook_resid_mid", "hook_resid_post", "attn.hook_z",
-              "hook_attn_out", "hook_mlp_out", "ln1_post.hook_scale", "ln_final.hook_scale", "ln_final.hook_normalized")
+              "hook_attn_out", "hook_mlp_out", "ln1_post.hook_scale", "ln1.hook_scale", "ln_final.hook_scale", "ln_final.hook_normalized")
     rows, kept = torch.arange(tokens.shape[0], device=tokens.device), {}
 
     def keep(activation: Tensor, hook) -> None:
