@@ -100,6 +100,31 @@ def test_mean_positional_is_the_per_position_mean(zoo):
         close(values, masked.circuits_logit_diff(model, pairs, graph, mean, circuits)[0], "masked forward")
 
 
+def test_node_circuits_equal_patching_the_other_nodes(zoo):
+    """A node circuit (every edge out of the kept nodes, nodes.node_circuit) in the masked forward = one plain
+    forward in which every other node's output (the input, a head's result, an MLP's output) is its corrupted
+    run's; the node curve's rows are those circuits."""
+    from circuitlab.edges import masked, nodes
+
+    model = zoo("gpt2")
+    pairs = ioi_pairs(model, n_prompts=4)
+    graph = EdgeGraph.of(model.cfg)
+    node_scores = torch.randn(len(graph.senders), generator=torch.Generator().manual_seed(4))
+    sources = cf.prepare(model, pairs, graph, "patching", pairs.n_pairs)
+    evaluate = lambda masks: masked.circuits_logit_diff(model, pairs, graph, sources, masks)[0]  # noqa: E731
+    table, found = nodes.node_curve(graph, node_scores, [10, 50, 100], evaluate, empty=-1.0, full=2.0)
+    assert list(table["nodes_kept"]) == [int(p / 100 * len(graph.senders)) for p in (10, 50, 100)] * 2
+    assert table["faithfulness"].tolist() == pytest.approx(((table["logit_diff"] + 1) / 3).tolist())
+    for n, absolute in ((5, True), (9, False)):
+        circuit = nodes.node_circuit(graph, node_scores, n, absolute)
+        kept = {graph.senders[s] for s in range(len(graph.senders)) if circuit[s].any()}
+        ranked = sorted(range(len(graph.senders)), key=lambda s: -(abs(float(node_scores[s])) if absolute else float(node_scores[s])))
+        assert kept == {graph.senders[s] for s in ranked[:n]} and torch.equal(circuit, graph.real & circuit.any(1, keepdim=True))
+        value = float(evaluate(circuit[None])[0])
+        close(value, scorer_reference.node_patched(model, pairs, set(graph.senders) - kept), ("node circuit", n, absolute))
+    close(float(table["logit_diff"].iloc[2]), float(evaluate(graph.real[None])[0]), "every node = the clean run")
+
+
 def run_cli(out, *overrides: str):
     from circuitlab import cli
 
@@ -117,7 +142,9 @@ def test_node_and_neuron_levels_through_the_cli(tmp_path, capsys):
     nodes = pd.read_csv(out / "nodes.csv")
     manifest = json.loads((out / "manifest.json").read_text())
     assert list(nodes.columns) == ["node", "score", "rank"] and list(nodes["rank"]) == list(range(1, len(nodes) + 1))
-    assert manifest["ig_over"] == "activations" and manifest["level"] == "node"
+    assert manifest["ig_over"] == "activations" and manifest["level"] == "node" and manifest["node_cpr"] is not None
+    curve = pd.read_csv(out / "node_faithfulness.csv")
+    assert set(curve["ranking"]) == {"signed", "absolute"} and curve["faithfulness"].iloc[-1] == pytest.approx(1.0, abs=1e-4)
     tensors = torch.load(out / "results.pt")
     assert torch.allclose(torch.tensor(sorted(nodes["score"])), tensors["node_scores"].sort().values, atol=1e-5)
     edges = pd.read_csv(out / "edges.csv")

@@ -1,11 +1,13 @@
 """The run EAP and EAP-IG share: every edge scored with the gradients their config names (attribution.py,
 integration.py), the circuit and the curve from edges/method.py's `run_edges`, and at `method.level` node or
-neuron the node scores beside them (nodes.py): nodes.csv and `node_scores` / `neuron_scores` in results.pt."""
+neuron the node scores beside them (nodes.py): nodes.csv and `node_scores` / `neuron_scores` in results.pt; at
+`node` also MIB's node-level faithfulness curve (node_faithfulness.csv, the manifest's node_cpr / node_cmd)."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from circuitlab.config import plain
 from circuitlab.edges import method as edges
 from circuitlab.edges import nodes
 from circuitlab.edges.attribution import attribute
@@ -34,10 +36,11 @@ def run_scored(cfg: DictConfig, plan: Plan, model, integration: str, steps: int,
     level = cfg.method.level
     found = {}
 
-    def score():
-        result = attribute(model, plan.pairs, plan.method_plan, cfg.method.counterfactual, integration, steps, cfg.method.batch_size,
-                           cfg.progress, cfg.memory_budget_mb, neurons=level != "edge")
-        found["neurons"] = result.neurons
+    def score(pairs=None):  # pairs: a resample of the prompts (method.bootstrap, edges/method.py); None: the run's
+        result = attribute(model, plan.pairs if pairs is None else pairs, plan.method_plan, cfg.method.counterfactual, integration, steps,
+                           cfg.method.batch_size, cfg.progress, cfg.memory_budget_mb, neurons=level != "edge" and pairs is None)
+        if pairs is None:
+            found["neurons"] = result.neurons
         return result.edges, {**extra, "level": level}
 
     output = edges.run_edges(cfg, plan, model, score)
@@ -47,4 +50,24 @@ def run_scored(cfg: DictConfig, plan: Plan, model, integration: str, steps: int,
         output.tensors["node_scores"] = neurons.sum(1)
         if level == "neuron":
             output.tensors["neuron_scores"] = neurons
+        elif "cpr" in output.extra and plain(cfg.method.curve):
+            table, found = node_curve(cfg, plan, model, neurons.sum(1), output.extra)
+            output.tables["node_faithfulness.csv"] = table
+            output.extra.update(found)
     return output
+
+
+def node_curve(cfg: DictConfig, plan: Plan, model, node_scores, extra: dict):
+    """MIB's node-level curve at method.curve's percentages, with the masked forward of the edge curve (the empty
+    and full circuits' logit differences from the edge run)."""
+    from circuitlab.edges import counterfactual as cf
+    from circuitlab.edges.masked import circuits_logit_diff
+
+    graph = plan.method_plan
+    sources = cf.prepare(model, plan.pairs, graph, cfg.method.counterfactual, cfg.method.batch_size or plan.pairs.n_pairs)
+
+    def evaluate(masks):
+        return circuits_logit_diff(model, plan.pairs, graph, sources, masks, cfg.memory_budget_mb, cfg.progress)[0]
+
+    percentages = [float(p) for p in plain(cfg.method.curve)]
+    return nodes.node_curve(graph, node_scores, percentages, evaluate, extra["empty_logit_diff"], extra["full_logit_diff"])
