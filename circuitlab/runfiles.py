@@ -371,16 +371,43 @@ def run_status(run_dir: Path) -> str:
     return "failed"
 
 
-def failure_line(run_dir: Path) -> str:
-    """The last error-looking line of the job's own log (Hydra writes one per job), or ''."""
-    for path in sorted(Path(run_dir).glob("*.log")):
-        try:
-            with open(path, "rb") as handle:  # its end only: a log can be long
-                handle.seek(max(0, os.fstat(handle.fileno()).st_size - LOG_TAIL_BYTES))
-                lines = [ln.strip() for ln in handle.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
-        except OSError:
+JOBS_FILE = "slurm_jobs.json"  # a Slurm sweep's record of its jobs, beside their run dirs (slurm_launch writes it)
+FAILURE_WORDS = ("error", "exception", "traceback", "cancelled", "killed", "interrupted", "terminated", "time limit", "oom")
+
+
+def error_line(path: Path | None, tail_bytes: int = LOG_TAIL_BYTES) -> str:
+    """The last error-looking line of a log file (its end only: a log can be long), or ''."""
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.fstat(handle.fileno()).st_size - tail_bytes))
+            lines = [ln.strip() for ln in handle.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        low = line.lower()
+        if "exited with exit code" in low or low.startswith("srun: force terminated"):  # srun's echo of what came before
             continue
-        for line in reversed(lines):
-            if any(word in line.lower() for word in ("error", "exception", "traceback", "interrupted", "terminated")):
-                return line[:300]
+        if any(word in low for word in FAILURE_WORDS):
+            return line[:300]
     return ""
+
+
+def scheduler_log(run_dir: Path) -> Path | None:
+    """The scheduler's log of the Slurm job that ran `run_dir` (a job dir of a Slurm sweep: its record in the sweep's
+    JOBS_FILE), or None."""
+    try:
+        record = json.loads((Path(run_dir).parent / JOBS_FILE).read_text()).get(Path(run_dir).name)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(record["stderr"]) if isinstance(record, dict) and isinstance(record.get("stderr"), str) else None
+
+
+def failure_line(run_dir: Path) -> str:
+    """Why a run failed: the last error-looking line of the job's own log (Hydra writes one per job), else of the
+    scheduler's log of its Slurm job (a job killed hard, e.g. at its time limit, writes nothing itself), or ''."""
+    for path in sorted(Path(run_dir).glob("*.log")):
+        if line := error_line(path):
+            return line
+    return error_line(scheduler_log(run_dir))

@@ -26,9 +26,9 @@ import tempfile
 from pathlib import Path
 
 from circuitlab.errors import CircuitlabError
+from circuitlab.runfiles import JOBS_FILE, error_line  # noqa: F401  (re-exported: the sweep's job record, a log's error line)
 
 log = logging.getLogger("circuitlab")
-JOBS_FILE = "slurm_jobs.json"
 LAUNCHER_TARGET = "hydra_plugins.circuitlab_slurm.CircuitlabSlurmLauncher"
 # launcher fields tried one at a time (left to the cluster's default) to find the one sbatch refuses
 RESOURCE_FIELDS = ("gpus_per_node", "partition", "mem_gb", "cpus_per_task", "timeout_min", "qos", "account", "constraint", "gres",
@@ -249,26 +249,6 @@ def queued(job_ids: list[str]) -> dict[str, str] | None:
         job, _, state = line.partition("|")
         states[job.strip()] = state.strip()
     return states
-
-
-def error_line(path: Path | None, tail_bytes: int = 64 << 10) -> str:
-    """The last error-looking line of a log file (its end only), or ''."""
-    if path is None:
-        return ""
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            handle.seek(max(0, handle.tell() - tail_bytes))
-            lines = [ln.strip() for ln in handle.read().decode("utf-8", errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    for line in reversed(lines):
-        low = line.lower()
-        if "exited with exit code" in low or low.startswith("srun: force terminated"):  # srun's echo of what came before
-            continue
-        if any(word in low for word in ("error", "exception", "cancelled", "killed", "interrupted", "terminated", "time limit", "oom")):
-            return line[:300]
-    return ""
 
 
 # --- inside a job --------------------------------------------------------------------------------------------------

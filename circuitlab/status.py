@@ -53,8 +53,7 @@ def progress_text(run_dir: Path) -> str:
 def run_state(run_dir: Path, scheduler_log: Path | None = None) -> tuple[str, str]:
     """(done | running | failed, detail) of one run dir."""
     from circuitlab import rundir
-    from circuitlab.runfiles import failure_line
-    from circuitlab.slurm import error_line
+    from circuitlab.runfiles import error_line, failure_line
 
     run_dir = Path(run_dir)
     if (run_dir / "manifest.json").is_file() and (run_dir / "results.csv").is_file():

@@ -47,3 +47,25 @@ def test_status_of_a_local_sweep(tmp_path):
     assert f"{planned - 3} chunks computed, 3 loaded" in lines[1] and f"{planned} chunks computed, 0 loaded" in lines[2], lines
     assert status_lines(sweep / "0")[0].startswith(f"{sweep / '0'}: done ({planned - 3} chunks computed, 3 loaded")
     assert status_lines(tmp_path)[0] == lines[0]  # a dir holding the sweep: each sweep under it
+
+
+def test_a_job_killed_by_the_scheduler_shows_its_log_line(tmp_path):
+    """A Slurm job killed hard (time limit) writes no log of its own: index.html's row and `circuitlab status` say
+    why from the scheduler's log that the sweep's job record names."""
+    import json
+
+    from circuitlab.report.index import run_summary
+    from circuitlab.runfiles import JOBS_FILE
+
+    sweep = tmp_path / "sweep"
+    (sweep / "0").mkdir(parents=True)
+    (sweep / "0" / ".hydra").mkdir()  # what a job has written when it is killed before its first chunk
+    log = tmp_path / "slurm-12.err"
+    line = "slurmstepd: error: *** JOB 12 ON node1 CANCELLED AT 2026-12-07T00:10:00 DUE TO TIME LIMIT ***"
+    log.write_text("[00:09:58] scoring edges\n" + line + "\nsrun: error: node1: task 0: Exited with exit code 1\n")
+    (sweep / JOBS_FILE).write_text(json.dumps({"0": {"overrides": ["method=eap"], "stderr": str(log)}}))
+    row = run_summary(sweep / "0")
+    assert row["status"] == "failed" and row["problem"] == line
+    assert any(line in text for text in status_lines(sweep))
+    (sweep / JOBS_FILE).write_text("{damaged")
+    assert run_summary(sweep / "0")["problem"] == "started, never finished (no manifest.json)"
