@@ -5,9 +5,10 @@ edge by edge in Python. Follows EAP-IG's reference code (github hannamw/EAP-IG, 
 attribute_node.py) run by run; tests/test_edge_scorers.py compares circuitlab against it.
 
 A run is (component, alpha): component 0 the input (`blocks.0.hook_resid_pre`), then each layer's attention
-(`attn.hook_result`, every head at once) and MLP (`hook_mlp_out`); the component's output is replaced by the
-constant alpha x clean + (1 - alpha) x source (a leaf: its gradient is read, none flows into the component). The
-run ("corrupted", None) is the plain forward of the corrupted prompts.
+(`attn.hook_result`, every head at once; `hook_attn_out` in post-norm blocks) and MLP (`hook_mlp_out`); the
+component's output is replaced by the constant alpha x clean + (1 - alpha) x source (a leaf: its gradient is read,
+none flows into the component). The run ("corrupted", None) is the plain forward of the corrupted prompts. Senders'
+outputs as tests/edge_reference.py defines them (post-norm heads: their shares of the normalised attention output).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from circuitlab.metrics import logit_diff
-from tests.edge_reference import FLAGS, exposed, receiver_hook, restore, sender_hook
+from tests.edge_reference import FLAGS, exposed, post_norm, receiver_hook, recorded, restore, sender_hook, sender_value
 
 
 def component_of(sender: str, has_mlp: bool = True) -> int:
@@ -27,33 +28,56 @@ def component_of(sender: str, has_mlp: bool = True) -> int:
 
 
 def component_hooks(model: HookedTransformer) -> list[str]:
+    """Where each component's output is replaced: the input, each layer's per-head results (in post-norm blocks the
+    normalised attention output `hook_attn_out`, the sum of the heads' shares), each MLP's output."""
     names = ["blocks.0.hook_resid_pre"]
     for layer in range(model.cfg.n_layers):
-        names.append(f"blocks.{layer}.attn.hook_result")
+        names.append(f"blocks.{layer}.hook_attn_out" if post_norm(model, layer) else f"blocks.{layer}.attn.hook_result")
         if not model.cfg.attn_only:
             names.append(f"blocks.{layer}.hook_mlp_out")
     return names
 
 
-def outputs(model: HookedTransformer, pairs, counterfactual: str) -> tuple[dict, dict]:
-    """The clean and the source outputs of every component (the source: the corrupted run's, the clean prompts'
-    mean at each position, or zero)."""
-    names = set(component_hooks(model))
+def sender_names(model: HookedTransformer) -> list[str]:
+    senders = ["input"]
+    for layer in range(model.cfg.n_layers):
+        senders += [f"a{layer}.h{h}" for h in range(model.cfg.n_heads)] + ([] if model.cfg.attn_only else [f"m{layer}"])
+    return senders
+
+
+def output_gradient_hook(model: HookedTransformer, sender: str) -> tuple[str, int | None]:
+    """Where the gradient at a sender's output is read: its own hook; a post-norm head's share enters the stream
+    inside `hook_attn_out`, so its gradient is that hook's."""
+    hook, head = sender_hook(sender)
+    if head is not None and post_norm(model, int(hook.split(".")[1])):
+        return hook.replace("attn.hook_result", "hook_attn_out"), None
+    return hook, head
+
+
+def _run(model: HookedTransformer, tokens) -> tuple[dict, dict]:
+    """({sender: output}, {component hook: its activation}) of one run (edge_reference.sender_value: heads' shares
+    in post-norm blocks)."""
+    names = set(component_hooks(model)) | {n for sender in sender_names(model) for n in recorded(model, sender)}
+    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    return ({sender: sender_value(model, sender, cache).clone() for sender in sender_names(model)},
+            {n: cache[n].clone() for n in component_hooks(model)})
+
+
+def outputs(model: HookedTransformer, pairs, counterfactual: str) -> tuple[tuple[dict, dict], tuple[dict, dict]]:
+    """The clean and the source (senders' outputs, components' activations): the source the corrupted run's, the
+    clean prompts' mean at each position, or zero."""
     with torch.no_grad():
-        _, clean = model.run_with_cache(pairs.clean_tokens, names_filter=lambda n: n in names)
-        clean = {n: clean[n].clone() for n in names}
+        clean = _run(model, pairs.clean_tokens)
         if counterfactual == "patching":
-            _, source = model.run_with_cache(pairs.corrupted_tokens, names_filter=lambda n: n in names)
-            source = {n: source[n].clone() for n in names}
-        elif counterfactual in ("mean", "mean-positional"):
-            source = {n: clean[n].mean(0, keepdim=True).expand_as(clean[n]) for n in names}
-        else:
-            source = {n: torch.zeros_like(clean[n]) for n in names}
-    return clean, source
+            return clean, _run(model, pairs.corrupted_tokens)
+        if counterfactual in ("mean", "mean-positional"):
+            return clean, tuple({k: v.mean(0, keepdim=True).expand_as(v) for k, v in part.items()} for part in clean)
+        return clean, tuple({k: torch.zeros_like(v) for k, v in part.items()} for part in clean)
 
 
 def gradients(model: HookedTransformer, pairs, run: tuple, clean: dict, source: dict) -> dict:
-    """d (mean logit difference) / d every receiver's input and every component's output in one run."""
+    """d (mean logit difference) / d every receiver's input and every component's output in one run (`clean`,
+    `source`: the components' activations)."""
     component, alpha = run
     replaced = None if component == "corrupted" else component_hooks(model)[component]
     kept = {}
@@ -71,7 +95,8 @@ def gradients(model: HookedTransformer, pairs, run: tuple, clean: dict, source: 
     n = model.cfg.n_layers
     receivers = [f"blocks.{l}.hook_{x}_input" for l in range(n) for x in "qkv"] + [f"blocks.{n - 1}.hook_resid_post"]
     receivers += [] if model.cfg.attn_only else [f"blocks.{l}.hook_mlp_in" for l in range(n)]
-    hooks = ([(replaced, replace)] if replaced else []) + [(name, keep) for name in receivers + component_hooks(model)]
+    outputs_at = {output_gradient_hook(model, sender)[0] for sender in sender_names(model)}
+    hooks = ([(replaced, replace)] if replaced else []) + [(name, keep) for name in set(receivers) | outputs_at | set(component_hooks(model))]
     tokens = pairs.corrupted_tokens if component == "corrupted" else pairs.clean_tokens
     with torch.enable_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
@@ -104,7 +129,7 @@ def scores(model: HookedTransformer, pairs, edges: list[str], integration: str, 
     before = {f: getattr(model.cfg, f) for f in FLAGS}
     exposed(model)
     try:
-        clean, source = outputs(model, pairs, counterfactual)
+        (clean_values, clean), (source_values, source) = outputs(model, pairs, counterfactual)
         n_components = len(component_hooks(model))
         memo: dict = {}
 
@@ -118,23 +143,16 @@ def scores(model: HookedTransformer, pairs, edges: list[str], integration: str, 
                 total = total + (grad if head is None else grad[:, :, head])
             return total / len(runs)
 
-        def difference(sender: str) -> torch.Tensor:
-            hook, head = sender_hook(sender)
-            diff = source[hook] - clean[hook]
-            return diff if head is None else diff[:, :, head]
-
         edge_scores = []
         for edge in edges:
             sender, receiver = edge.split("->")
             r_hook, r_head = receiver_hook(receiver, model.cfg.n_layers)
-            edge_scores.append(-float((difference(sender) * mean_grad(sender, r_hook, r_head)).sum()))
-        senders = ["input"]
-        for layer in range(model.cfg.n_layers):
-            senders += [f"a{layer}.h{h}" for h in range(model.cfg.n_heads)] + ([] if model.cfg.attn_only else [f"m{layer}"])
+            difference = source_values[sender] - clean_values[sender]
+            edge_scores.append(-float((difference * mean_grad(sender, r_hook, r_head)).sum()))
         neurons = {}
-        for sender in senders:
-            hook, head = sender_hook(sender)
-            neurons[sender] = -(difference(sender) * mean_grad(sender, hook, head)).sum((0, 1))
+        for sender in sender_names(model):
+            difference = source_values[sender] - clean_values[sender]
+            neurons[sender] = -(difference * mean_grad(sender, *output_gradient_hook(model, sender))).sum((0, 1))
         return edge_scores, neurons
     finally:
         restore(model, before)

@@ -20,7 +20,6 @@ from tests.conftest import ioi_pairs
 from tests.test_edges import sample_edges
 
 ATOL = 1e-4
-ADDITIVE = [arch for arch in hf_fixtures.ARCHITECTURES if arch not in hf_fixtures.POST_NORM]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +42,7 @@ def close(ours, reference, what) -> None:
     assert torch.allclose(ours, reference, atol=ATOL, rtol=1e-4), (what, float((ours - reference).abs().max()))
 
 
-@pytest.mark.parametrize("arch", ADDITIVE)
+@pytest.mark.parametrize("arch", hf_fixtures.ARCHITECTURES)
 def test_scorers_equal_plain_reference(zoo, arch):
     """Every integration's sampled edge scores and every node's per-dimension scores = the plain reference (per
     run: TransformerLens' split hooks, the component's output replaced by its interpolation, weights
