@@ -106,6 +106,8 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
     grads: dict[str, Tensor] = {}  # this run's
     cache: dict[str, Tensor] = {}  # the clean senders' outputs
     norm_inputs: dict[str, Tensor] = {}
+    starts = {f"blocks.{integrate.start_layer(graph, segment, run)}.hook_resid_pre" for segment in plan for run in segment.runs}
+    clean_resid: dict[str, Tensor] = {}  # where later runs start (integrate.start_layer)
     state = {"record": True, "difference": None}
 
     def keep(activation: Tensor, hook) -> Tensor:
@@ -113,6 +115,8 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
             activation = activation.detach().requires_grad_(True)
         if hook.name in residuals:  # the norms' inputs: every run's own
             norm_inputs[hook.name] = activation.detach()
+            if state["record"] and hook.name in starts:
+                clean_resid[hook.name] = activation.detach()
         if state["record"] and hook.name in senders:
             cache[hook.name] = activation.detach()
         if hook.name in gradient_at:
@@ -133,8 +137,11 @@ def _batch_scores(model, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sourc
             if swap is not None:
                 hooks = [swap] + hooks
             grads.clear()
+            start = integrate.start_layer(graph, segment, run)
+            begin = {} if start == 0 else {"start_at_layer": start}  # from the clean run's residual stream there
+            inputs = clean_tokens if start == 0 else clean_resid[f"blocks.{start}.hook_resid_pre"].detach().requires_grad_(True)
             with edges_exposed(model, split=False, mlp_in=True, ungroup=True), frozen_weights(model), fast_mlps(model), torch.enable_grad():
-                resid = model.run_with_hooks(clean_tokens, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers)
+                resid = model.run_with_hooks(inputs, fwd_hooks=hooks, stop_at_layer=model.cfg.n_layers, **begin)
                 final_logit_diff(model, resid, final, answer, wrong).sum().backward()
                 for name, grad in _receiver_gradients(model, graph, grads, norm_inputs):
                     _accumulate(total, name, grad)

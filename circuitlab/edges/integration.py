@@ -31,7 +31,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from circuitlab.edges.graph import EdgeGraph
@@ -112,14 +111,12 @@ def replacement(graph: EdgeGraph, run: Run, clean_input: Tensor | None, source_i
     return name, hold
 
 
-def total_runs(graph: EdgeGraph, integration: str, steps: int) -> int:
-    return sum(len(segment.runs) for segment in segments(graph, integration, steps))
-
-
-def sender_slice_sum(difference: Tensor, first: int, last: int) -> Tensor:
-    """(source - clean) summed over senders first..last-1, from the sender-major differences."""
-    return difference[first:last].sum(0)
-
-
-def empty_scores(graph: EdgeGraph) -> Tensor:
-    return torch.zeros(len(graph.senders), len(graph.receivers), dtype=torch.float64)
+def start_layer(graph: EdgeGraph, segment: Segment, run: Run) -> int:
+    """The first block a run computes: its component's block when the segment scores only senders from that
+    component on (every receiver they feed, and the held output, lie in that block or later: the earlier blocks
+    are the clean run's, their residual stream taken from it), else 0. `activations` runs start there, which
+    halves their work on average; `activations-mib` runs score every sender and start at 0."""
+    if run.component == 0:
+        return 0
+    _, first, _ = components(graph)[run.component]
+    return graph.sender_layer(first) if segment.first >= first else 0
