@@ -7,10 +7,14 @@ prompts differ at positions 2, 5 and 11 (bench/patching.py's prompts). Rows:
   (`mask_gradient_prune_scores`, mask_val=0) on the same model, prompts and answers, scores compared;
 - exact edge patching of a seeded random sample of 300 edges, against the plain reference (two forwards per edge,
   hooks on the receiver's input: tests/edge_reference.py), per edge, equal to 1e-4;
-- MIB's faithfulness curve: 10 circuits (0.1 ... 100 % of the edges), masked forwards counted.
-Prints a table and writes it to bench/results/circuit_discovery.md (default CPU setting only).
+- MIB's faithfulness curve: 10 circuits (0.1 ... 100 % of the edges), masked forwards counted;
+- at 30 layers (bench/edges_at_scale.py: SmolLM2-135M-shaped random Llama, 123,211 edges): MIB's curve against plain
+  forwards, before (the hook-based masked forward, tests/masked_reference.py) and after; exact edge patching against
+  two split-hook forwards per edge and two plain forwards (a few minutes; --no-30-layers skips them).
+Prints the tables and writes them to bench/results/circuit_discovery.md (default CPU setting, every row, only).
 
     python bench/circuit_discovery.py
+    OMP_NUM_THREADS=1 python bench/circuit_discovery.py --no-30-layers
     python bench/circuit_discovery.py --edges 300 --device cuda
 """
 
@@ -24,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from patching import markdown_table, model_and_prompts, recorded_setting, setting_line, timed  # noqa: E402
+from patching import markdown_table, model_and_prompts, random_pairs, recorded_setting, setting_line, timed  # noqa: E402
 from circuitlab.edges import attribution, circuits, masked  # noqa: E402
 from circuitlab.edges import counterfactual as cf  # noqa: E402
 from circuitlab.edges.graph import EdgeGraph  # noqa: E402
@@ -32,6 +36,13 @@ from circuitlab.edges.patching import patch_edges  # noqa: E402
 from circuitlab.metrics import logit_diff  # noqa: E402
 from circuitlab.results import write_text  # noqa: E402
 from tests import edge_reference  # noqa: E402
+
+
+def on_device(pairs, device: str):
+    import dataclasses
+
+    tensors = {f.name: getattr(pairs, f.name) for f in dataclasses.fields(pairs) if isinstance(getattr(pairs, f.name), torch.Tensor)}
+    return dataclasses.replace(pairs, **{name: t.to(device) for name, t in tensors.items()})
 
 
 def forward_backward(model, pairs) -> float:
@@ -67,6 +78,7 @@ def autocircuit_row(model, pairs, graph, ours):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edges", type=int, default=300, help="edges in the exact-patching sample (>= 300 for the record)")
+    parser.add_argument("--no-30-layers", dest="scale", action="store_false", help="skip the 30-layer rows (bench/edges_at_scale.py)")
     args, model, pairs = model_and_prompts(parser)
     graph = EdgeGraph.of(model.cfg)
     print(f"{graph.n_edges} edges", flush=True)
@@ -91,6 +103,17 @@ def main() -> None:
     print(f"MIB curve: 10 circuits in {forwards} masked forwards, {curve_s:.2f} s", flush=True)
 
     text = render(args, graph, base_s, eap_s, ac_s, ac_diff, len(sample), ref_s, ours_s, patch_diff, forwards, curve_s)
+    scale_curve, scale_patching = [], []
+    if args.scale:
+        import edges_at_scale
+
+        big = edges_at_scale.llama_model(args.device)
+        big_pairs = random_pairs(args.prompts, args.tokens, big.cfg.d_vocab)
+        if args.device != "cpu":
+            big_pairs = on_device(big_pairs, args.device)
+        scale_curve = edges_at_scale.curve_rows(big, big_pairs, lambda f: timed(f, args.device))
+        scale_patching = edges_at_scale.patching_rows(big, big_pairs, args.edges)
+        text += "\n" + edges_at_scale.render(scale_curve, scale_patching, EdgeGraph.of(big.cfg).n_edges, markdown_table)
     print(text)
     if args.json:  # the rows scripts/gpu_check.sh tabulates (name, points, peer_s, circuitlab_s, max_abs_diff)
         import json
@@ -102,9 +125,15 @@ def main() -> None:
                      "circuitlab_s": ours_s, "max_abs_diff": patch_diff})
         rows.append({"name": f"MIB curve: 10 circuits in {forwards} masked forward(s)", "points": "10 circuits", "peer_s": curve_s,
                      "circuitlab_s": curve_s, "max_abs_diff": 0.0})
+        if args.scale:
+            rows += edges_at_scale.json_rows(scale_curve, scale_patching)
         args.json.write_text(json.dumps({"setting": setting_line(args), "rows": rows}, indent=2) + "\n")
     assert patch_diff < 1e-4, f"exact edge patching differs from the reference by {patch_diff}"
-    if recorded_setting(args) and args.edges >= 300:
+    for row in scale_curve:
+        assert row["diff"] < 1e-4, f"30 layers: the masked forward differs from the hook-based one by {row['diff']} ({row['kind']})"
+    for name, *_, diff, _ in scale_patching:
+        assert diff is None or diff < 1e-4, f"30 layers: {name} differs by {diff}"
+    if recorded_setting(args) and args.edges >= 300 and args.scale:
         write_text(Path(__file__).parent / "results" / "circuit_discovery.md", text)
 
 
