@@ -26,7 +26,7 @@ from torch import Tensor
 
 from circuitlab.edges.graph import EdgeGraph
 
-SELECTIONS = ("topn", "threshold", "greedy")
+SELECTIONS = ("topn", "threshold", "greedy", "milp")  # milp: edges/selection.py
 MIB_PERCENTAGES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 
 

@@ -13,10 +13,14 @@ from circuitlab.config import MethodConfig
 class EdgeMethodConfig(MethodConfig):
     """Edge scores and the circuit cut from them. `counterfactual`: patching (the pair's corrupted prompt), mean
     (over the clean prompts, per position) or zero. `select`: topn / greedy (a circuit that keeps `n_edges` edges
-    once pruned to paths from the input to the logits) or threshold (`threshold`); `absolute`: rank by |score|.
-    `curve`: percentages of edges kept for MIB's faithfulness curve ([] skips it). `expected`: edges of a known
-    circuit, for the AUROC of the scores against it. `batch_size`: prompts per forward and backward (null: as many
-    as `memory_budget_mb` holds)."""
+    once pruned to paths from the input to the logits), threshold (`threshold`) or milp (the connected circuit of at
+    most `n_edges` edges with the largest total score, by an integer program: graphs of at most 35,000 edges);
+    `absolute`: rank by |score|. `curve`: percentages of edges kept for MIB's faithfulness curve ([] skips it).
+    `expected`: edges of a known circuit, for the AUROC of the scores against it. `batch_size`: prompts per forward
+    and backward (null: as many as `memory_budget_mb` holds). `bootstrap`: resamples of the prompts (0: none), each
+    scored; the circuit keeps the edges that `select` picks in at least `bootstrap_keep` of them. `bootstrap_keep`:
+    that share (edges.csv's `frequency` column). `export`: also write the scores and circuits for other tools: mib
+    (mib/, MIB's circuit-track submission layout)."""
 
     name: str = "eap"
     counterfactual: str = "patching"
@@ -27,3 +31,6 @@ class EdgeMethodConfig(MethodConfig):
     curve: list[Any] = field(default_factory=lambda: [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100])
     expected: Optional[list[str]] = None
     batch_size: Optional[int] = None
+    bootstrap: int = 0
+    bootstrap_keep: float = 0.5
+    export: list[str] = field(default_factory=list)

@@ -10,4 +10,5 @@ from circuitlab.methods import ablation  # noqa: F401
 from circuitlab.methods import eap  # noqa: F401
 from circuitlab.methods import eap_ig  # noqa: F401
 from circuitlab.methods import edge_patching  # noqa: F401
+from circuitlab.methods import ensemble  # noqa: F401
 from circuitlab.methods import edge_pruning  # noqa: F401

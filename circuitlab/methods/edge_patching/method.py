@@ -18,6 +18,8 @@ contrasts = edges.contrasts
 
 def validate(cfg: DictConfig) -> None:
     edges.validate(cfg)
+    if cfg.method.bootstrap:  # its chunks are stored by edge name: a resample would load the full data's
+        raise ConfigError("method.bootstrap", cfg.method.bootstrap, "0 for method=edge_patching (bootstrap scores with eap, eap_ig or ensemble)")
     if cfg.method.sample is not None:
         edges.whole_number(cfg.method.sample, "method.sample", "a number of edges >= 1, or null for every edge in method.edges")
     chosen = plain(cfg.method.edges)

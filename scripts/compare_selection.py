@@ -1,0 +1,67 @@
+"""Selection rules side by side on MIB's curve: top-n, greedy, milp, bootstrap and ensembles, per scorer.
+
+    .venv/bin/python scripts/compare_selection.py --out /tmp/me/selection        # known circuit + toy-ioi
+    .venv/bin/python scripts/compare_selection.py --out DIR --preset ioi_eap --extra model=smollm2-135m task.n_prompts=16
+
+Every row is one `circuitlab run` (in this process, so each model loads once): the scorer, the rule, the run's
+circuit (edges kept, faithfulness) and the curve's CPR / CMD (manifest.json). milp rows are skipped, saying why,
+on a graph above edges/selection.py's MAX_MILP_EDGES. Prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from circuitlab import cli
+from circuitlab.errors import CircuitlabError
+
+PRESETS = ("known_circuit_eap", "ioi_eap")
+ROWS = (  # (scorer overrides, rule label, rule overrides)
+    (["method=eap"], "topn", []),
+    (["method=eap"], "greedy", ["method.select=greedy"]),
+    (["method=eap"], "milp", ["method.select=milp"]),
+    (["method=eap"], "bootstrap 20 x >= 0.5 (topn)", ["method.bootstrap=20"]),
+    (["method=eap_ig"], "topn", []),
+    (["method=eap_ig"], "greedy", ["method.select=greedy"]),
+    (["method=eap_ig"], "milp", ["method.select=milp"]),
+    (["method=eap_ig"], "bootstrap 20 x >= 0.5 (topn)", ["method.bootstrap=20"]),
+    (["method=ensemble", "method.combine=mean"], "topn", []),
+    (["method=ensemble", "method.combine=min"], "topn", []),
+    (["method=ensemble", "method.combine=max"], "topn", []),
+    (["method=ensemble", "method.combine=mean"], "milp", ["method.select=milp"]),
+)
+
+
+def shown(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path, help="a new directory for the runs")
+    parser.add_argument("--preset", nargs="+", default=list(PRESETS), help="experiment presets (edge methods)")
+    parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run (e.g. task.n_prompts=16)")
+    args = parser.parse_args(argv)
+    print("| preset | scorer | rule | circuit edges | circuit faithfulness | CPR | CMD |")
+    print("|---|---|---|---|---|---|---|")
+    for preset in args.preset:
+        for number, (scorer, rule, overrides) in enumerate(ROWS):
+            run_dir = args.out / preset / f"{number:02d}"
+            try:
+                cli.main(["run", f"+experiment={preset}", *scorer, *overrides, *args.extra, "figures=false", "progress=false",
+                          f"run.dir={run_dir}"])
+            except (CircuitlabError, SystemExit) as err:
+                print(f"| {preset} | {' '.join(scorer)} | {rule} | skipped: {err} | | | |")
+                continue
+            manifest = json.loads((run_dir / "manifest.json").read_text())
+            circuit = manifest["circuit"]
+            print(f"| {preset} | {' '.join(s.removeprefix('method.') for s in scorer)} | {rule} | {circuit['edges_kept']} | "
+                  f"{shown(circuit['faithfulness'])} | {shown(manifest['cpr'])} | {shown(manifest['cmd'])} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
