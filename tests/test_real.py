@@ -19,7 +19,6 @@ from omegaconf import OmegaConf
 from circuitlab import cli
 from circuitlab.config import IOITaskConfig
 from circuitlab.engine.sweep import patch_sweep
-from circuitlab.errors import CircuitlabError
 from circuitlab.locations import STREAMS, Location, enumerate_locations
 from circuitlab.methods.ablation.compute import ablate
 from circuitlab.methods.das.compute import Training, das_sweep
@@ -242,7 +241,8 @@ def test_direct_attribution_decomposes_the_logits(real, name):
 def test_edge_methods_equal_plain_references(real, name):
     """SmolLM2: exact edge patching of a sample of edges (every receiver kind) = two forwards per edge; EAP = a hand
     gradient x difference; EAP-IG with one step = EAP; the masked forward's empty / full circuits = the corrupted /
-    clean runs. Gemma 3 (post-norms: a head's output is not additive) is refused in one line."""
+    clean runs, its all-but-one circuits those edges' exact patches. Gemma 3 too (post-norms: a head's output is its
+    share of the normalised attention output, edges/hooks.py; the reference reads the norm's own hook_scale)."""
     from circuitlab.edges import attribution, masked
     from circuitlab.edges import counterfactual as cf
     from circuitlab.edges.graph import EdgeGraph
@@ -252,10 +252,7 @@ def test_edge_methods_equal_plain_references(real, name):
     from tests.test_edges import sample_edges
 
     cfg, model = real(name)
-    if model.cfg.use_normalization_before_and_after:
-        with pytest.raises(CircuitlabError, match="not additive"):
-            check_additive(model.cfg)
-        return
+    check_additive(model.cfg)
     pairs = ioi_pairs(model, cfg, n_prompts=3)
     graph = EdgeGraph.of(model.cfg)
     edges = sample_edges(graph, 10, seed=1)
@@ -272,9 +269,13 @@ def test_edge_methods_equal_plain_references(real, name):
     ig = attribution.edge_scores(model, pairs, graph, "patching", ig_steps=4)  # the input's edges sum to IG of the embeddings
     agree(name, "EAP-IG input edges vs integrated gradients", float(ig[0].sum()), input_integrated_gradients(model, pairs, 4))
     sources = cf.prepare(model, pairs, graph, "patching", pairs.n_pairs)
-    values, _ = masked.circuits_logit_diff(model, pairs, graph, sources, torch.stack([torch.zeros_like(graph.real), graph.real]))
+    all_but = [graph.real.clone() for _ in edges[:3]]
+    for keep, edge in zip(all_but, edges):
+        keep[edge] = False
+    values, _ = masked.circuits_logit_diff(model, pairs, graph, sources, torch.stack([torch.zeros_like(graph.real), graph.real, *all_but]))
     corrupted = mean_logit_diff(model, pairs, pairs.corrupted_tokens).mean()
     agree(name, "masked forward: empty / full circuit", [float(values[0]), float(values[1])], [float(corrupted), clean])
+    agree(name, "masked forward: all but one edge vs its exact patch", values[2:], exact[:3])
 
 
 @contextmanager
