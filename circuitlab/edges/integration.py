@@ -59,8 +59,9 @@ class Segment:
 
 def components(graph: EdgeGraph) -> list[tuple[str, int, int]]:
     """(hook whose output a run replaces, first sender, last sender + 1) of every component, in forward order: the
-    input (`blocks.0.hook_resid_pre`), each layer's attention output (`hook_attn_out`: its heads' outputs summed
-    with the bias) and MLP output."""
+    input (`blocks.0.hook_resid_pre`), each layer's attention output (`hook_attn_out`: what the layer adds to the
+    residual stream, its heads' outputs summed with the bias, after the post-norm where there is one) and MLP
+    output (`hook_mlp_out`)."""
     out = [(INPUT_HOOK, 0, 1)]
     for layer in range(graph.n_layers):
         first = graph.head_sender(layer, 0)
