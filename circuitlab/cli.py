@@ -274,11 +274,23 @@ def build_parser() -> tuple[Parser, dict[str, Parser]]:
                                                   "from the run dirs alone: pending, running (chunks done of planned), done, failed (its "
                                                   "last error line).")
     status.add_argument("dirs", nargs="+", metavar="DIR", help="a multirun dir, a run dir or a dir of runs")
+    export_mib = subs["export-mib"] = commands.add_parser("export-mib", help="write a finished edge run's scores and MIB's nine budget circuits under RUN_DIR/mib/",
+                                                          description="A finished eap / eap_ig / edge_patching / ensemble run in MIB's "
+                                                          "circuit-track submission layout (as method.export=[mib] writes it), under RUN_DIR/mib/.")
+    export_mib.add_argument("run_dir", metavar="RUN_DIR", help="the edge run's dir")
     return parser, subs
 
 
+def export_mib_command(args) -> None:
+    from circuitlab.edges.mib import export_run
+
+    written = export_run(Path(args.run_dir))
+    print(f"wrote {len(written)} files under {Path(args.run_dir) / 'mib'}")
+
+
 COMMANDS = {"run": run_command, "figures": figures_command, "report": report_command, "merge": merge_command,
-            "train-toy": train_toy_command, "list": list_command, "plan": plan_command, "status": status_command}
+            "train-toy": train_toy_command, "list": list_command, "plan": plan_command, "status": status_command,
+            "export-mib": export_mib_command}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -119,3 +119,24 @@ def test_a_model_without_mlps_gets_mibs_empty_mlp_rows():
 def test_bad_export_settings_are_one_line(tmp_path, capsys, override, message):
     line = refused(["run", *OVERRIDES, override, f"run.dir={tmp_path / 'x'}"], capsys)
     assert message in line
+
+
+def test_export_mib_of_a_finished_run_writes_the_same_files(exported, tmp_path, capsys):
+    plain_run = tmp_path / "plain"
+    cli.main(["run", *[o for o in OVERRIDES if not o.startswith("method.export")], f"run.dir={plain_run}", "progress=false"])
+    assert not (plain_run / "mib").exists()
+    cli.main(["export-mib", str(plain_run)])
+    assert "wrote 10 files" in capsys.readouterr().out
+    ours = sorted(p.relative_to(plain_run) for p in (plain_run / "mib").rglob("*.pt"))
+    assert ours == sorted(p.relative_to(exported) for p in (exported / "mib").rglob("*.pt")) and len(ours) == 10
+    for name in ours:
+        a, b = torch.load(plain_run / name), torch.load(exported / name)
+        assert a.keys() == b.keys() and a["cfg"] == b["cfg"] and a["src_nodes"] == b["src_nodes"] and a["dst_nodes"] == b["dst_nodes"]
+        assert all(torch.equal(a[k], b[k]) for k in ("edges_scores", "edges_in_graph", "nodes_in_graph")), name
+
+
+def test_export_mib_refuses_what_it_cannot_export(tmp_path, capsys):
+    boot = tmp_path / "boot"
+    cli.main(["run", *[o for o in OVERRIDES if not o.startswith("method.export")], "method.bootstrap=2", f"run.dir={boot}", "progress=false"])
+    assert "bootstrap resamples" in refused(["export-mib", str(boot)], capsys) and not (boot / "mib").exists()
+    assert "results.csv" in refused(["export-mib", str(tmp_path / "nothing")], capsys)

@@ -88,3 +88,68 @@ def export_files(folder: str, graph: EdgeGraph, scores: Tensor, keep: Tensor, bu
     for percent, circuit in budget_circuits.items():
         files[f"{MIB_DIR}/multiple_circuits/pt/{folder}/circuit_{percent_name(percent)}.pt"] = graph_file(graph, scores, circuit)
     return files
+
+
+def export_run(run_dir: Path) -> list[Path]:
+    """A finished edge run's MIB files (`circuitlab export-mib RUN_DIR`): its scores (results.pt), its circuit
+    (edges.csv) and its curve's circuits at MIB's budgets recomputed from the scores by the run's own rule, checked
+    against faithfulness.csv's edges kept; written under RUN_DIR/mib/. One line (CircuitlabError) when the run is
+    not a finished edge run with every edge scored, or its curve lacks MIB's budgets or was cut from bootstrap
+    resamples (not stored: rerun with method.export=[mib])."""
+    from circuitlab import runfiles
+    from circuitlab.edges import circuits
+    from circuitlab.errors import CircuitlabError
+    from circuitlab.storage import write_tensors
+
+    run_dir = Path(run_dir)
+    manifest = runfiles.check_run(run_dir, need_manifest=True)
+    config = runfiles.read_json(run_dir / "run_config.json")
+    method = config.get("method") or {}
+    where = f"{runfiles.shown(run_dir)}: "
+    if "edges.csv" not in (manifest.get("files") or []) or "faithfulness.csv" not in (manifest.get("files") or []):
+        raise CircuitlabError(where + f"not an edge run with every edge scored (method={method.get('name')}: no edges.csv and faithfulness.csv)")
+    if method.get("bootstrap"):
+        raise CircuitlabError(where + f"its curve was cut from {method['bootstrap']} bootstrap resamples, which runs do not keep: rerun it with method.export=[mib]")
+    curve = [float(p) for p in method.get("curve") or []]
+    if any(p not in curve for p in MIB_BUDGETS):
+        raise CircuitlabError(where + f"its method.curve {curve} lacks MIB's budgets {[percent_name(p) for p in MIB_BUDGETS]}")
+    tensors = runfiles.read_tensors(run_dir / "results.pt", runfiles.record_of(manifest, "results.pt"))
+    scores, real = tensors["scores"], tensors["edge_exists"]
+    cfg = circuits_graph_config(runfiles.read_json(run_dir / "circuit.json"), real)
+    graph = EdgeGraph(**cfg)
+    edges = runfiles.read_table(run_dir / "edges.csv", runfiles.record_of(manifest, "edges.csv"))
+    keep = torch.zeros_like(graph.real)
+    for name in edges[edges["in_circuit"]]["edge"]:
+        keep[graph.parse_edge(name, "edges.csv")] = True
+    table = runfiles.read_table(run_dir / "faithfulness.csv", runfiles.record_of(manifest, "faithfulness.csv"))
+    ranking, absolute = ("absolute", True) if method.get("absolute", True) else ("signed", False)
+    budget_circuits = {}
+    for percent in MIB_BUDGETS:
+        n = circuits.edges_for_percent(graph, percent)
+        if method.get("select") == "milp":
+            from circuitlab.edges.selection import milp_circuit
+
+            circuit = milp_circuit(graph, scores, n, absolute)
+        else:
+            circuit = circuits.select(graph, scores, "greedy" if method.get("select") == "greedy" else "topn", n, 0.0, absolute)
+        row = table[(table["ranking"] == ranking) & (table["percent"] == percent)]
+        if len(row) != 1 or int(row["edges_kept"].iloc[0]) != int(circuit.sum()):
+            raise CircuitlabError(where + f"the {percent_name(percent)} % circuit recomputed from results.pt keeps {int(circuit.sum())} edges, "
+                                  f"faithfulness.csv says {row['edges_kept'].tolist()} (changed since the run wrote them?)")
+        budget_circuits[percent] = circuit
+    task, model = config.get("task", {}).get("name", "task"), config.get("model", {})
+    files = export_files(folder_name(task, model.get("name", "model"), model.get("path")), graph, scores, keep, budget_circuits)
+    written = []
+    for name, data in files.items():
+        write_tensors(run_dir / name, data)
+        written.append(run_dir / name)
+    return written
+
+
+def circuits_graph_config(graph_json: dict, real: Tensor) -> dict:
+    """EdgeGraph's fields from circuit.json's cfg, with or without MLPs as results.pt's edge_exists shows."""
+    cfg = graph_json.get("cfg") or {}
+    n_layers, n_heads = int(cfg["n_layers"]), int(cfg["n_heads"])
+    has_mlp = real.shape[0] == 1 + n_layers * (n_heads + 1)
+    return {"n_layers": n_layers, "n_heads": n_heads, "parallel_attn_mlp": bool(cfg.get("parallel_attn_mlp", False)), "has_mlp": has_mlp,
+            "d_model": int(cfg.get("d_model", 0))}
