@@ -184,3 +184,30 @@ def node_patched(model: HookedTransformer, pairs, ablated: set[str]) -> float:
         return logit_diff(logits[rows, pairs.final_positions], pairs.answer_tokens, pairs.wrong_tokens).mean().item()
     finally:
         restore(model, before)
+
+
+def neuron_patched(model: HookedTransformer, pairs, keep: dict[str, torch.Tensor]) -> float:
+    """The mean logit difference with each sender's output dimension d taken from the corrupted run wherever
+    keep[sender][d] is False (pre-norm blocks: at the head's `hook_result`, `hook_mlp_out`, block 0's
+    `hook_resid_pre`), in one forward."""
+    before = {f: getattr(model.cfg, f) for f in FLAGS}
+    exposed(model, split=False, mlp_in=False)
+    try:
+        hooks = {sender_hook(name)[0] for name in keep}
+        with torch.no_grad():
+            _, corrupted = model.run_with_cache(pairs.corrupted_tokens, names_filter=lambda n: n in hooks)
+
+            def patch(activation, hook):
+                activation = activation.clone()
+                for name, mask in keep.items():
+                    where, head = sender_hook(name)
+                    if where == hook.name:
+                        index = (slice(None), slice(None)) + (() if head is None else (head,))
+                        activation[index] = torch.where(mask, activation[index], corrupted[where][index])
+                return activation
+
+            logits = model.run_with_hooks(pairs.clean_tokens, fwd_hooks=[(name, patch) for name in hooks])
+        rows = torch.arange(pairs.n_pairs)
+        return logit_diff(logits[rows, pairs.final_positions], pairs.answer_tokens, pairs.wrong_tokens).mean().item()
+    finally:
+        restore(model, before)

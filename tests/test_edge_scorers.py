@@ -13,6 +13,7 @@ from circuitlab.config import ModelConfig
 from circuitlab.edges import attribution
 from circuitlab.edges import counterfactual as cf
 from circuitlab.edges.graph import EdgeGraph
+from circuitlab.methods.eap.config import EAPConfig
 from circuitlab.models import hf_checkpoint, loading
 from tests import edge_reference, hf_fixtures, scorer_reference
 from tests.cli_refusal import refused
@@ -124,6 +125,33 @@ def test_node_circuits_equal_patching_the_other_nodes(zoo):
     close(float(table["logit_diff"].iloc[2]), float(evaluate(graph.real[None])[0]), "every node = the clean run")
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "gptj", "llama", "gemma2", "olmo2"])
+def test_neuron_circuits(zoo, arch):
+    """Neuron circuits (neuron_circuits.py): whole senders kept = the masked forward's node circuit (every edge out
+    of them; H1's engine), nothing / everything = the corrupted / clean run, and random dimensions kept = one plain
+    forward taking every other dimension of each sender's output from the corrupted run (pre-norm models)."""
+    from circuitlab.edges import masked, nodes
+    from circuitlab.edges.neuron_circuits import neuron_circuits_logit_diff
+
+    model = zoo(arch)
+    pairs = ioi_pairs(model, n_prompts=3)
+    graph = EdgeGraph.of(model.cfg)
+    sources = cf.prepare(model, pairs, graph, "patching", pairs.n_pairs)
+    generator = torch.Generator().manual_seed(5)
+    node_scores = torch.randn(len(graph.senders), generator=generator)
+    whole = [nodes.node_circuit(graph, node_scores, n, True) for n in (3, 7)]
+    keep = torch.stack([torch.zeros(len(graph.senders), model.cfg.d_model, dtype=torch.bool),
+                        torch.ones(len(graph.senders), model.cfg.d_model, dtype=torch.bool)]
+                       + [circuit.any(1)[:, None].expand(-1, model.cfg.d_model) for circuit in whole]
+                       + [torch.rand(len(graph.senders), model.cfg.d_model, generator=generator) < p for p in (0.3, 0.8)])
+    ours = neuron_circuits_logit_diff(model, pairs, graph, sources, keep, memory_budget_mb=1)  # a few circuits per forward
+    edges = masked.circuits_logit_diff(model, pairs, graph, sources, torch.stack([torch.zeros_like(graph.real), graph.real, *whole]))[0]
+    close(ours[:4], edges, (arch, "empty, full, node circuits"))
+    if arch not in hf_fixtures.POST_NORM:
+        for i in (4, 5):
+            close(float(ours[i]), scorer_reference.neuron_patched(model, pairs, dict(zip(graph.senders, keep[i]))), (arch, "random dimensions"))
+
+
 def run_cli(out, *overrides: str):
     from circuitlab import cli
 
@@ -154,6 +182,11 @@ def test_node_and_neuron_levels_through_the_cli(tmp_path, capsys):
     tensors = torch.load(out / "results.pt")
     assert list(neurons.columns) == ["node", "neuron", "score", "rank"] and neurons["neuron"].max() + 1 == tensors["neuron_scores"].shape[1]
     assert torch.allclose(tensors["neuron_scores"].sum(1), tensors["node_scores"]) and len(neurons) == tensors["neuron_scores"].numel()
+    curve = pd.read_csv(out / "neuron_faithfulness.csv")
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["neuron_cpr"] is not None and manifest["neuron_cmd"] is not None and not (out / "node_faithfulness.csv").exists()
+    assert list(curve["neurons_kept"][:10]) == [int(p / 100 * len(neurons)) for p in EAPConfig().curve]
+    assert curve["faithfulness"].iloc[9] == pytest.approx(1.0, abs=1e-4) and curve["faithfulness"].iloc[-1] == pytest.approx(1.0, abs=1e-4)
     for method, override, allowed in (("eap_ig", "method.ig_over=embeddings", "method.ig_over"), ("eap", "method.level=heads", "method.level"),
                                       ("eap", "method.gradient_at=corrupted", "method.gradient_at"),
                                       ("eap", "method.gradient_at=clean-corrupted method.counterfactual=zero", "method.counterfactual")):

@@ -1,7 +1,7 @@
 """The run EAP and EAP-IG share: every edge scored with the gradients their config names (attribution.py,
 integration.py), the circuit and the curve from edges/method.py's `run_edges`, and at `method.level` node or
-neuron the node scores beside them (nodes.py): nodes.csv and `node_scores` / `neuron_scores` in results.pt; at
-`node` also MIB's node-level faithfulness curve (node_faithfulness.csv, the manifest's node_cpr / node_cmd)."""
+neuron the node scores beside them (nodes.py): nodes.csv and `node_scores` / `neuron_scores` in results.pt, and
+MIB's node- or neuron-level faithfulness curve ({level}_faithfulness.csv, the manifest's {level}_cpr / _cmd)."""
 
 from __future__ import annotations
 
@@ -50,24 +50,32 @@ def run_scored(cfg: DictConfig, plan: Plan, model, integration: str, steps: int,
         output.tensors["node_scores"] = neurons.sum(1)
         if level == "neuron":
             output.tensors["neuron_scores"] = neurons
-        elif "cpr" in output.extra and plain(cfg.method.curve):
-            table, found = node_curve(cfg, plan, model, neurons.sum(1), output.extra)
-            output.tables["node_faithfulness.csv"] = table
+        if "cpr" in output.extra and plain(cfg.method.curve):
+            table, found = level_curve(cfg, plan, model, level, neurons, output.extra)
+            output.tables[f"{level}_faithfulness.csv"] = table
             output.extra.update(found)
     return output
 
 
-def node_curve(cfg: DictConfig, plan: Plan, model, node_scores, extra: dict):
-    """MIB's node-level curve at method.curve's percentages, with the masked forward of the edge curve (the empty
-    and full circuits' logit differences from the edge run)."""
+def level_curve(cfg: DictConfig, plan: Plan, model, level: str, neurons, extra: dict):
+    """MIB's node- or neuron-level curve at method.curve's percentages: node circuits through the edges' masked
+    forward, neuron circuits through neuron_circuits.py (the empty and full circuits' logit differences from the
+    edge run)."""
     from circuitlab.edges import counterfactual as cf
+    from circuitlab.edges import neuron_circuits
     from circuitlab.edges.masked import circuits_logit_diff
 
     graph = plan.method_plan
     sources = cf.prepare(model, plan.pairs, graph, cfg.method.counterfactual, cfg.method.batch_size or plan.pairs.n_pairs)
-
-    def evaluate(masks):
-        return circuits_logit_diff(model, plan.pairs, graph, sources, masks, cfg.memory_budget_mb, cfg.progress)[0]
-
     percentages = [float(p) for p in plain(cfg.method.curve)]
-    return nodes.node_curve(graph, node_scores, percentages, evaluate, extra["empty_logit_diff"], extra["full_logit_diff"])
+    baselines = extra["empty_logit_diff"], extra["full_logit_diff"]
+    if level == "node":
+        def evaluate(masks):
+            return circuits_logit_diff(model, plan.pairs, graph, sources, masks, cfg.memory_budget_mb, cfg.progress)[0]
+
+        return nodes.node_curve(graph, neurons.sum(1), percentages, evaluate, *baselines)
+
+    def evaluate(keep):
+        return neuron_circuits.neuron_circuits_logit_diff(model, plan.pairs, graph, sources, keep, cfg.memory_budget_mb)
+
+    return neuron_circuits.neuron_curve(neurons, percentages, evaluate, *baselines)
