@@ -41,6 +41,8 @@ def validate(cfg: DictConfig) -> None:
     _real(m.target_sparsity, "method.target_sparsity", "the share of edges to remove, >= 0 and < 1 (e.g. 0.98)", 0, 1, high_open=True)
     _real(m.sparsity_warmup, "method.sparsity_warmup", "the share of the steps over which the target is reached, 0 to 1", 0, 1)
     edges.whole_number(m.seed, "method.seed", "a whole number >= 0", minimum=0)
+    if m.get("bootstrap"):  # before training, not after it (run_edges refuses a score() without pairs only then)
+        raise ConfigError("method.bootstrap", m.bootstrap, "0 for method=edge_pruning (each resample would train the masks again)")
 
 
 def keeps_chunks(cfg: DictConfig) -> bool:
