@@ -65,6 +65,22 @@ def test_scorers_equal_plain_reference(zoo, arch):
     assert torch.allclose(one_step.edges, eap.edges, atol=1e-6) and torch.allclose(one_step.neurons, eap.neurons, atol=1e-6)
 
 
+def test_batches_add_up(zoo):
+    """Prompts scored in batches (the memory budget's, or method.batch_size) give the same edge and neuron scores as
+    one batch, for every integration; a budget that holds one prompt at a time holds fewer over activations."""
+    model = zoo("llama")
+    pairs = ioi_pairs(model, n_prompts=5)
+    graph = EdgeGraph.of(model.cfg)
+    for integration in ("clean-corrupted", "activations", "activations-mib"):
+        whole = attribution.attribute(model, pairs, graph, "mean-positional" if integration == "activations-mib" else "patching",
+                                      integration, 2, neurons=True)
+        parts = attribution.attribute(model, pairs, graph, "mean-positional" if integration == "activations-mib" else "patching",
+                                      integration, 2, batch_size=2, neurons=True)
+        assert torch.allclose(whole.edges, parts.edges, atol=1e-6) and torch.allclose(whole.neurons, parts.neurons, atol=1e-6)
+    budget = lambda **kw: attribution.prompts_per_backward(model, graph, pairs.width, 16, **kw)  # noqa: E731
+    assert budget(integration="activations", neurons=True) < budget(integration="activations") < budget()
+
+
 def test_definitions_differ_where_they_should(zoo):
     """The scorers are not one another: on GPT-2's shape, two IG steps over activations differ from over inputs and
     from MIB's averaging over every run; MIB's arithmetic with one step is not EAP, ours is."""

@@ -66,7 +66,7 @@ def attribute(
     before the next batch, so the memory does not grow with the steps. `neurons`: the per-dimension node scores
     too."""
     n = pairs.n_pairs
-    batch_size = min(n, batch_size or prompts_per_backward(model, graph, pairs.width, memory_budget_mb))
+    batch_size = min(n, batch_size or prompts_per_backward(model, graph, pairs.width, memory_budget_mb, integration, neurons))
     plan = integrate.segments(graph, integration, steps)
     runs = sum(len(segment.runs) for segment in plan)
     sources = cf.prepare(model, pairs, graph, counterfactual, batch_size)
@@ -173,19 +173,23 @@ def sender_differences(source: Tensor, cache: dict[str, Tensor], graph: EdgeGrap
     return out
 
 
-def prompts_per_backward(model: HookedTransformer, graph: EdgeGraph, width: int, memory_budget_mb: int | None) -> int:
+def prompts_per_backward(model: HookedTransformer, graph: EdgeGraph, width: int, memory_budget_mb: int | None,
+                         integration: str = "clean", neurons: bool = False) -> int:
     """How many prompts one batch of EAP's forwards and backwards takes within the memory budget. Per prompt and
     position a batch holds: autograd's saved activations of every layer (as `engine.batching.backward_batch` counts
     them), the gradient at every receiver's input summed over the steps (one d_model vector per receiver), the
     gradients read at each layer's queries, keys, values and MLP input and the norms' inputs, and the senders'
     counterfactual outputs and their differences (d_model vectors per sender): 94.5 MB per 15-token prompt on
     SmolLM2-135M, 99 measured. Whatever the prompts, about one copy of the attention weights (grouped keys and
-    values repeated per query head, the backward's copies): 160 MB there, 214 measured."""
+    values repeated per query head, the backward's copies): 160 MB there, 214 measured. Over activations the clean
+    residual stream of every block is kept too (runs start there), and neuron scores sum each layer's receiver
+    gradients (two d_model vectors per layer)."""
     cfg = model.cfg
     budget = memory_budget(cfg.device, memory_budget_mb) * 2**20
     autograd = cfg.n_layers * (18 * cfg.d_model + 7 * (cfg.d_mlp or 0) + 6 * cfg.n_heads * width)
     read = cfg.n_layers * (3 * cfg.n_heads * cfg.d_head + 2 * cfg.d_model)
     per_position = autograd + read + (len(graph.receivers) + 2 * len(graph.senders)) * cfg.d_model
+    per_position += cfg.n_layers * cfg.d_model * (integration == "activations") + 2 * cfg.n_layers * cfg.d_model * neurons
     fixed = cfg.n_layers * 4 * cfg.d_model * cfg.n_heads * cfg.d_head * 4
     return max(1, int((budget - fixed) // (per_position * width * 4)))
 
