@@ -5,6 +5,8 @@ MIB's node- or neuron-level faithfulness curve ({level}_faithfulness.csv, the ma
 
 from __future__ import annotations
 
+import logging
+
 from omegaconf import DictConfig
 
 from circuitlab.config import plain
@@ -14,6 +16,8 @@ from circuitlab.edges.attribution import attribute
 from circuitlab.edges.integration import INTEGRATIONS
 from circuitlab.engine.records import MethodOutput, Plan
 from circuitlab.errors import ConfigError
+
+log = logging.getLogger("circuitlab")
 
 
 def check_level(cfg: DictConfig) -> None:
@@ -54,6 +58,9 @@ def run_scored(cfg: DictConfig, plan: Plan, model, integration: str, steps: int,
             table, found = level_curve(cfg, plan, model, level, neurons, output.extra)
             output.tables[f"{level}_faithfulness.csv"] = table
             output.extra.update(found)
+            shown = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+            log.info("%s-level curve (MIB's): %d circuits | CPR %s | CMD %s", level, len(table), shown(found[f"{level}_cpr"]),
+                     shown(found[f"{level}_cmd"]))
     return output
 
 
