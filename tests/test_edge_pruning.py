@@ -36,8 +36,8 @@ def model(request):
     return random_model(n_key_value_heads=2, normalization_type="RMS", positional_embedding_type="rotary", act_fn="silu", gated_mlp=True)
 
 
-def _mean_ld(model, graph, pairs, mask):
-    sources = cf.prepare(model, pairs, graph, "patching", pairs.n_pairs)
+def _mean_ld(model, graph, pairs, mask, counterfactual="patching"):
+    sources = cf.prepare(model, pairs, graph, counterfactual, pairs.n_pairs)
     source = sources.outputs(model, pairs, graph)
     logits = masked_logits(model, graph, pairs.clean_tokens, source, mask, pairs.final_positions)
     return logit_diff(logits, pairs.answer_tokens, pairs.wrong_tokens).mean()
@@ -61,6 +61,19 @@ def test_full_empty_and_single_edge_masks_are_the_clean_corrupted_and_patched_ru
             mask = ones.clone()
             mask[:, s, r] = 0
             assert float(_mean_ld(model, graph, pairs, mask)) == pytest.approx(edge_reference.patch_edge(model, pairs, name), abs=ATOL), name
+
+
+@pytest.mark.parametrize("counterfactual", ["mean", "zero"])
+def test_single_edge_masks_under_mean_and_zero_are_the_exact_patches(model, counterfactual):
+    pairs, graph = random_pairs(), EdgeGraph.of(model.cfg)
+    ones = graph.real.float().expand(pairs.n_pairs, -1, -1)
+    with torch.no_grad():
+        for name in ("input->a1.h1<v>", "a0.h2->m2", "m1->logits"):
+            s, r = graph.parse_edge(name, "edge")
+            mask = ones.clone()
+            mask[:, s, r] = 0
+            assert float(_mean_ld(model, graph, pairs, mask, counterfactual)) == pytest.approx(
+                edge_reference.patch_edge(model, pairs, name, counterfactual), abs=ATOL), name
 
 
 def test_the_masks_gradient_at_the_clean_run_is_eap(model):
