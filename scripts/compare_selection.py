@@ -11,6 +11,8 @@ on a graph above edges/selection.py's MAX_MILP_EDGES. Prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -23,11 +25,11 @@ ROWS = (  # (scorer overrides, rule label, rule overrides)
     (["method=eap"], "topn", []),
     (["method=eap"], "greedy", ["method.select=greedy"]),
     (["method=eap"], "milp", ["method.select=milp"]),
-    (["method=eap"], "bootstrap 20 x >= 0.5 (topn)", ["method.bootstrap=20"]),
+    (["method=eap"], "bootstrap B x >= 0.5 (topn)", ["method.bootstrap=B"]),
     (["method=eap_ig"], "topn", []),
     (["method=eap_ig"], "greedy", ["method.select=greedy"]),
     (["method=eap_ig"], "milp", ["method.select=milp"]),
-    (["method=eap_ig"], "bootstrap 20 x >= 0.5 (topn)", ["method.bootstrap=20"]),
+    (["method=eap_ig"], "bootstrap B x >= 0.5 (topn)", ["method.bootstrap=B"]),
     (["method=ensemble", "method.combine=mean"], "topn", []),
     (["method=ensemble", "method.combine=min"], "topn", []),
     (["method=ensemble", "method.combine=max"], "topn", []),
@@ -44,17 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="a new directory for the runs")
     parser.add_argument("--preset", nargs="+", default=list(PRESETS), help="experiment presets (edge methods)")
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run (e.g. task.n_prompts=16)")
+    parser.add_argument("--resamples", type=int, default=20, help="B of the bootstrap rows (default 20)")
     args = parser.parse_args(argv)
     print("| preset | scorer | rule | circuit edges | circuit faithfulness | CPR | CMD |")
     print("|---|---|---|---|---|---|---|")
     for preset in args.preset:
         for number, (scorer, rule, overrides) in enumerate(ROWS):
+            rule = rule.replace("B", str(args.resamples))
+            overrides = [o.replace("=B", f"={args.resamples}") for o in overrides]
             run_dir = args.out / preset / f"{number:02d}"
+            said = io.StringIO()
             try:
-                cli.main(["run", f"+experiment={preset}", *scorer, *overrides, *args.extra, "figures=false", "progress=false",
-                          f"run.dir={run_dir}"])
+                with contextlib.redirect_stderr(said):
+                    cli.main(["run", f"+experiment={preset}", *scorer, *overrides, *args.extra, "figures=false", "progress=false",
+                              f"run.dir={run_dir}"])
             except (CircuitlabError, SystemExit) as err:
-                print(f"| {preset} | {' '.join(scorer)} | {rule} | skipped: {err} | | | |")
+                why = (said.getvalue().strip().splitlines() or [str(err)])[-1].replace("|", "/")
+                print(f"| {preset} | {' '.join(scorer)} | {rule} | refused: {why} | | | |")
                 continue
             manifest = json.loads((run_dir / "manifest.json").read_text())
             circuit = manifest["circuit"]
