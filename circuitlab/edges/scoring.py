@@ -55,12 +55,12 @@ def run_scored(cfg: DictConfig, plan: Plan, model, integration: str, steps: int,
         if level == "neuron":
             output.tensors["neuron_scores"] = neurons
         if "cpr" in output.extra and plain(cfg.method.curve):
-            table, found = level_curve(cfg, plan, model, level, neurons, output.extra)
+            table, areas = level_curve(cfg, plan, model, level, neurons, output.extra)
             output.tables[f"{level}_faithfulness.csv"] = table
-            output.extra.update(found)
+            output.extra.update(areas)
             shown = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-            log.info("%s-level curve (MIB's): %d circuits | CPR %s | CMD %s", level, len(table), shown(found[f"{level}_cpr"]),
-                     shown(found[f"{level}_cmd"]))
+            log.info("%s-level curve (MIB's): %d circuits | CPR %s | CMD %s", level, len(table), shown(areas[f"{level}_cpr"]),
+                     shown(areas[f"{level}_cmd"]))
     return output
 
 
