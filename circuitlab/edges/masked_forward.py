@@ -188,10 +188,15 @@ def _after_attention(model: HookedTransformer, layer: int, attn_out: Tensor) -> 
 def _keys_values(model: HookedTransformer, prefix: dict[str, Tensor], layer: int, ungroup: bool) -> dict[str, Tensor]:
     """The clean prefix's keys and values of `layer` (cached grouped), one per query head when `ungroup`."""
     names = [f"blocks.{layer}.attn.hook_{kv}" for kv in "kv"]
-    if not ungroup:
+    if model.cfg.n_key_value_heads is None:
         return {name: prefix[name] for name in names}
     repeats = model.cfg.n_heads // model.cfg.n_key_value_heads
-    return {name: prefix[name].repeat_interleave(repeats, dim=2) for name in names}
+    cached_ungrouped = prefix[names[0]].shape[2] == model.cfg.n_heads and repeats > 1
+    if ungroup == cached_ungrouped:
+        return {name: prefix[name] for name in names}
+    if ungroup:
+        return {name: prefix[name].repeat_interleave(repeats, dim=2) for name in names}
+    return {name: prefix[name][:, :, ::repeats] for name in names}
 
 
 @contextmanager
