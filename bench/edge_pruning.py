@@ -12,6 +12,7 @@ tokens; the corrupted prompts differ at positions 2, 5 and 11).
     python bench/edge_pruning.py                         # both models, 8 prompts x 18 tokens, CPU
     python bench/edge_pruning.py --models gpt2 --device cuda
     OMP_NUM_THREADS=1 python bench/edge_pruning.py       # on a shared machine
+    python bench/edge_pruning.py --models llama30 --remake  # clean logits and sources remade every step (no cache)
 
 `rows(models, prompts, tokens, batch_size, device)` returns the table's rows (name, points, peer_s, circuitlab_s,
 max_abs_diff) for bench/circuit_discovery.py.
@@ -36,11 +37,12 @@ from circuitlab.edges import circuits, masked  # noqa: E402
 from circuitlab.edges import counterfactual as cf  # noqa: E402
 from circuitlab.edges.graph import EdgeGraph  # noqa: E402
 from circuitlab.methods.edge_pruning.forward import masked_logits  # noqa: E402
+from circuitlab.methods.edge_pruning import train  # noqa: E402
 from circuitlab.methods.edge_pruning.train import train_masks  # noqa: E402
 from circuitlab.metrics import logit_diff  # noqa: E402
 
 MODELS = ("gpt2", "llama30")
-SETTINGS = dict(sampler="hard_concrete", loss="kl", epochs=2, lr=0.1, lambda_lr=0.5, target_sparsity=0.95, sparsity_warmup=0.8, seed=0,
+SETTINGS = dict(sampler="hard_concrete", loss="kl", epochs=2, lr=0.1, lambda_lr=0.05, target_sparsity=0.95, sparsity_warmup=0.8, seed=0,
                 counterfactual="patching")
 
 
@@ -127,7 +129,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=18, help="at least 12 (the corrupted positions are 2, 5 and 11)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--remake", action="store_true", help="no cache: each step remakes the clean logits and the sources")
     args = parser.parse_args()
+    if args.remake:
+        train.CACHE_MB = 0
     table = rows(args.models, args.prompts, args.tokens, args.batch_size, args.device)
     where = args.device if args.device != "cpu" else f"cpu, {torch.get_num_threads()} threads"
     print(markdown_table(f"Edge pruning: seconds per epoch ({args.prompts} prompts x {args.tokens} tokens, batch {args.batch_size}; "

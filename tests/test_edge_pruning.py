@@ -13,13 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from circuitlab import cli
 from circuitlab.edges import counterfactual as cf
 from circuitlab.edges.graph import EdgeGraph
 from circuitlab.metrics import logit_diff
 from circuitlab.methods.edge_pruning.forward import masked_logits
-from circuitlab.methods.edge_pruning.masks import EdgeMasks
+from circuitlab.methods.edge_pruning import train
+from circuitlab.methods.edge_pruning.masks import BETA, LEFT, RIGHT, EdgeMasks, sparsity_penalty
 from circuitlab.models.known_circuit import CIRCUIT_EDGES
 from tests import edge_reference
 from tests.cli_refusal import refused
@@ -103,6 +105,42 @@ def test_samples_lie_in_0_1_with_the_learned_keep_probability(sampler):
     seen = (sample > 0).float().mean(0) if sampler == "hard_concrete" else sample.mean(0)
     assert torch.allclose(seen[graph.real], masks.keep_probability().detach()[graph.real], atol=0.02)
     assert torch.allclose(masks.scores()[graph.real].float(), masks.keep_probability().detach()[graph.real])
+
+
+@pytest.mark.parametrize("sampler", ["hard_concrete", "ugs"])
+@pytest.mark.parametrize("senders, receivers", [(2, 2), (6, 4)])
+def test_the_penalty_pulls_each_mask_by_lambda_over_sqrt_edges(sampler, senders, receivers):
+    """sqrt(n) (l1 gap + l2 gap^2), gap = 1 - mean keep probability - target: each mask's gradient is
+    -(l1 + 2 l2 gap) p (1 - p) / sqrt(n) (written out here), so a graph of 100x the edges feels 1/10 the pull."""
+    graph = EdgeGraph(senders, receivers)
+    masks = EdgeMasks(graph.real, sampler)
+    with torch.no_grad():
+        masks.logits.copy_(torch.linspace(-2, 4, graph.real.numel()).view_as(masks.logits))
+    lambdas, target = torch.tensor([-1.5, 2.0]), 0.3
+    with torch.enable_grad():
+        penalty = sparsity_penalty(masks, lambdas, target)
+        penalty.backward()
+    shift = BETA * torch.log(torch.tensor(-LEFT / RIGHT)) if sampler == "hard_concrete" else 0.0
+    p = torch.sigmoid(masks.logits.detach() - shift)
+    n = int(graph.real.sum())
+    gap = 1 - float(p[graph.real].sum()) / n - target
+    assert float(penalty) == pytest.approx(n**0.5 * (-1.5 * gap + 2.0 * gap**2), rel=1e-5)
+    expected = -(-1.5 + 2 * 2.0 * gap) * p * (1 - p) / n**0.5 * graph.real
+    assert torch.allclose(masks.logits.grad, expected, atol=1e-7)
+
+
+def test_cached_clean_logits_and_sources_train_as_remade_ones(monkeypatch):
+    """The clean logits and corrupted senders' outputs kept across epochs give the masks of a training that remakes
+    them every step (train.CACHE_MB = 0)."""
+    model = random_model()
+    pairs, graph = random_pairs(), EdgeGraph.of(model.cfg)
+    m = OmegaConf.create(dict(sampler="hard_concrete", loss="kl", epochs=3, lr=0.1, lambda_lr=0.05, target_sparsity=0.5,
+                              sparsity_warmup=0.5, seed=0, counterfactual="patching"))
+    cached, _ = train.train_masks(model, pairs, graph, m, 2, False, None)
+    monkeypatch.setattr(train, "CACHE_MB", 0)
+    remade, _ = train.train_masks(model, pairs, graph, m, 2, False, None)
+    assert torch.allclose(cached.scores(), remade.scores(), atol=1e-5)
+    assert not torch.equal(cached.scores(), EdgeMasks(graph.real, "hard_concrete").scores())  # it trained
 
 
 def _run(tmp_path: Path, *overrides: str) -> Path:

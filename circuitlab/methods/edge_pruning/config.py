@@ -21,7 +21,7 @@ class EdgePruningConfig(EdgeMethodConfig):
     loss: str = "kl"
     epochs: int = 50
     lr: float = 0.1
-    lambda_lr: float = 0.5
+    lambda_lr: float = 0.05
     target_sparsity: float = 0.95
     sparsity_warmup: float = 0.8
     seed: int = 0

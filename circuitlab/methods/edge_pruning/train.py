@@ -1,9 +1,11 @@
 """Training the edge masks: batches of prompts, an epoch a pass over them, the state saved after every epoch.
 
 Each step samples a mask per prompt (masks.py), runs the masked forward (forward.py) and minimises
-  faithfulness loss + lambda_1 (s - t) + lambda_2 (s - t)^2
+  faithfulness loss + sqrt(n) (lambda_1 (s - t) + lambda_2 (s - t)^2)
 with Adam, the lambdas maximising it (Edge Pruning's Lagrangian; fpt2_ioi.py's optimiser groups with `maximize`).
-s is the expected sparsity, t the target reached linearly over the first `sparsity_warmup` of the steps. The
+s is the expected sparsity, t the target reached linearly over the first `sparsity_warmup` of the steps, n the
+graph's edges (masks.sparsity_penalty says why sqrt(n): one `lambda_lr` for graphs of any size). The clean
+final-position logits and the counterfactual senders' outputs are made once and kept while they fit in CACHE_MB. The
 faithfulness loss compares the masked run with the clean one at each prompt's final position: `kl` (Edge
 Pruning's KL divergence of the masked distribution from the clean one, over the whole vocabulary) or
 `logit_diff` (the squared change of the logit difference, what MIB's curve measures).
@@ -41,6 +43,7 @@ from circuitlab.tasks.base import PromptPairs
 log = logging.getLogger("circuitlab")
 STATE_FILE = "edge_pruning.state"
 KILL_AFTER_ENV = "CIRCUITLAB_KILL_AFTER_EPOCHS"  # testing hook: SIGKILL right after this many epochs are saved
+CACHE_MB = 1024  # what the clean logits and counterfactual outputs kept across epochs may take; above it, each step remakes them
 SETTINGS = ("sampler", "loss", "lr", "lambda_lr", "target_sparsity", "sparsity_warmup", "seed", "counterfactual")
 
 
@@ -75,6 +78,36 @@ def faithfulness_loss(kind: str, masked: torch.Tensor, clean: torch.Tensor, answ
     return ((difference(masked.float()) - difference(clean.float())) ** 2).mean()
 
 
+class _Fixed:
+    """What every epoch needs unchanged, per prompt: the clean run's final-position logits and the counterfactual
+    senders' outputs. Made once (in batches of `batch_size`) when they fit in CACHE_MB, else per step."""
+
+    def __init__(self, model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, sources: cf.Sources, batch_size: int):
+        self.model, self.pairs, self.graph, self.sources = model, pairs, graph, sources
+        cfg, n = model.cfg, pairs.n_pairs
+        per_source = pairs.width * len(graph.senders) * cfg.d_model if sources.kind == "patching" else 0
+        self.cached = 4 * n * (cfg.d_vocab_out + per_source) <= CACHE_MB * 2**20
+        if self.cached:
+            batches = [torch.arange(start, min(n, start + batch_size)) for start in range(0, n, batch_size)]
+            parts = [self._make(rows) for rows in batches]
+            self.clean = torch.cat([clean for clean, _ in parts])
+            self.source = torch.cat([source for _, source in parts]) if per_source else parts[0][1]
+
+    @torch.no_grad()
+    def _make(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model, pairs = self.model, self.pairs
+        tokens, final = pairs.clean_tokens[rows].to(model.cfg.device), pairs.final_positions[rows].to(model.cfg.device)
+        clean = final_position_logits(model, model(tokens, stop_at_layer=model.cfg.n_layers), final)
+        return clean, self.sources.outputs(model, pairs, self.graph, rows)
+
+    def of(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clean final-position logits and the sources of the prompts `rows`."""
+        if not self.cached:
+            return self._make(rows)
+        index = rows.to(self.clean.device)
+        return self.clean[index], self.source[index] if self.sources.kind == "patching" else self.source
+
+
 def train_masks(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, m, batch_size: int, progress: bool,
                 state_dir: Path | None) -> tuple[EdgeMasks, dict]:
     """Trained masks and a record of the training (per epoch: mean loss, expected density, seconds)."""
@@ -92,7 +125,7 @@ def train_masks(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, 
     path = None if state_dir is None else Path(state_dir) / STATE_FILE
     history: list[dict] = []
     start = _resume(path, fingerprint, masks, lambdas, optimizer, generator, history)
-    sources = cf.prepare(model, pairs, graph, m.counterfactual, batch_size)
+    fixed = _Fixed(model, pairs, graph, cf.prepare(model, pairs, graph, m.counterfactual, batch_size), batch_size)
     if start:
         log.info("resuming edge pruning at epoch %d of %d (%s)", start + 1, m.epochs, path)
     with frozen(model), torch.enable_grad():  # whatever the caller's grad mode
@@ -103,7 +136,7 @@ def train_masks(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, 
             for i in range(steps_per_epoch):
                 rows = order[i * batch_size:(i + 1) * batch_size]
                 target = target_sparsity(epoch * steps_per_epoch + i, warmup, float(m.target_sparsity))
-                losses.append(_step(model, pairs, graph, m.loss, sources, masks, lambdas, optimizer, generator, rows, target))
+                losses.append(_step(model, pairs, graph, m.loss, fixed, masks, lambdas, optimizer, generator, rows, target))
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", kept=f"{float(masks.density().detach()):.3f}", target=f"{1 - target:.3f}")
             bar.close()
@@ -116,14 +149,12 @@ def train_masks(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, 
     return masks, {"history": history, "resumed_at_epoch": start, "steps_per_epoch": steps_per_epoch, "batch_size": batch_size}
 
 
-def _step(model, pairs: PromptPairs, graph: EdgeGraph, loss_kind: str, sources: cf.Sources, masks: EdgeMasks, lambdas, optimizer,
+def _step(model, pairs: PromptPairs, graph: EdgeGraph, loss_kind: str, fixed: _Fixed, masks: EdgeMasks, lambdas, optimizer,
           generator: torch.Generator, rows: torch.Tensor, target: float) -> float:
     device = model.cfg.device
     tokens, final = pairs.clean_tokens[rows].to(device), pairs.final_positions[rows].to(device)
     answer, wrong = pairs.answer_tokens[rows].to(device), pairs.wrong_tokens[rows].to(device)
-    with torch.no_grad():
-        clean = final_position_logits(model, model(tokens, stop_at_layer=model.cfg.n_layers), final)
-        source = sources.outputs(model, pairs, graph, rows)
+    clean, source = fixed.of(rows)
     logits = masked_logits(model, graph, tokens, source, masks.sample(len(rows), generator), final)
     faithfulness = faithfulness_loss(loss_kind, logits, clean, answer, wrong)
     loss = faithfulness + sparsity_penalty(masks, lambdas, target)
