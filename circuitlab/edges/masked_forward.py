@@ -20,7 +20,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from circuitlab.edges.graph import EdgeGraph
-from circuitlab.edges.hooks import head_outputs
+from circuitlab.edges.hooks import attention_output_norm, head_outputs, input_norms
 from circuitlab.edges.masked_plan import Group, Plan, Terms
 from circuitlab.engine.forward import frozen_prefix
 
@@ -83,7 +83,7 @@ class Run:
     def block(self, layer: int, prefix: dict[str, Tensor] | None, start: int) -> None:
         model, graph, copies = self.model, self.graph, self.copies
         block, cfg = model.blocks[layer], model.cfg
-        attn_norm, mlp_norm = _input_norms(model, layer)
+        attn_norm, mlp_norm = input_norms(model, layer)
         rows = lambda t: t.reshape(-1, *t.shape[2:])  # noqa: E731  circuit x prompt -> rows
         group = self.plan.attention[layer]
         shared = self.resid
@@ -111,7 +111,8 @@ class Run:
         entry = None if prefix is None else frozen_prefix(model, _keys_values(model, prefix, layer, ungroup), layer, start, copies)
         with _hooked(hooks), _ungrouped(model, ungroup):
             attn_out = block.attn(query_input=normalized, key_input=normalized, value_input=normalized, past_kv_cache_entry=entry)
-        attn_out = _after_attention(model, layer, attn_out).view(self.shape)
+        after = attention_output_norm(model, layer)  # post-norm blocks: the output as it joins the stream
+        attn_out = (attn_out if after is None else after(attn_out)).view(self.shape)
         heads = head_outputs(model, layer, captured["z"]).view(*self.shape[:3], graph.n_heads, -1)
         if not graph.has_mlp:
             self._record(graph.head_sender(layer, 0), heads)
@@ -161,28 +162,6 @@ def _head_weights(attn, kind: str, heads: Tensor) -> tuple[Tensor, Tensor]:
         return getattr(attn, f"_W_{kind.upper()}")[index], getattr(attn, f"_b_{kind.upper()}")[index]
     index = heads.to(attn.W_Q.device)
     return getattr(attn, f"W_{kind.upper()}")[index], getattr(attn, f"b_{kind.upper()}")[index]
-
-
-def _input_norms(model: HookedTransformer, layer: int):
-    """The norms before attention and MLP, as TransformerLens' block applies them (none before them in OLMo-2's)."""
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-
-    block = model.blocks[layer]
-    if model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        return torch.nn.Identity(), torch.nn.Identity()
-    return block.ln1, getattr(block, "ln2", None)
-
-
-def _after_attention(model: HookedTransformer, layer: int, attn_out: Tensor) -> Tensor:
-    """The attention output as it joins the residual stream (normalised after attention in post-norm blocks)."""
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-
-    block = model.blocks[layer]
-    if model.cfg.use_normalization_before_and_after:
-        attn_out = block.ln1_post(attn_out)
-    if model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        attn_out = block.ln1(attn_out)
-    return attn_out
 
 
 def _keys_values(model: HookedTransformer, prefix: dict[str, Tensor], layer: int, ungroup: bool) -> dict[str, Tensor]:
