@@ -10,7 +10,11 @@ prompts differ at positions 2, 5 and 11 (bench/patching.py's prompts). Rows:
 - MIB's faithfulness curve: 10 circuits (0.1 ... 100 % of the edges), masked forwards counted;
 - at 30 layers (bench/edges_at_scale.py: SmolLM2-135M-shaped random Llama, 123,211 edges): MIB's curve against plain
   forwards, before (the hook-based masked forward, tests/masked_reference.py) and after; exact edge patching against
-  two split-hook forwards per edge and two plain forwards (a few minutes; --no-30-layers skips them).
+  two split-hook forwards per edge and two plain forwards (a few minutes; --no-30-layers skips them);
+- EAP-IG over activations (1 step per component) against its plain reference in EAP-IG's own structure
+  (bench/eap_ig_activations.py; minutes: --no-ig-activations skips it);
+- edge pruning: seconds per epoch beside a plain forward + backward of the same prompts, on the GPT-2-small and the
+  30-layer shapes (bench/edge_pruning.py; --no-edge-pruning skips it).
 Prints the tables and writes them to bench/results/circuit_discovery.md (default CPU setting, every row, only).
 
     python bench/circuit_discovery.py
@@ -79,6 +83,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--edges", type=int, default=300, help="edges in the exact-patching sample (>= 300 for the record)")
     parser.add_argument("--no-30-layers", dest="scale", action="store_false", help="skip the 30-layer rows (bench/edges_at_scale.py)")
+    parser.add_argument("--no-ig-activations", dest="ig_activations", action="store_false", help="skip EAP-IG over activations' row")
+    parser.add_argument("--no-edge-pruning", dest="edge_pruning", action="store_false", help="skip edge pruning's rows")
     args, model, pairs = model_and_prompts(parser)
     graph = EdgeGraph.of(model.cfg)
     print(f"{graph.n_edges} edges", flush=True)
@@ -114,6 +120,8 @@ def main() -> None:
         scale_curve = edges_at_scale.curve_rows(big, big_pairs, lambda f: timed(f, args.device))
         scale_patching = edges_at_scale.patching_rows(big, big_pairs, args.edges)
         text += "\n" + edges_at_scale.render(scale_curve, scale_patching, EdgeGraph.of(big.cfg).n_edges, markdown_table)
+    learned, learned_json = later_methods(args, model, pairs)
+    text += learned
     print(text)
     if args.json:  # the rows scripts/gpu_check.sh tabulates (name, points, peer_s, circuitlab_s, max_abs_diff)
         import json
@@ -127,14 +135,43 @@ def main() -> None:
                      "circuitlab_s": curve_s, "max_abs_diff": 0.0})
         if args.scale:
             rows += edges_at_scale.json_rows(scale_curve, scale_patching)
+        rows += learned_json
         args.json.write_text(json.dumps({"setting": setting_line(args), "rows": rows}, indent=2) + "\n")
     assert patch_diff < 1e-4, f"exact edge patching differs from the reference by {patch_diff}"
     for row in scale_curve:
         assert row["diff"] < 1e-4, f"30 layers: the masked forward differs from the hook-based one by {row['diff']} ({row['kind']})"
     for name, *_, diff, _ in scale_patching:
         assert diff is None or diff < 1e-4, f"30 layers: {name} differs by {diff}"
-    if recorded_setting(args) and args.edges >= 300 and args.scale:
+    for row in learned_json:
+        assert row["max_abs_diff"] < 1e-4, f"{row['name']} differs from its reference by {row['max_abs_diff']}"
+    if recorded_setting(args) and args.edges >= 300 and args.scale and args.ig_activations and args.edge_pruning:
         write_text(Path(__file__).parent / "results" / "circuit_discovery.md", text)
+
+
+def later_methods(args, model, pairs) -> tuple[str, list[dict]]:
+    """The rows of EAP-IG over activations and of edge pruning (each skippable): their table and JSON rows."""
+    rows, table = [], []
+    if args.ig_activations:
+        import eap_ig_activations
+
+        row = eap_ig_activations.compare(model, pairs, steps=1, device=args.device)
+        print(f"EAP-IG over activations: reference {row['reference_s']:.1f} s, circuitlab {row['circuitlab_s']:.2f} s, "
+              f"{row['ratio']:.1f}x, max diff {row['max_abs_diff']:.1e}", flush=True)
+        rows.append({"name": "EAP-IG over activations (1 step) vs its plain reference", "points": f"{row['edges']} edges, {row['runs']} runs",
+                     "peer_s": row["reference_s"], "circuitlab_s": row["circuitlab_s"], "max_abs_diff": row["max_abs_diff"]})
+        table.append([rows[-1]["name"], rows[-1]["points"], f"{row['reference_s']:.2f}", f"{row['circuitlab_s']:.2f}",
+                      f"{row['ratio']:.1f}x", f"{row['max_abs_diff']:.1e}"])
+    if args.edge_pruning:
+        import edge_pruning
+
+        for row in edge_pruning.rows(prompts=args.prompts, tokens=args.tokens, device=args.device):
+            rows.append(row)
+            table.append([row["name"], row["points"], f"{row['peer_s']:.2f} (plain fwd + bwd)", f"{row['circuitlab_s']:.2f}",
+                          f"{row['circuitlab_s'] / row['peer_s']:.1f}x the plain step", f"{row['max_abs_diff']:.1e}"])
+    if not table:
+        return "", rows
+    header = ["row", "edges, work", "peer / baseline (s)", "circuitlab (s)", "ratio", "max abs diff"]
+    return "\n" + markdown_table(f"EAP-IG over activations and edge pruning ({setting_line(args)})", header, table, left_columns=2), rows
 
 
 def render(args, graph, base_s, eap_s, ac_s, ac_diff, n_sample, ref_s, ours_s, patch_diff, forwards, curve_s) -> str:

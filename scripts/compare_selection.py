@@ -1,10 +1,11 @@
-"""Selection rules side by side on MIB's curve: top-n, greedy, milp, bootstrap and ensembles, per scorer.
+"""Selection rules side by side on MIB's curve: top-n, greedy, milp, bootstrap and ensembles, per scorer; then
+the other scorers (clean-corrupted, EAP-IG over activations, exact edge patching, edge pruning) with top-n.
 
     .venv/bin/python scripts/compare_selection.py --out /tmp/me/selection        # known circuit + toy-ioi
     .venv/bin/python scripts/compare_selection.py --out DIR --preset ioi_eap --extra model=smollm2-135m task.n_prompts=16
 
 Every row is one `circuitlab run` (in this process, so each model loads once): the scorer, the rule, the run's
-circuit (edges kept, faithfulness) and the curve's CPR / CMD (manifest.json). milp rows are skipped, saying why,
+circuit (edges kept, faithfulness), the curve's CPR / CMD and the AUROC against a known circuit (manifest.json). milp rows are skipped, saying why,
 on a graph above edges/selection.py's MAX_MILP_EDGES. Prints a Markdown table.
 """
 
@@ -34,6 +35,12 @@ ROWS = (  # (scorer overrides, rule label, rule overrides)
     (["method=ensemble", "method.combine=min"], "topn", []),
     (["method=ensemble", "method.combine=max"], "topn", []),
     (["method=ensemble", "method.combine=mean"], "milp", ["method.select=milp"]),
+    # the other scorers, top-n only (issue 26's table: CPR / CMD / AUROC per method)
+    (["method=eap", "method.gradient_at=clean-corrupted"], "topn", []),
+    (["method=eap_ig", "method.ig_over=activations"], "topn", []),
+    (["method=edge_patching"], "topn", []),
+    (["method=edge_pruning"], "topn", []),
+    (["method=edge_pruning", "method.sampler=ugs"], "topn", []),
 )
 
 
@@ -48,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run (e.g. task.n_prompts=16)")
     parser.add_argument("--resamples", type=int, default=20, help="B of the bootstrap rows (default 20)")
     args = parser.parse_args(argv)
-    print("| preset | scorer | rule | circuit edges | circuit faithfulness | CPR | CMD |")
-    print("|---|---|---|---|---|---|---|")
+    print("| preset | scorer | rule | circuit edges | circuit faithfulness | CPR | CMD | AUROC |")
+    print("|---|---|---|---|---|---|---|---|")
     for preset in args.preset:
         for number, (scorer, rule, overrides) in enumerate(ROWS):
             rule = rule.replace("B", str(args.resamples))
@@ -62,12 +69,13 @@ def main(argv: list[str] | None = None) -> int:
                               f"run.dir={run_dir}"])
             except (CircuitlabError, SystemExit) as err:
                 why = (said.getvalue().strip().splitlines() or [str(err)])[-1].replace("|", "/")
-                print(f"| {preset} | {' '.join(scorer)} | {rule} | refused: {why} | | | |")
+                print(f"| {preset} | {' '.join(scorer)} | {rule} | refused: {why} | | | | |")
                 continue
             manifest = json.loads((run_dir / "manifest.json").read_text())
             circuit = manifest["circuit"]
             print(f"| {preset} | {' '.join(s.removeprefix('method.') for s in scorer)} | {rule} | {circuit['edges_kept']} | "
-                  f"{shown(circuit['faithfulness'])} | {shown(manifest['cpr'])} | {shown(manifest['cmd'])} |", flush=True)
+                  f"{shown(circuit['faithfulness'])} | {shown(manifest['cpr'])} | {shown(manifest['cmd'])} | {shown(manifest.get('auroc'))} |",
+                  flush=True)
     return 0
 
 
