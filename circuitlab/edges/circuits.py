@@ -175,6 +175,16 @@ def area(percentages: list[float], values: list[float]) -> float:
     return float(sum((xs[i + 1] - xs[i]) * (values[i] + values[i + 1]) / 2 for i in range(len(xs) - 1)))
 
 
+def curve_areas(percentages: list[float], table) -> tuple[float, float]:
+    """MIB's CPR (the area under the signed ranking's faithfulness) and CMD (under |1 - faithfulness| of the absolute
+    ranking's) from a curve table with `ranking` (signed / absolute) and `faithfulness` columns, rows in the
+    percentages' order; NaN with fewer than two percentages."""
+    if len(percentages) < 2:
+        return float("nan"), float("nan")
+    along = lambda ranking: list(table[table["ranking"] == ranking]["faithfulness"])  # noqa: E731
+    return area(percentages, along("signed")), area(percentages, [abs(1 - f) for f in along("absolute")])
+
+
 def auroc(scores: Tensor, expected: Bool[Tensor, "sender receiver"], real: Tensor) -> float:
     """Area under the ROC curve of |score| separating the expected edges from the rest (ties count half)."""
     values = scores.abs()[real].double()

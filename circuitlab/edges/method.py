@@ -289,9 +289,7 @@ def evaluate(cfg: DictConfig, plan: Plan, model, graph: EdgeGraph, scores: torch
          "edges_requested": int(mask.sum()) if ranking == "circuit" else circuits.edges_for_percent(graph, percent),
          "edges_kept": int(mask.sum()), "logit_diff": value, "faithfulness": faithful(value)}
         for (ranking, percent), mask, value in zip(labels, masks, values[2:].tolist())])
-    along = lambda ranking: list(table[table["ranking"] == ranking]["faithfulness"])  # noqa: E731
-    cpr = circuits.area(curve, along("signed")) if len(curve) > 1 else float("nan")
-    cmd = circuits.area(curve, [abs(1 - f) for f in along("absolute")]) if len(curve) > 1 else float("nan")
+    cpr, cmd = circuits.curve_areas(curve, table)
     circuit_f = float(table["faithfulness"].iloc[0])
     shown = lambda v: "n/a" if math.isnan(v) else f"{v:.3f}"  # noqa: E731
     rule = m.select + (f", edges in >= {float(m.bootstrap_keep):g} of {m.bootstrap} resamples' circuits" if m.bootstrap else "")

@@ -101,7 +101,7 @@ def neuron_curve(scores: Tensor, percentages: list[float], evaluate, empty: floa
     |score| (CMD). `evaluate(keep) -> logit differences`. (neuron_faithfulness.csv, {neuron_cpr, neuron_cmd})."""
     import pandas as pd
 
-    from circuitlab.edges.circuits import area
+    from circuitlab.edges.circuits import curve_areas
     from circuitlab.metrics import usable_gap
 
     labels, masks = [], []
@@ -114,9 +114,6 @@ def neuron_curve(scores: Tensor, percentages: list[float], evaluate, empty: floa
     gap = usable_gap(full, empty)
     table = pd.DataFrame([{"ranking": ranking, "percent": percent, "neurons_kept": n, "logit_diff": value, "faithfulness": (value - empty) / gap}
                           for (ranking, percent, n), value in zip(labels, values)])
-    along = lambda ranking: list(table[table["ranking"] == ranking]["faithfulness"])  # noqa: E731
-    many = len(percentages) > 1
-    cpr = area(percentages, along("signed")) if many else float("nan")
-    cmd = area(percentages, [abs(1 - f) for f in along("absolute")]) if many else float("nan")
+    cpr, cmd = curve_areas(percentages, table)
     number = lambda v: None if v != v else v  # noqa: E731  (NaN: null in the manifest)
     return table, {"neuron_cpr": number(cpr), "neuron_cmd": number(cmd)}

@@ -103,7 +103,7 @@ def node_curve(graph: EdgeGraph, node_scores: Tensor, percentages: list[float], 
     masked forwards. (node_faithfulness.csv, {node_cpr, node_cmd})."""
     import pandas as pd
 
-    from circuitlab.edges.circuits import area
+    from circuitlab.edges.circuits import curve_areas
     from circuitlab.metrics import usable_gap
 
     labels, masks = [], []
@@ -116,9 +116,6 @@ def node_curve(graph: EdgeGraph, node_scores: Tensor, percentages: list[float], 
     gap = usable_gap(full, empty)
     table = pd.DataFrame([{"ranking": ranking, "percent": percent, "nodes_kept": n, "edges_kept": int(mask.sum()), "logit_diff": value,
                            "faithfulness": (value - empty) / gap} for (ranking, percent, n), mask, value in zip(labels, masks, values)])
-    along = lambda ranking: list(table[table["ranking"] == ranking]["faithfulness"])  # noqa: E731
-    many = len(percentages) > 1
-    cpr = area(percentages, along("signed")) if many else float("nan")
-    cmd = area(percentages, [abs(1 - f) for f in along("absolute")]) if many else float("nan")
+    cpr, cmd = curve_areas(percentages, table)
     number = lambda v: None if v != v else v  # noqa: E731  (NaN: null in the manifest)
     return table, {"node_cpr": number(cpr), "node_cmd": number(cmd)}
