@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from circuitlab.edges import counterfactual as cf
+from circuitlab.edges.attribution import frozen_weights
 from circuitlab.edges.graph import EdgeGraph
 from circuitlab.engine.batching import memory_budget
 from circuitlab.engine.forward import final_position_logits
@@ -45,19 +45,7 @@ STATE_FILE = "edge_pruning.state"
 KILL_AFTER_ENV = "CIRCUITLAB_KILL_AFTER_EPOCHS"  # testing hook: SIGKILL right after this many epochs are saved
 CACHE_MB = 1024  # what the clean logits and counterfactual outputs kept across epochs may take; above it, each step remakes them
 SETTINGS = ("sampler", "loss", "lr", "lambda_lr", "target_sparsity", "sparsity_warmup", "seed", "counterfactual")
-
-
-@contextmanager
-def frozen(model: HookedTransformer):
-    """The model's weights out of autograd while the masks train."""
-    before = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        for p, _ in before:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in before:
-            p.requires_grad_(flag)
+PENALTY_FORM = "sqrt(n) x lagrangian"  # in the fingerprint: a state trained under another form of the penalty is not resumed
 
 
 def prompts_per_step(model: HookedTransformer, graph: EdgeGraph, width: int, n: int, memory_budget_mb: int | None) -> int:
@@ -121,14 +109,14 @@ def train_masks(model: HookedTransformer, pairs: PromptPairs, graph: EdgeGraph, 
                                   {"params": [lambdas], "lr": float(m.lambda_lr), "maximize": True}])
     generator = torch.Generator().manual_seed(int(m.seed))
     fingerprint = {"senders": len(graph.senders), "receivers": len(graph.receivers), "n_pairs": n, "batch_size": batch_size,
-                   "epochs": int(m.epochs), **{k: str(m[k]) for k in SETTINGS}}
+                   "epochs": int(m.epochs), "penalty": PENALTY_FORM, **{k: str(m[k]) for k in SETTINGS}}
     path = None if state_dir is None else Path(state_dir) / STATE_FILE
     history: list[dict] = []
     start = _resume(path, fingerprint, masks, lambdas, optimizer, generator, history)
     fixed = _Fixed(model, pairs, graph, cf.prepare(model, pairs, graph, m.counterfactual, batch_size), batch_size)
     if start:
         log.info("resuming edge pruning at epoch %d of %d (%s)", start + 1, m.epochs, path)
-    with frozen(model), torch.enable_grad():  # whatever the caller's grad mode
+    with frozen_weights(model), torch.enable_grad():  # whatever the caller's grad mode
         for epoch in range(start, m.epochs):
             started, losses = time.perf_counter(), []
             order = torch.randperm(n, generator=generator)
