@@ -141,9 +141,8 @@ def run_edges(cfg: DictConfig, plan: Plan, model, score: Callable[..., tuple[tor
     check_additive(model.cfg)
     graph: EdgeGraph = plan.method_plan
     m = cfg.method
-    release_freed()  # what loading the model freed goes back to the system before the scoring allocates
-    scores, extra = score()
-    release_freed()  # and the scoring's, before the masked forwards allocate theirs
+    scores, extra = score()  # (what loading the model freed went back to the system in run.py, for every method)
+    release_freed()  # the scoring's, before the masked forwards allocate theirs
     unscored = int(torch.isnan(scores[graph.real]).sum())
     keep, resampled, frequency = torch.zeros_like(graph.real), None, None
     if unscored == 0 and m.bootstrap:
