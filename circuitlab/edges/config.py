@@ -14,7 +14,7 @@ class EdgeMethodConfig(MethodConfig):
     """Edge scores and the circuit cut from them. `counterfactual`: patching (the pair's corrupted prompt), mean
     (over the clean prompts, per position) or zero. `select`: topn / greedy (a circuit that keeps `n_edges` edges
     once pruned to paths from the input to the logits), threshold (`threshold`) or milp (the connected circuit of at
-    most `n_edges` edges with the largest total score, by an integer program: graphs of at most 35,000 edges);
+    most `n_edges` edges with the largest total score, by an integer program: graphs of at most 40,000 edges);
     `absolute`: rank by |score|. `curve`: percentages of edges kept for MIB's faithfulness curve ([] skips it).
     `expected`: edges of a known circuit, for the AUROC of the scores against it. `batch_size`: prompts per forward
     and backward (null: as many as `memory_budget_mb` holds). `bootstrap`: resamples of the prompts (0: none), each
