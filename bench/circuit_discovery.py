@@ -32,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from patching import markdown_table, model_and_prompts, random_pairs, recorded_setting, setting_line, timed  # noqa: E402
+from patching import markdown_table, model_and_prompts, on_device, random_pairs, recorded_setting, setting_line, timed  # noqa: E402
 from circuitlab.edges import attribution, circuits, masked  # noqa: E402
 from circuitlab.edges import counterfactual as cf  # noqa: E402
 from circuitlab.edges.graph import EdgeGraph  # noqa: E402
@@ -40,13 +40,6 @@ from circuitlab.edges.patching import patch_edges  # noqa: E402
 from circuitlab.metrics import logit_diff  # noqa: E402
 from circuitlab.results import write_text  # noqa: E402
 from tests import edge_reference  # noqa: E402
-
-
-def on_device(pairs, device: str):
-    import dataclasses
-
-    tensors = {f.name: getattr(pairs, f.name) for f in dataclasses.fields(pairs) if isinstance(getattr(pairs, f.name), torch.Tensor)}
-    return dataclasses.replace(pairs, **{name: t.to(device) for name, t in tensors.items()})
 
 
 def forward_backward(model, pairs) -> float:

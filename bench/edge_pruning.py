@@ -21,7 +21,6 @@ max_abs_diff) for bench/circuit_discovery.py.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import tempfile
 from pathlib import Path
@@ -31,7 +30,7 @@ from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from patching import gpt2_small_shaped, markdown_table, random_pairs, timed  # noqa: E402
+from patching import gpt2_small_shaped, markdown_table, on_device, random_pairs, timed  # noqa: E402
 
 from circuitlab.edges import circuits, masked  # noqa: E402
 from circuitlab.edges import counterfactual as cf  # noqa: E402
@@ -58,11 +57,6 @@ def load(name: str, device: str, tmp: Path):
 
     write_checkpoint(tmp)
     return loading.load_model(compose_config(["model=local", f"model.path={tmp}"]).model, device)
-
-
-def on_device(pairs, device: str):
-    tensors = {f.name: getattr(pairs, f.name) for f in dataclasses.fields(pairs) if isinstance(getattr(pairs, f.name), torch.Tensor)}
-    return dataclasses.replace(pairs, **{name: t.to(device) for name, t in tensors.items()})
 
 
 def agreement(model, pairs, graph: EdgeGraph) -> float:

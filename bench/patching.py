@@ -48,6 +48,12 @@ def gpt2_small_shaped(n_layers: int, device: str = "cpu") -> HookedTransformer:
     return model if device == "cpu" else model.to(device)
 
 
+def on_device(pairs: PromptPairs, device: str) -> PromptPairs:
+    """The pairs with every tensor moved to `device`."""
+    tensors = {f.name: getattr(pairs, f.name) for f in dataclasses.fields(pairs) if isinstance(getattr(pairs, f.name), torch.Tensor)}
+    return dataclasses.replace(pairs, **{name: t.to(device) for name, t in tensors.items()})
+
+
 def random_pairs(n_prompts: int, width: int, d_vocab: int) -> PromptPairs:
     g = torch.Generator().manual_seed(0)
     clean = torch.randint(0, d_vocab, (n_prompts, width), generator=g)
